@@ -1,0 +1,164 @@
+//! `POST /webhook/{source}`: reads the body within the limit, builds the record
+//! (receive step), makes it durable (engine), answers with its id.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+
+use super::{ApiError, AppState};
+use crate::config::is_valid_name;
+use crate::receive::{BodyRead, RequestParts};
+
+fn invalid_source(source: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        format!(
+            "invalid source name {source:?}: use 1 to 64 characters of A-Z a-z 0-9 _ . - (POST /webhook/{{source}})"
+        ),
+    )
+}
+
+/// Any other shape of `/webhook/...`.
+pub async fn bad_source(req: Request) -> ApiError {
+    let rest = req
+        .uri()
+        .path()
+        .trim_start_matches("/webhook")
+        .trim_start_matches('/');
+    invalid_source(rest)
+}
+
+pub async fn ingest(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let received_at_us = chrono::Utc::now().timestamp_micros();
+    let (parts, body) = req.into_parts();
+    let source = parts
+        .uri
+        .path()
+        .strip_prefix("/webhook/")
+        .unwrap_or_default();
+    if !is_valid_name(source) {
+        return invalid_source(source).into_response();
+    }
+    if state.config.strict_sources && !state.receiver.is_configured(source) {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("unknown source {source:?}: strict_sources is on; add it under [[sources]] in hookscope.toml"),
+        )
+        .into_response();
+    }
+    if parts.method != Method::POST {
+        let mut resp = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "{} is not accepted here: webhooks are POSTed to /webhook/{source}",
+                parts.method
+            ),
+        )
+        .into_response();
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return resp;
+    }
+    let limit = state.config.max_body_bytes.0;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = match read_body(body, declared, limit).await {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("could not read the request body: {e}"),
+            )
+            .into_response();
+        }
+    };
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let request = RequestParts {
+        source,
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or(""),
+        headers: &parts.headers,
+        peer,
+        public_base: public_base(&parts.headers),
+        received_at_us,
+    };
+    let received = state.receiver.receive(&request, &body);
+    let id = received.delivery.id.clone();
+    let status = received.delivery.status_code;
+    let status_text = received.delivery.signature_status.as_str();
+    match state.engine.ingest(received.delivery).await {
+        Ok(applied) => {
+            let mut answer = serde_json::json!({ "id": id, "duplicate": applied.duplicate });
+            if status == 413 {
+                answer["error"] =
+                    format!("body exceeds the {limit}-byte limit; recorded without its body")
+                        .into();
+            } else if received.rejected {
+                answer["error"] =
+                    format!("signature {status_text}; the delivery was recorded but not accepted")
+                        .into();
+            }
+            let code = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
+            (code, Json(answer)).into_response()
+        }
+        Err(e) => ApiError::unavailable(e.to_string()).into_response(),
+    }
+}
+
+/// `scheme://host` as the sender addressed it (X-Forwarded-Proto/Host, then Host).
+fn public_base(headers: &HeaderMap) -> Option<String> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let host = get("x-forwarded-host").or_else(|| get("host"))?;
+    let proto = get("x-forwarded-proto").unwrap_or("http");
+    Some(format!("{proto}://{host}"))
+}
+
+/// Reads the body, stopping past `limit` bytes.
+async fn read_body(body: Body, declared: Option<u64>, limit: u64) -> Result<BodyRead, axum::Error> {
+    if declared.is_some_and(|n| n > limit) {
+        return Ok(BodyRead::TooLarge {
+            declared,
+            received: 0,
+            limit,
+        });
+    }
+    let mut stream = body.into_data_stream();
+    let mut first: Option<Bytes> = None;
+    let mut rest = BytesMut::new();
+    let mut total: u64 = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        total += chunk.len() as u64;
+        if total > limit {
+            return Ok(BodyRead::TooLarge {
+                declared,
+                received: total,
+                limit,
+            });
+        }
+        match &first {
+            None if rest.is_empty() => first = Some(chunk),
+            _ => {
+                if let Some(f) = first.take() {
+                    rest.extend_from_slice(&f);
+                }
+                rest.extend_from_slice(&chunk);
+            }
+        }
+    }
+    Ok(BodyRead::Complete(first.unwrap_or_else(|| rest.freeze())))
+}

@@ -1,0 +1,173 @@
+//! `GET|POST /query`: runs read-only SQL and answers in the asked format. Small
+//! results are sent whole (so errors keep their status codes); past 1 MiB of output
+//! the rest streams batch by batch.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+
+use super::{ApiError, AppState};
+use crate::query::QueryError;
+use crate::query::format::{Encoder, ResultFormat};
+
+/// Output buffered before a response starts streaming.
+const STREAM_AFTER: usize = 1 << 20;
+
+#[derive(Debug, Deserialize, Default)]
+pub struct QueryParams {
+    sql: Option<String>,
+    format: Option<String>,
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        let status = match &e {
+            QueryError::Forbidden(_) => StatusCode::FORBIDDEN,
+            QueryError::Invalid(_) => StatusCode::BAD_REQUEST,
+            QueryError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            QueryError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+pub async fn query_get(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(params): Query<QueryParams>,
+) -> Response {
+    run(&state, &headers, params.sql, params.format).await
+}
+
+pub async fn query_post(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(params): Query<QueryParams>,
+    body: Bytes,
+) -> Response {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(crate::receive::is_json_content_type);
+    let (sql, format) = if is_json {
+        match serde_json::from_slice::<QueryParams>(&body) {
+            Ok(p) => (p.sql.or(params.sql), p.format.or(params.format)),
+            Err(e) => {
+                return ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("request body is not {{\"sql\": \"...\", \"format\": \"json\"}}: {e}"),
+                )
+                .into_response();
+            }
+        }
+    } else {
+        match std::str::from_utf8(&body) {
+            Ok(text) if !text.trim().is_empty() => (Some(text.to_string()), params.format),
+            Ok(_) => (params.sql, params.format),
+            Err(_) => {
+                return ApiError::new(StatusCode::BAD_REQUEST, "SQL body is not UTF-8 text")
+                    .into_response();
+            }
+        }
+    };
+    run(&state, &headers, sql, format).await
+}
+
+async fn run(
+    state: &AppState,
+    headers: &HeaderMap,
+    sql: Option<String>,
+    format: Option<String>,
+) -> Response {
+    let Some(sql) = sql.filter(|s| !s.trim().is_empty()) else {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "no SQL given: POST {\"sql\": \"SELECT ...\"}, POST a text/plain SQL body, or GET /query?sql=...",
+        )
+        .into_response();
+    };
+    let format = match format {
+        Some(f) => match f.parse::<ResultFormat>() {
+            Ok(f) => f,
+            Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, e).into_response(),
+        },
+        None => headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(ResultFormat::from_accept)
+            .unwrap_or(ResultFormat::Json),
+    };
+    match answer(state, &sql, format).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::debug!(error = %e, "query refused or failed");
+            ApiError::from(e).into_response()
+        }
+    }
+}
+
+async fn answer(state: &AppState, sql: &str, format: ResultFormat) -> Result<Response, QueryError> {
+    let engine = state.engine.query();
+    let mut stream = engine.stream(sql).await?;
+    let mut encoder = Encoder::new(format, &stream.schema(), engine.limits().max_result_bytes)?;
+    let mut head = BytesMut::new();
+    loop {
+        match stream.next().await {
+            None => {
+                head.extend_from_slice(&encoder.finish()?);
+                return Ok(respond(format, Body::from(head.freeze())));
+            }
+            Some(Err(e)) => return Err(e),
+            Some(Ok(batch)) => {
+                head.extend_from_slice(&encoder.write(&batch)?);
+                if format.streams() && head.len() >= STREAM_AFTER {
+                    break;
+                }
+            }
+        }
+    }
+    let rest = futures::stream::unfold(Some((stream, encoder)), |state| async move {
+        let (mut stream, mut encoder) = state?;
+        let item = match stream.next().await {
+            Some(Ok(batch)) => encoder
+                .write(&batch)
+                .map(|b| Some((b, Some((stream, encoder))))),
+            Some(Err(e)) => Err(e),
+            None => encoder.finish().map(|b| Some((b, None))),
+        };
+        match item {
+            Ok(Some((bytes, next))) => Some((Ok::<Bytes, std::io::Error>(bytes), next)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "query failed while streaming its result; the response is cut short");
+                Some((Err(std::io::Error::other(e.to_string())), None))
+            }
+        }
+    });
+    let first = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(head.freeze()) });
+    Ok(respond(
+        format,
+        Body::from_stream(futures::StreamExt::chain(first, rest)),
+    ))
+}
+
+fn respond(format: ResultFormat, body: Body) -> Response {
+    let mut resp = (StatusCode::OK, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(format.content_type()),
+    );
+    if format == ResultFormat::Parquet {
+        resp.headers_mut().insert(
+            header::CONTENT_DISPOSITION,
+            header::HeaderValue::from_static("attachment; filename=\"result.parquet\""),
+        );
+    }
+    resp
+}

@@ -1,0 +1,541 @@
+//! The queryable buffer: durable records not yet in a committed Parquet file, held
+//! as Arrow record batches per table.
+//!
+//! Rows are appended to Arrow builders (the *active* rows) and frozen into immutable
+//! [`Chunk`]s when a query needs them, when they grow large, or at a WAL cut. Each
+//! chunk remembers the highest WAL sequence number in it.
+//!
+//! Invariants:
+//! - Chunks are in WAL order and never straddle a cut: after [`Buffer::cut`] with
+//!   sequence `S`, every row with seq ≤ S is in chunks with `max_seq ≤ S`, so the
+//!   flusher can take exactly the rows up to a cut and later drop exactly those.
+//! - A row is in the buffer from the moment its WAL record is durable until
+//!   [`Buffer::drop_through`] removes it, which the catalog does in the same critical
+//!   section that publishes the Parquet file holding it: no row is missing or counted
+//!   twice.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{
+    ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder,
+    StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow::compute::concat_batches;
+use arrow::record_batch::RecordBatch;
+use base64::Engine as _;
+
+use crate::model::{Delivery, Outcome, StoredBody};
+use crate::tables::Table;
+
+/// Rows per chunk beyond which the active builders are frozen on their own.
+const CHUNK_ROWS: usize = 8192;
+/// Chunks smaller than this are merged with their predecessor on freeze.
+const SMALL_CHUNK: usize = 1024;
+
+/// What the dedup index derived for a delivery when it was applied.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Derived {
+    pub attempt: i32,
+    pub is_duplicate: bool,
+    pub retry_gap_ms: Option<f64>,
+}
+
+/// An immutable run of buffered rows.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub batch: RecordBatch,
+    /// Highest WAL sequence number of a row in the batch.
+    pub max_seq: u64,
+}
+
+/// Columns under construction for one table.
+trait Columns: Default + Send {
+    fn table() -> Table;
+    fn len(&self) -> usize;
+    fn finish(&mut self) -> Vec<ArrayRef>;
+}
+
+/// One table's buffered rows.
+struct TableBuffer<C: Columns> {
+    chunks: VecDeque<Chunk>,
+    active: C,
+    active_max_seq: u64,
+    /// Sequence of the last cut; chunks after it may be merged, not across it.
+    last_cut: u64,
+    rows: usize,
+    approx_bytes: usize,
+    oldest: Option<Instant>,
+}
+
+impl<C: Columns> Default for TableBuffer<C> {
+    fn default() -> Self {
+        Self {
+            chunks: VecDeque::new(),
+            active: C::default(),
+            active_max_seq: 0,
+            last_cut: 0,
+            rows: 0,
+            approx_bytes: 0,
+            oldest: None,
+        }
+    }
+}
+
+impl<C: Columns> TableBuffer<C> {
+    fn appended(&mut self, seq: u64, bytes: usize) {
+        self.active_max_seq = seq;
+        self.rows += 1;
+        self.approx_bytes += bytes;
+        if self.oldest.is_none() {
+            self.oldest = Some(Instant::now());
+        }
+        if self.active.len() >= CHUNK_ROWS {
+            self.freeze();
+        }
+    }
+
+    fn freeze(&mut self) {
+        if self.active.len() == 0 {
+            return;
+        }
+        let columns = self.active.finish();
+        let batch = match RecordBatch::try_new(C::table().schema(), columns) {
+            Ok(b) => b,
+            Err(e) => {
+                // The builders are filled from typed records; a mismatch is a bug.
+                tracing::error!(table = C::table().name(), error = %e, "buffer columns do not match the schema");
+                return;
+            }
+        };
+        let max_seq = self.active_max_seq;
+        if let Some(prev) = self.chunks.back_mut() {
+            let mergeable = prev.max_seq > self.last_cut
+                && prev.batch.num_rows() < SMALL_CHUNK
+                && batch.num_rows() < SMALL_CHUNK;
+            if mergeable && let Ok(merged) = concat_batches(&batch.schema(), [&prev.batch, &batch])
+            {
+                prev.batch = merged;
+                prev.max_seq = max_seq;
+                return;
+            }
+        }
+        self.chunks.push_back(Chunk { batch, max_seq });
+    }
+
+    fn snapshot(&mut self) -> Vec<RecordBatch> {
+        self.freeze();
+        self.chunks.iter().map(|c| c.batch.clone()).collect()
+    }
+
+    fn cut(&mut self, through: u64) {
+        self.freeze();
+        self.last_cut = through;
+    }
+
+    fn take_through(&self, through: u64) -> Vec<RecordBatch> {
+        self.chunks
+            .iter()
+            .take_while(|c| c.max_seq <= through)
+            .map(|c| c.batch.clone())
+            .collect()
+    }
+
+    fn drop_through(&mut self, through: u64, flush_started: Instant) {
+        while self.chunks.front().is_some_and(|c| c.max_seq <= through) {
+            if let Some(c) = self.chunks.pop_front() {
+                self.rows -= c.batch.num_rows();
+                self.approx_bytes = self
+                    .approx_bytes
+                    .saturating_sub(c.batch.get_array_memory_size());
+            }
+        }
+        if self.rows == 0 {
+            self.approx_bytes = 0;
+            self.oldest = None;
+        } else {
+            self.oldest = Some(flush_started);
+        }
+    }
+}
+
+/// All tables' buffered rows. Not synchronised: the catalog owns it behind a lock.
+#[derive(Default)]
+pub struct Buffer {
+    deliveries: TableBuffer<DeliveryColumns>,
+    outcomes: TableBuffer<OutcomeColumns>,
+}
+
+impl Buffer {
+    /// Appends a durable delivery with its derived columns.
+    pub fn push_delivery(&mut self, seq: u64, d: &Delivery, derived: Derived) {
+        self.deliveries.active.push(d, derived);
+        let body = match &d.body {
+            StoredBody::Text(t) => t.len(),
+            StoredBody::Binary(b) => b.len() * 4 / 3,
+            StoredBody::Omitted => 0,
+        };
+        self.deliveries
+            .appended(seq, 256 + body + d.headers_json.len());
+    }
+
+    /// Appends a durable outcome report.
+    pub fn push_outcome(&mut self, seq: u64, o: &Outcome) {
+        self.outcomes.active.push(o);
+        self.outcomes.appended(seq, 192 + o.attributes.len());
+    }
+
+    /// Every buffered row of `table`, as batches (freezes the active rows).
+    pub fn snapshot(&mut self, table: Table) -> Vec<RecordBatch> {
+        match table {
+            Table::Deliveries => self.deliveries.snapshot(),
+            Table::Outcomes => self.outcomes.snapshot(),
+            Table::Alerts => Vec::new(),
+        }
+    }
+
+    /// Marks a WAL cut: all rows so far are frozen, none later will join their chunks.
+    pub fn cut(&mut self, through: u64) {
+        self.deliveries.cut(through);
+        self.outcomes.cut(through);
+    }
+
+    /// The rows of `table` with seq ≤ `through` (call after a cut at `through`).
+    pub fn take_through(&self, table: Table, through: u64) -> Vec<RecordBatch> {
+        match table {
+            Table::Deliveries => self.deliveries.take_through(through),
+            Table::Outcomes => self.outcomes.take_through(through),
+            Table::Alerts => Vec::new(),
+        }
+    }
+
+    /// Forgets every row with seq ≤ `through`: they are in committed files now.
+    pub fn drop_through(&mut self, through: u64, flush_started: Instant) {
+        self.deliveries.drop_through(through, flush_started);
+        self.outcomes.drop_through(through, flush_started);
+    }
+
+    /// Buffered rows over all tables.
+    pub fn rows(&self) -> usize {
+        self.deliveries.rows + self.outcomes.rows
+    }
+
+    /// Rough memory held by buffered rows.
+    pub fn approx_bytes(&self) -> usize {
+        self.deliveries.approx_bytes + self.outcomes.approx_bytes
+    }
+
+    /// When the oldest buffered row arrived.
+    pub fn oldest(&self) -> Option<Instant> {
+        match (self.deliveries.oldest, self.outcomes.oldest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+fn utc_ts_builder() -> TimestampMicrosecondBuilder {
+    TimestampMicrosecondBuilder::new().with_timezone("UTC")
+}
+
+struct DeliveryColumns {
+    id: StringBuilder,
+    received_at: TimestampMicrosecondBuilder,
+    source: StringBuilder,
+    provider: StringBuilder,
+    event_type: StringBuilder,
+    event_id: StringBuilder,
+    delivery_id: StringBuilder,
+    dedup_key: StringBuilder,
+    attempt: Int32Builder,
+    is_duplicate: BooleanBuilder,
+    retry_gap_ms: Float64Builder,
+    sent_at: TimestampMicrosecondBuilder,
+    delivery_lag_ms: Float64Builder,
+    signature_status: StringBuilder,
+    method: StringBuilder,
+    path: StringBuilder,
+    query: StringBuilder,
+    content_type: StringBuilder,
+    user_agent: StringBuilder,
+    remote_addr: StringBuilder,
+    headers: StringBuilder,
+    body: StringBuilder,
+    body_base64: StringBuilder,
+    payload_size: Int64Builder,
+    payload_sha256: StringBuilder,
+    payload_issues: StringBuilder,
+    status_code: Int32Builder,
+    upstream_status: Int32Builder,
+    upstream_latency_ms: Float64Builder,
+    upstream_error: StringBuilder,
+}
+
+impl Default for DeliveryColumns {
+    fn default() -> Self {
+        Self {
+            id: StringBuilder::new(),
+            received_at: utc_ts_builder(),
+            source: StringBuilder::new(),
+            provider: StringBuilder::new(),
+            event_type: StringBuilder::new(),
+            event_id: StringBuilder::new(),
+            delivery_id: StringBuilder::new(),
+            dedup_key: StringBuilder::new(),
+            attempt: Int32Builder::new(),
+            is_duplicate: BooleanBuilder::new(),
+            retry_gap_ms: Float64Builder::new(),
+            sent_at: utc_ts_builder(),
+            delivery_lag_ms: Float64Builder::new(),
+            signature_status: StringBuilder::new(),
+            method: StringBuilder::new(),
+            path: StringBuilder::new(),
+            query: StringBuilder::new(),
+            content_type: StringBuilder::new(),
+            user_agent: StringBuilder::new(),
+            remote_addr: StringBuilder::new(),
+            headers: StringBuilder::new(),
+            body: StringBuilder::new(),
+            body_base64: StringBuilder::new(),
+            payload_size: Int64Builder::new(),
+            payload_sha256: StringBuilder::new(),
+            payload_issues: StringBuilder::new(),
+            status_code: Int32Builder::new(),
+            upstream_status: Int32Builder::new(),
+            upstream_latency_ms: Float64Builder::new(),
+            upstream_error: StringBuilder::new(),
+        }
+    }
+}
+
+impl DeliveryColumns {
+    fn push(&mut self, d: &Delivery, derived: Derived) {
+        self.id.append_value(&d.id);
+        self.received_at.append_value(d.received_at_us);
+        self.source.append_value(&d.source);
+        self.provider.append_value(&d.provider);
+        self.event_type.append_option(d.event_type.as_deref());
+        self.event_id.append_option(d.event_id.as_deref());
+        self.delivery_id.append_option(d.delivery_id.as_deref());
+        self.dedup_key.append_value(&d.dedup_key);
+        self.attempt.append_value(derived.attempt);
+        self.is_duplicate.append_value(derived.is_duplicate);
+        self.retry_gap_ms.append_option(derived.retry_gap_ms);
+        self.sent_at.append_option(d.sent_at_us);
+        self.delivery_lag_ms.append_option(d.delivery_lag_ms());
+        self.signature_status
+            .append_value(d.signature_status.as_str());
+        self.method.append_value(&d.method);
+        self.path.append_value(&d.path);
+        self.query.append_value(&d.query);
+        self.content_type.append_option(d.content_type.as_deref());
+        self.user_agent.append_option(d.user_agent.as_deref());
+        self.remote_addr.append_option(d.remote_addr.as_deref());
+        self.headers.append_value(&d.headers_json);
+        match &d.body {
+            StoredBody::Text(t) => {
+                self.body.append_value(t);
+                self.body_base64.append_null();
+            }
+            StoredBody::Binary(b) => {
+                self.body.append_null();
+                self.body_base64
+                    .append_value(base64::engine::general_purpose::STANDARD.encode(b));
+            }
+            StoredBody::Omitted => {
+                self.body.append_null();
+                self.body_base64.append_null();
+            }
+        }
+        self.payload_size.append_value(d.payload_size);
+        self.payload_sha256.append_value(&d.payload_sha256);
+        self.payload_issues
+            .append_option(d.payload_issues.as_deref());
+        self.status_code.append_value(d.status_code);
+        self.upstream_status.append_option(d.upstream_status);
+        self.upstream_latency_ms
+            .append_option(d.upstream_latency_ms);
+        self.upstream_error
+            .append_option(d.upstream_error.as_deref());
+    }
+}
+
+impl Columns for DeliveryColumns {
+    fn table() -> Table {
+        Table::Deliveries
+    }
+    fn len(&self) -> usize {
+        self.id.len()
+    }
+    fn finish(&mut self) -> Vec<ArrayRef> {
+        vec![
+            Arc::new(self.id.finish()),
+            Arc::new(self.received_at.finish()),
+            Arc::new(self.source.finish()),
+            Arc::new(self.provider.finish()),
+            Arc::new(self.event_type.finish()),
+            Arc::new(self.event_id.finish()),
+            Arc::new(self.delivery_id.finish()),
+            Arc::new(self.dedup_key.finish()),
+            Arc::new(self.attempt.finish()),
+            Arc::new(self.is_duplicate.finish()),
+            Arc::new(self.retry_gap_ms.finish()),
+            Arc::new(self.sent_at.finish()),
+            Arc::new(self.delivery_lag_ms.finish()),
+            Arc::new(self.signature_status.finish()),
+            Arc::new(self.method.finish()),
+            Arc::new(self.path.finish()),
+            Arc::new(self.query.finish()),
+            Arc::new(self.content_type.finish()),
+            Arc::new(self.user_agent.finish()),
+            Arc::new(self.remote_addr.finish()),
+            Arc::new(self.headers.finish()),
+            Arc::new(self.body.finish()),
+            Arc::new(self.body_base64.finish()),
+            Arc::new(self.payload_size.finish()),
+            Arc::new(self.payload_sha256.finish()),
+            Arc::new(self.payload_issues.finish()),
+            Arc::new(self.status_code.finish()),
+            Arc::new(self.upstream_status.finish()),
+            Arc::new(self.upstream_latency_ms.finish()),
+            Arc::new(self.upstream_error.finish()),
+        ]
+    }
+}
+
+struct OutcomeColumns {
+    id: StringBuilder,
+    reported_at: TimestampMicrosecondBuilder,
+    source: StringBuilder,
+    delivery_id: StringBuilder,
+    event_id: StringBuilder,
+    status: StringBuilder,
+    processing_time_ms: Float64Builder,
+    error_type: StringBuilder,
+    error_message: StringBuilder,
+    records_processed: Int64Builder,
+    attributes: StringBuilder,
+}
+
+impl Default for OutcomeColumns {
+    fn default() -> Self {
+        Self {
+            id: StringBuilder::new(),
+            reported_at: utc_ts_builder(),
+            source: StringBuilder::new(),
+            delivery_id: StringBuilder::new(),
+            event_id: StringBuilder::new(),
+            status: StringBuilder::new(),
+            processing_time_ms: Float64Builder::new(),
+            error_type: StringBuilder::new(),
+            error_message: StringBuilder::new(),
+            records_processed: Int64Builder::new(),
+            attributes: StringBuilder::new(),
+        }
+    }
+}
+
+impl OutcomeColumns {
+    fn push(&mut self, o: &Outcome) {
+        self.id.append_value(&o.id);
+        self.reported_at.append_value(o.reported_at_us);
+        self.source.append_value(&o.source);
+        self.delivery_id.append_option(o.delivery_id.as_deref());
+        self.event_id.append_option(o.event_id.as_deref());
+        self.status.append_value(&o.status);
+        self.processing_time_ms.append_option(o.processing_time_ms);
+        self.error_type.append_option(o.error_type.as_deref());
+        self.error_message.append_option(o.error_message.as_deref());
+        self.records_processed.append_option(o.records_processed);
+        self.attributes.append_value(&o.attributes);
+    }
+}
+
+impl Columns for OutcomeColumns {
+    fn table() -> Table {
+        Table::Outcomes
+    }
+    fn len(&self) -> usize {
+        self.id.len()
+    }
+    fn finish(&mut self) -> Vec<ArrayRef> {
+        vec![
+            Arc::new(self.id.finish()),
+            Arc::new(self.reported_at.finish()),
+            Arc::new(self.source.finish()),
+            Arc::new(self.delivery_id.finish()),
+            Arc::new(self.event_id.finish()),
+            Arc::new(self.status.finish()),
+            Arc::new(self.processing_time_ms.finish()),
+            Arc::new(self.error_type.finish()),
+            Arc::new(self.error_message.finish()),
+            Arc::new(self.records_processed.finish()),
+            Arc::new(self.attributes.finish()),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tests::sample_delivery;
+
+    const D: Derived = Derived {
+        attempt: 1,
+        is_duplicate: false,
+        retry_gap_ms: None,
+    };
+
+    fn rows(batches: &[RecordBatch]) -> usize {
+        batches.iter().map(|b| b.num_rows()).sum()
+    }
+
+    #[test]
+    fn snapshot_sees_every_appended_row() {
+        let mut buf = Buffer::default();
+        for seq in 1..=10 {
+            buf.push_delivery(seq, &sample_delivery(), D);
+        }
+        assert_eq!(rows(&buf.snapshot(Table::Deliveries)), 10);
+        buf.push_delivery(11, &sample_delivery(), D);
+        assert_eq!(rows(&buf.snapshot(Table::Deliveries)), 11);
+        assert_eq!(buf.rows(), 11);
+    }
+
+    #[test]
+    fn a_cut_separates_flushed_rows_from_later_ones() {
+        let mut buf = Buffer::default();
+        for seq in 1..=5 {
+            buf.push_delivery(seq, &sample_delivery(), D);
+        }
+        buf.snapshot(Table::Deliveries);
+        buf.push_delivery(6, &sample_delivery(), D);
+        buf.cut(6);
+        // Small chunks after the cut must not merge into the flushed ones.
+        buf.push_delivery(7, &sample_delivery(), D);
+        buf.snapshot(Table::Deliveries);
+        assert_eq!(rows(&buf.take_through(Table::Deliveries, 6)), 6);
+        buf.push_delivery(8, &sample_delivery(), D);
+        buf.drop_through(6, Instant::now());
+        assert_eq!(rows(&buf.snapshot(Table::Deliveries)), 2);
+        assert_eq!(buf.rows(), 2);
+    }
+
+    #[test]
+    fn binary_bodies_are_stored_base64() {
+        let mut buf = Buffer::default();
+        let mut d = sample_delivery();
+        d.body = StoredBody::Binary(vec![0xff, 0x00, 0x10]);
+        buf.push_delivery(1, &d, D);
+        let batch = &buf.snapshot(Table::Deliveries)[0];
+        let b64 = batch
+            .column_by_name("body_base64")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        assert_eq!(b64.value(0), "/wAQ");
+        assert!(batch.column_by_name("body").unwrap().is_null(0));
+    }
+}

@@ -1,0 +1,389 @@
+//! The catalog: what each table holds right now (committed Parquet files plus
+//! buffered rows) and the DataFusion `TableProvider` that scans it.
+//!
+//! Invariants:
+//! - **Visible**: a row is visible to SQL once its WAL record is durable (it is in the
+//!   buffer before the append is acknowledged) and stays visible while it moves from
+//!   the buffer to Parquet.
+//! - The manifest and the buffer live behind one lock. [`Catalog::snapshot`] reads
+//!   both in one critical section, and [`Catalog::publish`] swaps in a new manifest and
+//!   drops the rows it now covers in one critical section, so a scan sees every row
+//!   exactly once even while a flush is in progress.
+//! - Scans prune files by the table's time column using the manifest's per-file
+//!   min/max, and hand the same filters to the Parquet reader for row-group and page
+//!   pruning. Filters are reported `Inexact`: DataFusion still applies them.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::datasource::TableType;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::union::UnionExec;
+use parking_lot::Mutex;
+
+use crate::buffer::Buffer;
+use crate::lake::Lake;
+use crate::manifest::{FileEntry, Manifest};
+use crate::tables::Table;
+
+struct State {
+    manifest: Arc<Manifest>,
+    buffer: Buffer,
+}
+
+/// See the module docs.
+pub struct Catalog {
+    lake: Lake,
+    state: Mutex<State>,
+}
+
+/// What a scan of one table reads.
+pub struct Snapshot {
+    pub files: Vec<FileEntry>,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl Catalog {
+    pub fn new(lake: Lake, manifest: Manifest) -> Arc<Self> {
+        Arc::new(Self {
+            lake,
+            state: Mutex::new(State {
+                manifest: Arc::new(manifest),
+                buffer: Buffer::default(),
+            }),
+        })
+    }
+
+    pub fn lake(&self) -> &Lake {
+        &self.lake
+    }
+
+    /// The committed manifest.
+    pub fn manifest(&self) -> Arc<Manifest> {
+        Arc::clone(&self.state.lock().manifest)
+    }
+
+    /// Runs `f` on the buffer under the catalog lock (used by the WAL applier).
+    pub fn with_buffer<R>(&self, f: impl FnOnce(&mut Buffer) -> R) -> R {
+        f(&mut self.state.lock().buffer)
+    }
+
+    /// Committed files and buffered rows of `table`, consistent with each other.
+    pub fn snapshot(&self, table: Table) -> Snapshot {
+        let mut state = self.state.lock();
+        let batches = state.buffer.snapshot(table);
+        Snapshot {
+            files: state.manifest.files(table).to_vec(),
+            batches,
+        }
+    }
+
+    /// Buffered rows of `table` up to WAL seq `through` (for the flusher).
+    pub fn buffered_through(&self, table: Table, through: u64) -> Vec<RecordBatch> {
+        self.state.lock().buffer.take_through(table, through)
+    }
+
+    /// Publishes a committed manifest and forgets the buffered rows it now covers,
+    /// atomically for readers.
+    pub fn publish(&self, manifest: Manifest, flush_started: Instant) {
+        let mut state = self.state.lock();
+        let through = manifest.wal_through;
+        state.manifest = Arc::new(manifest);
+        state.buffer.drop_through(through, flush_started);
+    }
+
+    /// (rows, approximate bytes, oldest row's arrival) of the buffer.
+    pub fn buffer_stats(&self) -> (usize, usize, Option<Instant>) {
+        let state = self.state.lock();
+        (
+            state.buffer.rows(),
+            state.buffer.approx_bytes(),
+            state.buffer.oldest(),
+        )
+    }
+
+    /// The DataFusion table over `table`.
+    pub fn provider(self: &Arc<Self>, table: Table) -> Arc<LakeTable> {
+        Arc::new(LakeTable {
+            table,
+            schema: table.schema(),
+            catalog: Arc::clone(self),
+        })
+    }
+}
+
+/// A lake table as DataFusion sees it: committed Parquet files ∪ buffered rows.
+pub struct LakeTable {
+    table: Table,
+    schema: SchemaRef,
+    catalog: Arc<Catalog>,
+}
+
+impl std::fmt::Debug for LakeTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LakeTable")
+            .field("table", &self.table.name())
+            .finish()
+    }
+}
+
+#[async_trait]
+impl TableProvider for LakeTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let snapshot = self.catalog.snapshot(self.table);
+        let range = TimeRange::from_filters(filters, self.table.time_column());
+        let files: Vec<&FileEntry> = snapshot
+            .files
+            .iter()
+            .filter(|f| range.overlaps(f.min_time_us, f.max_time_us))
+            .collect();
+
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        if !files.is_empty() {
+            let mut source = ParquetSource::new(Arc::clone(&self.schema));
+            if let Some(predicate) = conjunction(filters.iter().cloned()) {
+                let df_schema = DFSchema::try_from(Arc::clone(&self.schema))?;
+                // A filter the physical planner cannot take is simply not used for pruning.
+                if let Ok(physical) = state.create_physical_expr(predicate, &df_schema) {
+                    source = source.with_predicate(physical);
+                }
+            }
+            let groups = split_groups(&self.catalog, &files, state.config().target_partitions())?;
+            let config =
+                FileScanConfigBuilder::new(self.catalog.lake().url().clone(), Arc::new(source))
+                    .with_file_groups(groups)
+                    .with_projection_indices(projection.cloned())?
+                    .with_limit(limit)
+                    .build();
+            inputs.push(DataSourceExec::from_data_source(config));
+        }
+        if !snapshot.batches.is_empty() {
+            inputs.push(MemorySourceConfig::try_new_exec(
+                &[snapshot.batches],
+                Arc::clone(&self.schema),
+                projection.cloned(),
+            )?);
+        }
+        match inputs.len() {
+            0 => {
+                let projected = match projection {
+                    Some(p) => Arc::new(self.schema.project(p)?),
+                    None => Arc::clone(&self.schema),
+                };
+                Ok(Arc::new(EmptyExec::new(projected)))
+            }
+            1 => Ok(inputs.remove(0)),
+            _ => UnionExec::try_new(inputs),
+        }
+    }
+}
+
+/// Spreads files over up to `n` groups (one scan partition each), balancing bytes.
+fn split_groups(catalog: &Catalog, files: &[&FileEntry], n: usize) -> DfResult<Vec<FileGroup>> {
+    let n = n.clamp(1, files.len());
+    let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..n).map(|_| (0, Vec::new())).collect();
+    for f in files {
+        let path = catalog
+            .lake()
+            .object_path(&f.path)
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        let smallest = groups
+            .iter_mut()
+            .min_by_key(|(bytes, _)| *bytes)
+            .ok_or_else(|| datafusion::error::DataFusionError::Internal("no file group".into()))?;
+        smallest.0 += f.bytes;
+        smallest
+            .1
+            .push(PartitionedFile::new(path.to_string(), f.bytes));
+    }
+    Ok(groups
+        .into_iter()
+        .filter(|(_, g)| !g.is_empty())
+        .map(|(_, g)| FileGroup::new(g))
+        .collect())
+}
+
+/// Inclusive bounds on a time column implied by a scan's filters (microseconds).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimeRange {
+    pub min: i64,
+    pub max: i64,
+}
+
+impl TimeRange {
+    const ALL: TimeRange = TimeRange {
+        min: i64::MIN,
+        max: i64::MAX,
+    };
+
+    /// The range every filter (ANDed) allows for `column`; unbounded if unknown.
+    pub fn from_filters(filters: &[Expr], column: &str) -> TimeRange {
+        filters
+            .iter()
+            .fold(Self::ALL, |r, f| r.intersect(Self::from_expr(f, column)))
+    }
+
+    fn intersect(self, other: TimeRange) -> TimeRange {
+        TimeRange {
+            min: self.min.max(other.min),
+            max: self.max.min(other.max),
+        }
+    }
+
+    fn from_expr(expr: &Expr, column: &str) -> TimeRange {
+        match expr {
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => match op {
+                Operator::And => {
+                    Self::from_expr(left, column).intersect(Self::from_expr(right, column))
+                }
+                Operator::Or => {
+                    let (a, b) = (
+                        Self::from_expr(left, column),
+                        Self::from_expr(right, column),
+                    );
+                    TimeRange {
+                        min: a.min.min(b.min),
+                        max: a.max.max(b.max),
+                    }
+                }
+                _ => {
+                    if let (Some(c), Some(t)) = (column_name(left), literal_us(right))
+                        && c == column
+                    {
+                        return Self::compare(*op, t);
+                    }
+                    if let (Some(t), Some(c)) = (literal_us(left), column_name(right))
+                        && c == column
+                        && let Some(op) = op.swap()
+                    {
+                        return Self::compare(op, t);
+                    }
+                    Self::ALL
+                }
+            },
+            Expr::Between(Between {
+                expr,
+                negated: false,
+                low,
+                high,
+            }) if column_name(expr) == Some(column) => match (literal_us(low), literal_us(high)) {
+                (Some(lo), Some(hi)) => TimeRange { min: lo, max: hi },
+                _ => Self::ALL,
+            },
+            _ => Self::ALL,
+        }
+    }
+
+    fn compare(op: Operator, t: i64) -> TimeRange {
+        match op {
+            Operator::Eq => TimeRange { min: t, max: t },
+            Operator::Gt => TimeRange {
+                min: t.saturating_add(1),
+                max: i64::MAX,
+            },
+            Operator::GtEq => TimeRange {
+                min: t,
+                max: i64::MAX,
+            },
+            Operator::Lt => TimeRange {
+                min: i64::MIN,
+                max: t.saturating_sub(1),
+            },
+            Operator::LtEq => TimeRange {
+                min: i64::MIN,
+                max: t,
+            },
+            _ => Self::ALL,
+        }
+    }
+
+    /// True if a file spanning `[min, max]` may hold rows in this range.
+    pub fn overlaps(&self, min: i64, max: i64) -> bool {
+        min <= self.max && max >= self.min
+    }
+}
+
+fn column_name(expr: &Expr) -> Option<&str> {
+    match expr {
+        Expr::Column(c) => Some(c.name.as_str()),
+        _ => None,
+    }
+}
+
+/// A timestamp literal in microseconds. Nanoseconds round down for a lower bound,
+/// which only widens ranges (never prunes a file that may match).
+fn literal_us(expr: &Expr) -> Option<i64> {
+    let Expr::Literal(value, _) = expr else {
+        return None;
+    };
+    match value {
+        ScalarValue::TimestampMicrosecond(Some(v), _) => Some(*v),
+        ScalarValue::TimestampNanosecond(Some(v), _) => Some(v.div_euclid(1000)),
+        ScalarValue::TimestampMillisecond(Some(v), _) => v.checked_mul(1000),
+        ScalarValue::TimestampSecond(Some(v), _) => v.checked_mul(1_000_000),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::{col, lit};
+
+    fn ts(us: i64) -> Expr {
+        lit(ScalarValue::TimestampMicrosecond(
+            Some(us),
+            Some("UTC".into()),
+        ))
+    }
+
+    #[test]
+    fn time_ranges_come_from_comparisons_and_between() {
+        let c = "received_at";
+        let r = TimeRange::from_filters(&[col(c).gt_eq(ts(100)), col(c).lt(ts(200))], c);
+        assert_eq!(r, TimeRange { min: 100, max: 199 });
+        let r = TimeRange::from_filters(&[ts(50).lt(col(c))], c);
+        assert_eq!(r.min, 51);
+        let r = TimeRange::from_filters(&[col(c).between(ts(1), ts(9))], c);
+        assert_eq!(r, TimeRange { min: 1, max: 9 });
+        let r = TimeRange::from_filters(&[col("other").gt(ts(5))], c);
+        assert_eq!(r, TimeRange::ALL);
+        assert!(r.overlaps(0, 1));
+        let r = TimeRange::from_filters(&[col(c).gt(ts(10)).or(col(c).lt(ts(0)))], c);
+        assert_eq!(r, TimeRange::ALL);
+    }
+}

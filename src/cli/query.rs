@@ -1,0 +1,122 @@
+//! `hookscope query`: the same engine as the server's `/query`, on a data directory
+//! read in place (committed files plus WAL records not yet flushed), or forwarded to a
+//! running server.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+
+use super::QueryArgs;
+use crate::config::Config;
+use crate::engine::{Engine, EngineSettings, Mode};
+use crate::query::format::{Encoder, ResultFormat};
+
+/// Runs the query command; output goes to `-o FILE` or standard output.
+pub async fn run(args: QueryArgs, config: Config) -> anyhow::Result<()> {
+    let format = match &args.format {
+        Some(f) => f.parse::<ResultFormat>().map_err(anyhow::Error::msg)?,
+        None if args
+            .output
+            .as_deref()
+            .and_then(Path::extension)
+            .is_some_and(|e| e == "parquet") =>
+        {
+            ResultFormat::Parquet
+        }
+        None => ResultFormat::Table,
+    };
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    match &args.server {
+        Some(url) => remote(url, &args.sql, format, &mut out).await?,
+        None => local(config, &args.sql, format, &mut out).await?,
+    }
+    out.flush().context("cannot write the result")?;
+    Ok(())
+}
+
+async fn local(
+    config: Config,
+    sql: &str,
+    format: ResultFormat,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    if !config.data_dir.exists() {
+        bail!(
+            "data directory {} does not exist; pass --data-dir or run `hookscope serve` first",
+            config.data_dir.display()
+        );
+    }
+    let engine = Engine::open(EngineSettings::from_config(&config), Mode::ReadOnly).await?;
+    let mut stream = engine.query().stream(sql).await?;
+    let mut encoder = Encoder::new(format, &stream.schema(), u64::MAX)?;
+    while let Some(batch) = stream.next().await {
+        out.write_all(&encoder.write(&batch?)?)?;
+    }
+    out.write_all(&encoder.finish()?)?;
+    Ok(())
+}
+
+async fn remote(
+    url: &str,
+    sql: &str,
+    format: ResultFormat,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let wire = if format == ResultFormat::Table {
+        ResultFormat::Arrow
+    } else {
+        format
+    };
+    let wire_name = match wire {
+        ResultFormat::Json => "json",
+        ResultFormat::Ndjson => "ndjson",
+        ResultFormat::Csv => "csv",
+        ResultFormat::Parquet => "parquet",
+        ResultFormat::Arrow | ResultFormat::Table => "arrow",
+    };
+    let body = serde_json::json!({ "sql": sql, "format": wire_name }).to_string();
+    let mut req = reqwest::Client::new()
+        .post(format!("{}/query", url.trim_end_matches('/')))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Ok(token) = std::env::var("HOOKSCOPE_TOKEN")
+        && !token.is_empty()
+    {
+        req = req.bearer_auth(token);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = resp.status();
+    let bytes = resp
+        .bytes()
+        .await
+        .context("the server's answer was cut short")?;
+    if !status.is_success() {
+        let msg = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+        bail!("server answered {status}: {msg}");
+    }
+    if format == ResultFormat::Table {
+        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
+        let batches = reader.collect::<Result<Vec<_>, _>>()?;
+        writeln!(
+            out,
+            "{}",
+            arrow::util::pretty::pretty_format_batches(&batches)?
+        )?;
+    } else {
+        out.write_all(&bytes)?;
+    }
+    Ok(())
+}

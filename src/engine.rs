@@ -1,0 +1,622 @@
+//! The engine: wires the write path (WAL → buffer → Parquet → manifest) and the read
+//! path (catalog → query) for one data directory. The server and the CLI both go
+//! through it; it knows nothing of HTTP.
+//!
+//! Invariants:
+//! - [`Engine::ingest`] returns `Ok` only when the record is durable and visible.
+//! - A flush writes Parquet files completely, makes them durable, commits a manifest
+//!   naming them and the WAL sequence they reach, publishes that to the catalog
+//!   (dropping the buffered copies in the same step), and only then releases the WAL
+//!   segments. A crash at any point loses nothing and duplicates nothing: replay skips
+//!   records the committed manifest covers, and files no manifest names are removed on
+//!   the next start.
+//! - One process writes a data directory at a time (an exclusive lock file); read-only
+//!   opens take no lock and change nothing.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, TimestampMicrosecondType};
+use parking_lot::Mutex;
+use thiserror::Error;
+
+use crate::buffer::{Buffer, Derived};
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::dedup::DedupIndex;
+use crate::lake::{Lake, LakeError};
+use crate::manifest::{FileEntry, Manifest, ManifestError};
+use crate::model::{Delivery, Entry, Outcome};
+use crate::persist::{self, PersistError};
+use crate::query::{QueryEngine, QueryError, QueryLimits};
+use crate::tables::Table;
+use crate::wal::{self, Applier, Pending, ReplaySummary, SyncMode, Wal, WalConfig, WalError};
+
+/// Errors of the engine.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error(transparent)]
+    Persist(#[from] PersistError),
+    #[error(
+        "data directory {0} is in use by another hookscope process (lock file {0}/.lock); stop it or use another --data-dir"
+    )]
+    Locked(PathBuf),
+    #[error("cannot lock data directory {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+/// Why a record was not accepted. Nothing was acknowledged.
+#[derive(Debug, Error)]
+pub enum IngestError {
+    #[error("storage cannot make the delivery durable right now ({0}); retry shortly")]
+    Wal(WalError),
+    #[error(
+        "the buffer holds {bytes} bytes because flushes to Parquet are failing ({reason}); retry shortly"
+    )]
+    Overloaded { bytes: usize, reason: String },
+    #[error("this engine was opened read-only")]
+    ReadOnly,
+}
+
+/// Engine settings, taken from [`Config`].
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub data_dir: PathBuf,
+    pub node_id: String,
+    pub wal_sync: SyncMode,
+    pub wal_segment_max_bytes: u64,
+    pub flush_interval: Duration,
+    pub flush_rows: usize,
+    pub flush_bytes: usize,
+    pub query: QueryLimits,
+    pub dedup_window: Duration,
+    pub dedup_max_keys: usize,
+    pub zstd_level: i32,
+}
+
+impl EngineSettings {
+    pub fn from_config(c: &Config) -> Self {
+        Self {
+            data_dir: c.data_dir.clone(),
+            node_id: c.node_id.clone(),
+            wal_sync: c.wal.sync,
+            wal_segment_max_bytes: c.wal.segment_max_bytes.0,
+            flush_interval: c.buffer.flush_interval.0,
+            flush_rows: c.buffer.max_rows,
+            flush_bytes: c.buffer.max_bytes.0 as usize,
+            query: QueryLimits {
+                timeout: c.query.timeout.0,
+                memory_limit: c.query.memory_limit.0 as usize,
+                max_result_bytes: c.query.max_result_bytes.0,
+            },
+            dedup_window: c.dedup.window.0,
+            dedup_max_keys: c.dedup.max_keys,
+            zstd_level: c.parquet.zstd_level,
+        }
+    }
+}
+
+/// How an engine opens its data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The server: takes the lock, writes the WAL, flushes, cleans up.
+    Serve,
+    /// Offline tools: reads the lake and the WAL as they are, changes nothing.
+    ReadOnly,
+}
+
+/// What the applier says about an appended record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub attempt: i32,
+    pub duplicate: bool,
+}
+
+/// What one flush did.
+#[derive(Debug, Default, Clone)]
+pub struct FlushReport {
+    pub files: usize,
+    pub rows: u64,
+    pub bytes: u64,
+    pub wal_through: u64,
+}
+
+#[derive(Debug, Default)]
+struct FlushStatus {
+    last_error: Option<String>,
+    failing_since: Option<Instant>,
+    flushes: u64,
+}
+
+/// See the module docs.
+pub struct Engine {
+    settings: EngineSettings,
+    catalog: Arc<Catalog>,
+    query: QueryEngine,
+    wal: Option<Wal<Applied>>,
+    flush_lock: tokio::sync::Mutex<()>,
+    flush_status: Mutex<FlushStatus>,
+    replay: ReplaySummary,
+    _lock: Option<File>,
+}
+
+/// Hands durable records to the dedup index and the buffer, in WAL order.
+struct LakeApplier {
+    catalog: Arc<Catalog>,
+    dedup: DedupIndex,
+    /// Records at or below this are in committed files already.
+    skip_through: u64,
+}
+
+fn apply_entry(dedup: &mut DedupIndex, buf: &mut Buffer, seq: u64, entry: &Entry) -> Applied {
+    match entry {
+        Entry::Delivery(d) => {
+            let seen = dedup.observe(&d.dedup_key, d.received_at_us);
+            let attempt = d
+                .provider_attempt
+                .unwrap_or(i32::try_from(seen.arrivals).unwrap_or(i32::MAX));
+            let derived = Derived {
+                attempt,
+                is_duplicate: attempt > 1,
+                retry_gap_ms: seen.gap_ms,
+            };
+            buf.push_delivery(seq, d, derived);
+            Applied {
+                attempt,
+                duplicate: attempt > 1,
+            }
+        }
+        Entry::Outcome(o) => {
+            buf.push_outcome(seq, o);
+            Applied {
+                attempt: 1,
+                duplicate: false,
+            }
+        }
+    }
+}
+
+impl Applier for LakeApplier {
+    type Output = Applied;
+
+    fn apply(&mut self, records: &[(u64, Entry)]) -> Vec<Applied> {
+        let dedup = &mut self.dedup;
+        self.catalog.with_buffer(|buf| {
+            records
+                .iter()
+                .map(|(seq, entry)| apply_entry(dedup, buf, *seq, entry))
+                .collect()
+        })
+    }
+
+    fn replay(&mut self, seq: u64, entry: Entry) {
+        if seq > self.skip_through {
+            let dedup = &mut self.dedup;
+            self.catalog
+                .with_buffer(|buf| apply_entry(dedup, buf, seq, &entry));
+        }
+    }
+
+    fn cut(&mut self, through: u64) {
+        self.catalog.with_buffer(|buf| buf.cut(through));
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<File, EngineError> {
+    let path = dir.join(".lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| EngineError::Lock {
+            path: path.clone(),
+            source,
+        })?;
+    // SAFETY: flock on a valid, owned file descriptor; no memory is shared.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        return Err(if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            EngineError::Locked(dir.to_path_buf())
+        } else {
+            EngineError::Lock { path, source: err }
+        });
+    }
+    Ok(file)
+}
+
+impl Engine {
+    /// Opens the data directory: loads the committed manifest, rebuilds the dedup
+    /// index from the lake, replays the WAL into the buffer, and (in `Serve` mode)
+    /// starts the WAL writer. When this returns, every acknowledged record is
+    /// queryable.
+    pub async fn open(settings: EngineSettings, mode: Mode) -> Result<Arc<Engine>, EngineError> {
+        let lake = Lake::local(&settings.data_dir)?;
+        let root = lake
+            .local_root()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| settings.data_dir.clone());
+        let lock = match mode {
+            Mode::Serve => Some(lock_dir(&root)?),
+            Mode::ReadOnly => None,
+        };
+        let manifest = Manifest::load(&lake).await?;
+        if mode == Mode::Serve {
+            remove_uncommitted(&lake, &manifest).await;
+        }
+        let skip_through = manifest.wal_through;
+        let catalog = Catalog::new(lake, manifest);
+        let query = QueryEngine::new(&catalog, settings.query.clone(), mode == Mode::Serve)?;
+        let dedup = rebuild_dedup(&query, &settings).await?;
+        let mut applier = LakeApplier {
+            catalog: Arc::clone(&catalog),
+            dedup,
+            skip_through,
+        };
+        let wal_dir = root.join("wal");
+        let (wal, replay) = match mode {
+            Mode::Serve => {
+                let config = WalConfig {
+                    dir: wal_dir,
+                    sync: settings.wal_sync,
+                    segment_max_bytes: settings.wal_segment_max_bytes,
+                };
+                let (wal, summary) =
+                    tokio::task::spawn_blocking(move || Wal::open(config, applier))
+                        .await
+                        .map_err(|e| EngineError::Task(e.to_string()))??;
+                (Some(wal), summary)
+            }
+            Mode::ReadOnly => {
+                let summary = tokio::task::spawn_blocking(move || {
+                    wal::read_only_replay(&wal_dir, |seq, entry| applier.replay(seq, entry))
+                })
+                .await
+                .map_err(|e| EngineError::Task(e.to_string()))??;
+                (None, summary)
+            }
+        };
+        Ok(Arc::new(Engine {
+            settings,
+            catalog,
+            query,
+            wal,
+            flush_lock: tokio::sync::Mutex::new(()),
+            flush_status: Mutex::new(FlushStatus::default()),
+            replay,
+            _lock: lock,
+        }))
+    }
+
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    /// The SQL engine over this lake.
+    pub fn query(&self) -> &QueryEngine {
+        &self.query
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// What was replayed from the WAL on open.
+    pub fn replay_summary(&self) -> &ReplaySummary {
+        &self.replay
+    }
+
+    /// Records a delivery. **Returns `Ok` only once it is durable and visible to SQL.**
+    pub async fn ingest(&self, delivery: Delivery) -> Result<Applied, IngestError> {
+        self.append(Entry::Delivery(Box::new(delivery))).await
+    }
+
+    /// Records a processing outcome. **Returns `Ok` only once it is durable.**
+    pub async fn report(&self, outcome: Outcome) -> Result<(), IngestError> {
+        self.append(Entry::Outcome(Box::new(outcome)))
+            .await
+            .map(|_| ())
+    }
+
+    async fn append(&self, entry: Entry) -> Result<Applied, IngestError> {
+        let wal = self.wal.as_ref().ok_or(IngestError::ReadOnly)?;
+        let (_, bytes, _) = self.catalog.buffer_stats();
+        if bytes > self.settings.flush_bytes.saturating_mul(4) {
+            let reason = self
+                .flush_status
+                .lock()
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "flushing is behind".into());
+            return Err(IngestError::Overloaded { bytes, reason });
+        }
+        wal.append(Pending::new(entry))
+            .await
+            .map(|c| c.applied)
+            .map_err(IngestError::Wal)
+    }
+
+    /// True when the buffer has reached a flush threshold.
+    pub fn flush_due(&self) -> bool {
+        let (rows, bytes, oldest) = self.catalog.buffer_stats();
+        rows >= self.settings.flush_rows
+            || bytes >= self.settings.flush_bytes
+            || oldest.is_some_and(|t| t.elapsed() >= self.settings.flush_interval)
+    }
+
+    /// Writes every buffered row to committed Parquet files (see the module docs for
+    /// the order of steps). A no-op when nothing is buffered or the engine is
+    /// read-only.
+    pub async fn flush(&self) -> Result<FlushReport, EngineError> {
+        let Some(wal) = &self.wal else {
+            return Ok(FlushReport::default());
+        };
+        let _guard = self.flush_lock.lock().await;
+        let started = Instant::now();
+        let result = self.flush_locked(wal, started).await;
+        let mut status = self.flush_status.lock();
+        match &result {
+            Ok(report) => {
+                status.flushes += 1;
+                if status.last_error.take().is_some() {
+                    tracing::info!("flushing to Parquet works again");
+                }
+                status.failing_since = None;
+                if report.files > 0 {
+                    tracing::debug!(
+                        files = report.files,
+                        rows = report.rows,
+                        bytes = report.bytes,
+                        ms = started.elapsed().as_millis() as u64,
+                        "flushed buffer to Parquet"
+                    );
+                }
+            }
+            Err(e) => {
+                if status.last_error.is_none() {
+                    tracing::error!(error = %e, "flush to Parquet failed; rows stay in the WAL and buffer, retrying");
+                }
+                status.last_error = Some(e.to_string());
+                status.failing_since.get_or_insert(started);
+            }
+        }
+        result
+    }
+
+    async fn flush_locked(
+        &self,
+        wal: &Wal<Applied>,
+        started: Instant,
+    ) -> Result<FlushReport, EngineError> {
+        let through = wal.rotate().await?;
+        let manifest = self.catalog.manifest();
+        if through <= manifest.wal_through {
+            return Ok(FlushReport {
+                wal_through: manifest.wal_through,
+                ..Default::default()
+            });
+        }
+        let lake = self.catalog.lake().clone();
+        let mut next_file_seq = manifest.next_file_seq;
+        let mut added = Vec::new();
+        let mut report = FlushReport {
+            wal_through: through,
+            ..Default::default()
+        };
+        for table in [Table::Deliveries, Table::Outcomes] {
+            let batches = self.catalog.buffered_through(table, through);
+            if batches.is_empty() {
+                continue;
+            }
+            let level = self.settings.zstd_level;
+            let files =
+                tokio::task::spawn_blocking(move || persist::encode(table, &batches, level))
+                    .await
+                    .map_err(|e| EngineError::Task(e.to_string()))??;
+            for f in files {
+                let path = format!(
+                    "{}/{}/{}-{:012}.parquet",
+                    table.name(),
+                    f.partition,
+                    self.settings.node_id,
+                    next_file_seq
+                );
+                next_file_seq += 1;
+                let size = f.bytes.len() as u64;
+                if let Err(e) = lake.put_durable(&path, f.bytes).await {
+                    discard(
+                        &lake,
+                        added
+                            .iter()
+                            .map(|(_, e): &(Table, FileEntry)| e.path.as_str())
+                            .chain([path.as_str()]),
+                    )
+                    .await;
+                    return Err(e.into());
+                }
+                report.files += 1;
+                report.rows += f.rows;
+                report.bytes += size;
+                added.push((
+                    table,
+                    FileEntry {
+                        path,
+                        rows: f.rows,
+                        bytes: size,
+                        min_time_us: f.min_time_us,
+                        max_time_us: f.max_time_us,
+                    },
+                ));
+            }
+        }
+        let paths: Vec<String> = added.iter().map(|(_, e)| e.path.clone()).collect();
+        let next = manifest.with_files(added, through, next_file_seq);
+        if let Err(e) = next.commit(&lake).await {
+            discard(&lake, paths.iter().map(String::as_str)).await;
+            return Err(e.into());
+        }
+        self.catalog.publish(next, started);
+        wal.release(through).await?;
+        Ok(report)
+    }
+
+    /// Runs flushes whenever a threshold is reached, until `stop` fires.
+    pub fn spawn_flusher(
+        self: &Arc<Self>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let engine = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return,
+                }
+                if !engine.flush_due() {
+                    continue;
+                }
+                backoff = match engine.flush().await {
+                    Ok(_) => Duration::from_millis(100),
+                    Err(_) => (backoff * 2).min(Duration::from_secs(10)),
+                };
+            }
+        })
+    }
+
+    /// Problems that make the server not ready (WAL failing, flushes failing).
+    pub fn readiness_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(wal) = &self.wal
+            && wal.status().is_degraded()
+        {
+            problems.push(format!(
+                "write-ahead log is failing: {}",
+                wal.status().last_error().unwrap_or_default()
+            ));
+        }
+        let status = self.flush_status.lock();
+        if let (Some(err), Some(since)) = (&status.last_error, status.failing_since)
+            && since.elapsed() > Duration::from_secs(30)
+        {
+            problems.push(format!(
+                "flushes to Parquet have failed for {}s: {err}",
+                since.elapsed().as_secs()
+            ));
+        }
+        problems
+    }
+
+    /// The WAL's status, in `Serve` mode.
+    pub fn wal_status(&self) -> Option<&Arc<wal::WalStatus>> {
+        self.wal.as_ref().map(|w| w.status())
+    }
+
+    /// Flushes what is buffered and stops the WAL writer. After this, ingest fails.
+    pub async fn shutdown(&self) -> Result<(), EngineError> {
+        let result = self.flush().await;
+        if let Some(wal) = &self.wal {
+            wal.shutdown().await;
+        }
+        result.map(|_| ())
+    }
+}
+
+async fn discard<'a>(lake: &Lake, paths: impl Iterator<Item = &'a str>) {
+    for p in paths {
+        if let Err(e) = lake.delete(p).await {
+            tracing::warn!(path = p, error = %e, "could not remove an uncommitted Parquet file");
+        }
+    }
+}
+
+/// Deletes files under the table folders that no committed manifest names: files of a
+/// flush that crashed before its commit, and staging files of interrupted writes.
+async fn remove_uncommitted(lake: &Lake, manifest: &Manifest) {
+    let committed: std::collections::HashSet<&str> = manifest.all_paths().collect();
+    for table in Table::ALL {
+        let listed = match lake.list(table.name()).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(table = table.name(), error = %e, "could not list table files for cleanup");
+                continue;
+            }
+        };
+        for file in listed {
+            if !committed.contains(file.path.as_str()) {
+                tracing::info!(path = %file.path, "removing a file no committed manifest names (interrupted flush)");
+                if let Err(e) = lake.delete(&file.path).await {
+                    tracing::warn!(path = %file.path, error = %e, "could not remove an uncommitted file");
+                }
+            }
+        }
+    }
+}
+
+/// Reads back, from committed files, how often each dedup key arrived within the
+/// window and when it last did.
+async fn rebuild_dedup(
+    query: &QueryEngine,
+    settings: &EngineSettings,
+) -> Result<DedupIndex, EngineError> {
+    let window_us = i64::try_from(settings.dedup_window.as_micros()).unwrap_or(i64::MAX);
+    let mut index = DedupIndex::new(window_us, settings.dedup_max_keys);
+    let cutoff_us = chrono::Utc::now()
+        .timestamp_micros()
+        .saturating_sub(window_us);
+    let cutoff = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(cutoff_us)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let sql = format!(
+        "SELECT dedup_key, COUNT(*) AS n, MAX(received_at) AS last FROM deliveries \
+         WHERE received_at >= '{cutoff}' GROUP BY dedup_key ORDER BY last DESC LIMIT {}",
+        settings.dedup_max_keys
+    );
+    let (_, batches) = query.collect(&sql).await?;
+    let mut rows: Vec<(String, u32, i64)> = Vec::new();
+    for batch in &batches {
+        let keys = arrow::compute::cast(batch.column(0), &DataType::Utf8)
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
+        let keys = keys.as_string::<i32>();
+        let counts = arrow::compute::cast(batch.column(1), &DataType::Int64)
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
+        let counts = counts.as_primitive::<arrow::datatypes::Int64Type>();
+        let lasts = batch.column(2).as_primitive::<TimestampMicrosecondType>();
+        for i in 0..batch.num_rows() {
+            if keys.is_null(i) {
+                continue;
+            }
+            rows.push((
+                keys.value(i).to_string(),
+                u32::try_from(counts.value(i)).unwrap_or(u32::MAX),
+                lasts.value(i),
+            ));
+        }
+    }
+    rows.sort_by_key(|(_, _, last)| *last);
+    for (key, n, last) in &rows {
+        index.seed(key, *n, *last);
+    }
+    if !rows.is_empty() {
+        tracing::info!(keys = rows.len(), "rebuilt the dedup index from the lake");
+    }
+    Ok(index)
+}

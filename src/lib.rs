@@ -1,0 +1,25 @@
+//! hookscope: a self-hosted webhook monitor and analytics engine.
+//!
+//! The modules follow the data: [`receive`] (request → record) → [`providers`]
+//! (verify / identify) → [`wal`] (durable) → [`buffer`] (Arrow, queryable) →
+//! [`persist`] (Parquet) → [`lake`] + [`manifest`] (committed files) → [`catalog`]
+//! (tables) → [`query`] (SQL) → [`api`] (HTTP). [`engine`] wires the steps; [`server`]
+//! and [`cli`] are the two ways in. See ARCHITECTURE.md.
+
+pub mod api;
+pub mod buffer;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod dedup;
+pub mod engine;
+pub mod lake;
+pub mod manifest;
+pub mod model;
+pub mod persist;
+pub mod providers;
+pub mod query;
+pub mod receive;
+pub mod server;
+pub mod tables;
+pub mod wal;

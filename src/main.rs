@@ -1,0 +1,71 @@
+//! The `hookscope` binary: parses flags, loads configuration, starts logging and runs
+//! one command. The work lives in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use hookscope::cli::{self, Cli, Command};
+use hookscope::config::{Config, LogFormat};
+use hookscope::server::{self, ServeOptions};
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Cli) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    let default_level = match args.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    init_logging(config.log_format, default_level);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hookscope")
+        .build()?;
+    match args.command {
+        Command::Serve(serve) => {
+            if let Some(dir) = serve.data_dir {
+                config.data_dir = dir;
+            }
+            if let Some(listen) = serve.listen {
+                config.listen = listen;
+            }
+            runtime.block_on(server::serve(
+                config,
+                ServeOptions {
+                    insecure: serve.insecure,
+                },
+            ))
+        }
+        Command::Query(query) => {
+            if let Some(dir) = &query.data_dir {
+                config.data_dir = dir.clone();
+            }
+            runtime.block_on(cli::query::run(query, config))
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("HOOKSCOPE_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,220 @@
+//! The manifest: which Parquet files are committed, and how far into the WAL they
+//! reach.
+//!
+//! Stored as `_manifest/<version, 20 digits>.json`. A commit writes version `v + 1`
+//! as a new object (object_store's put is atomic: staged, then renamed) and makes it
+//! durable; the newest version that parses is the committed state. Older versions are
+//! deleted once a newer one is durable, keeping one spare.
+//!
+//! Invariants:
+//! - **Committed**: a Parquet file is committed exactly when a durable manifest lists
+//!   it. Queries and other readers see only committed files.
+//! - `wal_through` is the highest WAL sequence number whose row is in a committed
+//!   file; replay skips records at or below it, so a crash between a commit and the
+//!   WAL release counts nothing twice.
+//! - A manifest version torn by a crash was never acknowledged as committed (its WAL
+//!   segments were not released), so falling back to the previous version loses
+//!   nothing.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::lake::{Lake, LakeError};
+use crate::tables::Table;
+
+const DIR: &str = "_manifest";
+const FORMAT: u32 = 1;
+
+/// Errors reading or committing the manifest.
+#[derive(Debug, Error)]
+pub enum ManifestError {
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    #[error(
+        "manifest {path} was written by a newer hookscope (format {found}, this build reads {FORMAT})"
+    )]
+    TooNew { path: String, found: u32 },
+    #[error("could not encode the manifest: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// One committed Parquet file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Lake-relative path.
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+    /// Smallest and largest value of the table's time column, microseconds UTC.
+    pub min_time_us: i64,
+    pub max_time_us: i64,
+}
+
+/// The committed state of the lake.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub version: u64,
+    /// Rows of every WAL record with seq ≤ this are in committed files.
+    pub wal_through: u64,
+    /// Next number for a Parquet file name.
+    pub next_file_seq: u64,
+    /// Committed files per table name.
+    pub tables: BTreeMap<String, Vec<FileEntry>>,
+}
+
+impl Manifest {
+    /// The committed files of `table`.
+    pub fn files(&self, table: Table) -> &[FileEntry] {
+        self.tables
+            .get(table.name())
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// Loads the newest readable manifest; an empty one if the lake is new.
+    pub async fn load(lake: &Lake) -> Result<Manifest, ManifestError> {
+        let mut versions = list_versions(lake).await?;
+        versions.sort_by_key(|v| std::cmp::Reverse(v.0));
+        for (version, path) in versions {
+            let Some(bytes) = lake.get(&path).await? else {
+                continue;
+            };
+            match serde_json::from_slice::<Manifest>(&bytes) {
+                Ok(m) if m.format > FORMAT => {
+                    return Err(ManifestError::TooNew {
+                        path,
+                        found: m.format,
+                    });
+                }
+                Ok(m) if m.version == version => return Ok(m),
+                Ok(_) | Err(_) => {
+                    tracing::warn!(manifest = %path, "skipping an unreadable manifest version (torn by a crash); using the previous one");
+                }
+            }
+        }
+        Ok(Manifest {
+            format: FORMAT,
+            next_file_seq: 1,
+            ..Default::default()
+        })
+    }
+
+    /// The next version: `self` plus `added` files, reaching WAL seq `wal_through`.
+    pub fn with_files(
+        &self,
+        added: Vec<(Table, FileEntry)>,
+        wal_through: u64,
+        next_file_seq: u64,
+    ) -> Manifest {
+        let mut next = self.clone();
+        next.format = FORMAT;
+        next.version += 1;
+        next.wal_through = next.wal_through.max(wal_through);
+        next.next_file_seq = next_file_seq;
+        for (table, entry) in added {
+            next.tables
+                .entry(table.name().to_string())
+                .or_default()
+                .push(entry);
+        }
+        next
+    }
+
+    /// Makes this version durable: **when this returns `Ok`, it is the committed
+    /// state.** Then deletes versions older than the previous one.
+    pub async fn commit(&self, lake: &Lake) -> Result<(), ManifestError> {
+        let body = serde_json::to_vec_pretty(self)?;
+        lake.put_durable(&version_path(self.version), Bytes::from(body))
+            .await?;
+        for (version, path) in list_versions(lake).await? {
+            if version + 1 < self.version
+                && let Err(e) = lake.delete(&path).await
+            {
+                tracing::warn!(manifest = %path, error = %e, "could not delete an old manifest version");
+            }
+        }
+        Ok(())
+    }
+
+    /// Every committed file path, over all tables.
+    pub fn all_paths(&self) -> impl Iterator<Item = &str> {
+        self.tables.values().flatten().map(|f| f.path.as_str())
+    }
+}
+
+fn version_path(version: u64) -> String {
+    format!("{DIR}/{version:020}.json")
+}
+
+async fn list_versions(lake: &Lake) -> Result<Vec<(u64, String)>, LakeError> {
+    Ok(lake
+        .list(DIR)
+        .await?
+        .into_iter()
+        .filter_map(|l| {
+            let name = l.path.rsplit('/').next()?;
+            let v = name.strip_suffix(".json")?.parse::<u64>().ok()?;
+            Some((v, l.path))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str) -> FileEntry {
+        FileEntry {
+            path: path.into(),
+            rows: 3,
+            bytes: 100,
+            min_time_us: 1,
+            max_time_us: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn commits_are_loaded_back_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::local(dir.path()).unwrap();
+        let m0 = Manifest::load(&lake).await.unwrap();
+        assert_eq!(m0.version, 0);
+        let m1 = m0.with_files(
+            vec![(Table::Deliveries, entry("deliveries/a.parquet"))],
+            10,
+            2,
+        );
+        m1.commit(&lake).await.unwrap();
+        let m2 = m1.with_files(
+            vec![(Table::Deliveries, entry("deliveries/b.parquet"))],
+            20,
+            3,
+        );
+        m2.commit(&lake).await.unwrap();
+        let m3 = m2.with_files(vec![], 30, 3);
+        m3.commit(&lake).await.unwrap();
+        let loaded = Manifest::load(&lake).await.unwrap();
+        assert_eq!(loaded, m3);
+        assert_eq!(loaded.files(Table::Deliveries).len(), 2);
+        // Only the newest and one spare are kept.
+        assert_eq!(list_versions(&lake).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_torn_newest_version_falls_back_to_the_previous() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::local(dir.path()).unwrap();
+        let m1 = Manifest::load(&lake).await.unwrap().with_files(
+            vec![(Table::Outcomes, entry("outcomes/a.parquet"))],
+            5,
+            2,
+        );
+        m1.commit(&lake).await.unwrap();
+        std::fs::write(dir.path().join(version_path(2)), b"{\"format\":1,\"vers").unwrap();
+        assert_eq!(Manifest::load(&lake).await.unwrap(), m1);
+    }
+}

@@ -1,0 +1,512 @@
+//! The records that travel the write path: what arrived ([`Delivery`]), what the
+//! application reported ([`Outcome`]), and how each is encoded in the WAL.
+//!
+//! Invariants:
+//! - A record holds only what was *observed* on receipt. Columns derived from
+//!   history (attempt, is_duplicate, retry_gap_ms) are computed when the record is
+//!   applied to the buffer, in WAL order, so replaying the WAL after a crash derives
+//!   exactly the values the live server derived.
+//! - The encoding is versioned by the WAL record kind; decoding a kind this build does
+//!   not know is an error, never a guess.
+
+use thiserror::Error;
+
+/// Signature verification result of a delivery (SPEC §4 `signature_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureStatus {
+    /// The signature matched one of the configured secrets.
+    Valid,
+    /// A signature was present and did not match.
+    Invalid,
+    /// The signature matched but its timestamp is outside the tolerance.
+    Expired,
+    /// A secret is configured but the request carried no signature.
+    Missing,
+    /// No secret is configured for the source: nothing was checked.
+    Unchecked,
+}
+
+impl SignatureStatus {
+    /// The SQL value of this status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Valid => "valid",
+            Self::Invalid => "invalid",
+            Self::Expired => "expired",
+            Self::Missing => "missing",
+            Self::Unchecked => "unchecked",
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Self::Valid => 0,
+            Self::Invalid => 1,
+            Self::Expired => 2,
+            Self::Missing => 3,
+            Self::Unchecked => 4,
+        }
+    }
+
+    fn from_code(code: u8) -> Result<Self, DecodeError> {
+        Ok(match code {
+            0 => Self::Valid,
+            1 => Self::Invalid,
+            2 => Self::Expired,
+            3 => Self::Missing,
+            4 => Self::Unchecked,
+            other => return Err(DecodeError::BadValue("signature_status", other as u64)),
+        })
+    }
+}
+
+/// The body of a delivery as stored: text when it is UTF-8, else raw bytes (stored
+/// base64 in SQL), or nothing when it was refused (over the size limit).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoredBody {
+    /// Valid UTF-8.
+    Text(String),
+    /// Any other bytes.
+    Binary(Vec<u8>),
+    /// Not kept (body over the limit).
+    Omitted,
+}
+
+/// One request on `/webhook/{source}`, as observed on receipt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// ULID assigned on receipt.
+    pub id: String,
+    /// Microseconds since the Unix epoch, UTC.
+    pub received_at_us: i64,
+    pub source: String,
+    pub provider: String,
+    pub event_type: Option<String>,
+    pub event_id: Option<String>,
+    pub delivery_id: Option<String>,
+    /// event_id when known, else `sha256:<hex>` of the body.
+    pub dedup_key: String,
+    /// The provider's own attempt number, when it sends one (Slack retry num + 1).
+    pub provider_attempt: Option<i32>,
+    pub sent_at_us: Option<i64>,
+    pub signature_status: SignatureStatus,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub content_type: Option<String>,
+    pub user_agent: Option<String>,
+    pub remote_addr: Option<String>,
+    /// JSON object of the request headers, secrets already redacted.
+    pub headers_json: String,
+    pub body: StoredBody,
+    pub payload_size: i64,
+    pub payload_sha256: String,
+    /// JSON array of integrity problems, or None.
+    pub payload_issues: Option<String>,
+    pub status_code: i32,
+    pub upstream_status: Option<i32>,
+    pub upstream_latency_ms: Option<f64>,
+    pub upstream_error: Option<String>,
+}
+
+impl Delivery {
+    /// received_at − sent_at in milliseconds, when the provider said when it sent.
+    pub fn delivery_lag_ms(&self) -> Option<f64> {
+        self.sent_at_us
+            .map(|sent| (self.received_at_us - sent) as f64 / 1000.0)
+    }
+}
+
+/// One processing report (SPEC §4 `outcomes`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub id: String,
+    pub reported_at_us: i64,
+    pub source: String,
+    pub delivery_id: Option<String>,
+    pub event_id: Option<String>,
+    /// `success` or `failure`.
+    pub status: String,
+    pub processing_time_ms: Option<f64>,
+    pub error_type: Option<String>,
+    pub error_message: Option<String>,
+    pub records_processed: Option<i64>,
+    /// JSON object text.
+    pub attributes: String,
+}
+
+/// What one WAL record carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Entry {
+    Delivery(Box<Delivery>),
+    Outcome(Box<Outcome>),
+}
+
+/// WAL record kinds. A new layout gets a new kind; old kinds stay decodable.
+pub mod kind {
+    pub const DELIVERY_V1: u8 = 1;
+    pub const OUTCOME_V1: u8 = 2;
+}
+
+/// A WAL payload that cannot be decoded.
+#[derive(Debug, Error, PartialEq)]
+pub enum DecodeError {
+    #[error("record ends early while reading {0}")]
+    Truncated(&'static str),
+    #[error("record field {0} is not valid UTF-8")]
+    Utf8(&'static str),
+    #[error("record field {0} has an impossible value {1}")]
+    BadValue(&'static str, u64),
+    #[error(
+        "unknown WAL record kind {0}: the WAL was written by a newer hookscope; run that version or move the WAL aside"
+    )]
+    UnknownKind(u8),
+    #[error("record has {0} bytes left over after decoding")]
+    Trailing(usize),
+}
+
+impl Entry {
+    /// The WAL record kind for this entry.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Entry::Delivery(_) => kind::DELIVERY_V1,
+            Entry::Outcome(_) => kind::OUTCOME_V1,
+        }
+    }
+
+    /// Encodes the entry as a WAL payload (the framing is the WAL's job).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::with_capacity(self.size_hint());
+        match self {
+            Entry::Delivery(d) => encode_delivery(&mut e, d),
+            Entry::Outcome(o) => encode_outcome(&mut e, o),
+        }
+        e.buf
+    }
+
+    /// Decodes a payload written by [`Entry::encode`] under `kind`.
+    pub fn decode(kind: u8, payload: &[u8]) -> Result<Entry, DecodeError> {
+        let mut d = Decoder { buf: payload };
+        let entry = match kind {
+            kind::DELIVERY_V1 => Entry::Delivery(Box::new(decode_delivery(&mut d)?)),
+            kind::OUTCOME_V1 => Entry::Outcome(Box::new(decode_outcome(&mut d)?)),
+            other => return Err(DecodeError::UnknownKind(other)),
+        };
+        if !d.buf.is_empty() {
+            return Err(DecodeError::Trailing(d.buf.len()));
+        }
+        Ok(entry)
+    }
+
+    fn size_hint(&self) -> usize {
+        match self {
+            Entry::Delivery(d) => {
+                let body = match &d.body {
+                    StoredBody::Text(t) => t.len(),
+                    StoredBody::Binary(b) => b.len(),
+                    StoredBody::Omitted => 0,
+                };
+                256 + body + d.headers_json.len() + d.path.len() + d.query.len()
+            }
+            Entry::Outcome(o) => 256 + o.attributes.len(),
+        }
+    }
+}
+
+fn encode_delivery(e: &mut Encoder, d: &Delivery) {
+    e.str(&d.id);
+    e.i64(d.received_at_us);
+    e.str(&d.source);
+    e.str(&d.provider);
+    e.opt_str(d.event_type.as_deref());
+    e.opt_str(d.event_id.as_deref());
+    e.opt_str(d.delivery_id.as_deref());
+    e.str(&d.dedup_key);
+    e.opt_i64(d.provider_attempt.map(i64::from));
+    e.opt_i64(d.sent_at_us);
+    e.u8(d.signature_status.code());
+    e.str(&d.method);
+    e.str(&d.path);
+    e.str(&d.query);
+    e.opt_str(d.content_type.as_deref());
+    e.opt_str(d.user_agent.as_deref());
+    e.opt_str(d.remote_addr.as_deref());
+    e.str(&d.headers_json);
+    match &d.body {
+        StoredBody::Text(t) => {
+            e.u8(0);
+            e.str(t);
+        }
+        StoredBody::Binary(b) => {
+            e.u8(1);
+            e.bytes(b);
+        }
+        StoredBody::Omitted => e.u8(2),
+    }
+    e.i64(d.payload_size);
+    e.str(&d.payload_sha256);
+    e.opt_str(d.payload_issues.as_deref());
+    e.i64(i64::from(d.status_code));
+    e.opt_i64(d.upstream_status.map(i64::from));
+    e.opt_f64(d.upstream_latency_ms);
+    e.opt_str(d.upstream_error.as_deref());
+}
+
+fn decode_delivery(d: &mut Decoder<'_>) -> Result<Delivery, DecodeError> {
+    Ok(Delivery {
+        id: d.str("id")?,
+        received_at_us: d.i64("received_at")?,
+        source: d.str("source")?,
+        provider: d.str("provider")?,
+        event_type: d.opt_str("event_type")?,
+        event_id: d.opt_str("event_id")?,
+        delivery_id: d.opt_str("delivery_id")?,
+        dedup_key: d.str("dedup_key")?,
+        provider_attempt: d.opt_i32("provider_attempt")?,
+        sent_at_us: d.opt_i64("sent_at")?,
+        signature_status: SignatureStatus::from_code(d.u8("signature_status")?)?,
+        method: d.str("method")?,
+        path: d.str("path")?,
+        query: d.str("query")?,
+        content_type: d.opt_str("content_type")?,
+        user_agent: d.opt_str("user_agent")?,
+        remote_addr: d.opt_str("remote_addr")?,
+        headers_json: d.str("headers")?,
+        body: match d.u8("body")? {
+            0 => StoredBody::Text(d.str("body")?),
+            1 => StoredBody::Binary(d.bytes("body")?.to_vec()),
+            2 => StoredBody::Omitted,
+            other => return Err(DecodeError::BadValue("body", u64::from(other))),
+        },
+        payload_size: d.i64("payload_size")?,
+        payload_sha256: d.str("payload_sha256")?,
+        payload_issues: d.opt_str("payload_issues")?,
+        status_code: d.i32("status_code")?,
+        upstream_status: d.opt_i32("upstream_status")?,
+        upstream_latency_ms: d.opt_f64("upstream_latency_ms")?,
+        upstream_error: d.opt_str("upstream_error")?,
+    })
+}
+
+fn encode_outcome(e: &mut Encoder, o: &Outcome) {
+    e.str(&o.id);
+    e.i64(o.reported_at_us);
+    e.str(&o.source);
+    e.opt_str(o.delivery_id.as_deref());
+    e.opt_str(o.event_id.as_deref());
+    e.str(&o.status);
+    e.opt_f64(o.processing_time_ms);
+    e.opt_str(o.error_type.as_deref());
+    e.opt_str(o.error_message.as_deref());
+    e.opt_i64(o.records_processed);
+    e.str(&o.attributes);
+}
+
+fn decode_outcome(d: &mut Decoder<'_>) -> Result<Outcome, DecodeError> {
+    Ok(Outcome {
+        id: d.str("id")?,
+        reported_at_us: d.i64("reported_at")?,
+        source: d.str("source")?,
+        delivery_id: d.opt_str("delivery_id")?,
+        event_id: d.opt_str("event_id")?,
+        status: d.str("status")?,
+        processing_time_ms: d.opt_f64("processing_time_ms")?,
+        error_type: d.opt_str("error_type")?,
+        error_message: d.opt_str("error_message")?,
+        records_processed: d.opt_i64("records_processed")?,
+        attributes: d.str("attributes")?,
+    })
+}
+
+/// Little-endian, length-prefixed field encoder.
+struct Encoder {
+    buf: Vec<u8>,
+}
+
+impl Encoder {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(n),
+        }
+    }
+    fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+    fn i64(&mut self, v: i64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, v: &[u8]) {
+        self.buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(v);
+    }
+    fn str(&mut self, v: &str) {
+        self.bytes(v.as_bytes());
+    }
+    fn opt_str(&mut self, v: Option<&str>) {
+        match v {
+            Some(s) => {
+                self.u8(1);
+                self.str(s);
+            }
+            None => self.u8(0),
+        }
+    }
+    fn opt_i64(&mut self, v: Option<i64>) {
+        match v {
+            Some(x) => {
+                self.u8(1);
+                self.i64(x);
+            }
+            None => self.u8(0),
+        }
+    }
+    fn opt_f64(&mut self, v: Option<f64>) {
+        self.opt_i64(v.map(|f| f.to_bits() as i64));
+    }
+}
+
+struct Decoder<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Decoder<'a> {
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
+        if self.buf.len() < n {
+            return Err(DecodeError::Truncated(field));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+    fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
+        Ok(self.take(1, field)?[0])
+    }
+    fn i64(&mut self, field: &'static str) -> Result<i64, DecodeError> {
+        let b = self.take(8, field)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(i64::from_le_bytes(a))
+    }
+    fn i32(&mut self, field: &'static str) -> Result<i32, DecodeError> {
+        let v = self.i64(field)?;
+        i32::try_from(v).map_err(|_| DecodeError::BadValue(field, v as u64))
+    }
+    fn bytes(&mut self, field: &'static str) -> Result<&'a [u8], DecodeError> {
+        let b = self.take(4, field)?;
+        let n = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        self.take(n, field)
+    }
+    fn str(&mut self, field: &'static str) -> Result<String, DecodeError> {
+        let b = self.bytes(field)?;
+        std::str::from_utf8(b)
+            .map(str::to_owned)
+            .map_err(|_| DecodeError::Utf8(field))
+    }
+    fn flag(&mut self, field: &'static str) -> Result<bool, DecodeError> {
+        match self.u8(field)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(DecodeError::BadValue(field, u64::from(other))),
+        }
+    }
+    fn opt_str(&mut self, field: &'static str) -> Result<Option<String>, DecodeError> {
+        if self.flag(field)? {
+            self.str(field).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+    fn opt_i64(&mut self, field: &'static str) -> Result<Option<i64>, DecodeError> {
+        if self.flag(field)? {
+            self.i64(field).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+    fn opt_i32(&mut self, field: &'static str) -> Result<Option<i32>, DecodeError> {
+        match self.opt_i64(field)? {
+            Some(v) => i32::try_from(v)
+                .map(Some)
+                .map_err(|_| DecodeError::BadValue(field, v as u64)),
+            None => Ok(None),
+        }
+    }
+    fn opt_f64(&mut self, field: &'static str) -> Result<Option<f64>, DecodeError> {
+        Ok(self.opt_i64(field)?.map(|b| f64::from_bits(b as u64)))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample_delivery() -> Delivery {
+        Delivery {
+            id: "01JDQ8ZC9X0000000000000000".into(),
+            received_at_us: 1_732_300_000_123_456,
+            source: "stripe".into(),
+            provider: "generic".into(),
+            event_type: Some("invoice.paid".into()),
+            event_id: None,
+            delivery_id: None,
+            dedup_key: "sha256:abc".into(),
+            provider_attempt: Some(3),
+            sent_at_us: Some(1_732_300_000_000_000),
+            signature_status: SignatureStatus::Unchecked,
+            method: "POST".into(),
+            path: "/webhook/stripe".into(),
+            query: "a=1".into(),
+            content_type: Some("application/json".into()),
+            user_agent: None,
+            remote_addr: Some("127.0.0.1:5555".into()),
+            headers_json: r#"{"content-type":"application/json"}"#.into(),
+            body: StoredBody::Text(r#"{"type":"invoice.paid"}"#.into()),
+            payload_size: 23,
+            payload_sha256: "ff".into(),
+            payload_issues: None,
+            status_code: 200,
+            upstream_status: None,
+            upstream_latency_ms: Some(1.5),
+            upstream_error: None,
+        }
+    }
+
+    #[test]
+    fn delivery_round_trips_through_the_wal_encoding() {
+        let mut d = sample_delivery();
+        let e = Entry::Delivery(Box::new(d.clone()));
+        assert_eq!(Entry::decode(e.kind(), &e.encode()), Ok(e));
+        d.body = StoredBody::Binary(vec![0, 159, 146, 150]);
+        let e = Entry::Delivery(Box::new(d));
+        assert_eq!(Entry::decode(e.kind(), &e.encode()), Ok(e));
+    }
+
+    #[test]
+    fn outcome_round_trips_through_the_wal_encoding() {
+        let e = Entry::Outcome(Box::new(Outcome {
+            id: "x".into(),
+            reported_at_us: 5,
+            source: "s".into(),
+            delivery_id: Some("d".into()),
+            event_id: None,
+            status: "failure".into(),
+            processing_time_ms: Some(12.5),
+            error_type: Some("timeout".into()),
+            error_message: None,
+            records_processed: Some(3),
+            attributes: "{}".into(),
+        }));
+        assert_eq!(Entry::decode(e.kind(), &e.encode()), Ok(e));
+    }
+
+    #[test]
+    fn truncated_and_unknown_payloads_are_errors() {
+        let e = Entry::Delivery(Box::new(sample_delivery()));
+        let bytes = e.encode();
+        assert!(matches!(
+            Entry::decode(e.kind(), &bytes[..bytes.len() - 3]),
+            Err(DecodeError::Truncated(_))
+        ));
+        assert_eq!(Entry::decode(99, &bytes), Err(DecodeError::UnknownKind(99)));
+    }
+}

@@ -1,0 +1,368 @@
+//! SQL over the lake: a DataFusion session with the tables `deliveries`, `outcomes`
+//! and `alerts`, guarded to be read-only and bounded in time and memory.
+//!
+//! Invariants:
+//! - Only read-only statements run: a query (`SELECT` / `WITH` / `VALUES`),
+//!   `EXPLAIN` of one, `SHOW`, `DESCRIBE`. Everything else is refused before planning
+//!   ([`QueryError::Forbidden`]), and DataFusion's own `SQLOptions` refuse DDL, DML and
+//!   statements as a second line.
+//! - Every query has a deadline: past it the execution task is aborted and the caller
+//!   gets [`QueryError::Timeout`]. Its memory is capped by the session's memory pool.
+//! - With a dedicated runtime, queries execute on their own worker threads, so a
+//!   runaway query cannot starve ingest or health checks.
+//! - The CLI and the server run the same [`QueryEngine`].
+
+pub mod format;
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::SQLOptions;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use futures::StreamExt;
+use thiserror::Error;
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::catalog::Catalog;
+use crate::tables::Table;
+
+/// Why a query did not produce its result.
+#[derive(Debug, Error)]
+pub enum QueryError {
+    /// Not a read-only statement.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The SQL is wrong (syntax, unknown column, bad cast …).
+    #[error("{0}")]
+    Invalid(String),
+    #[error(
+        "query exceeded the {0:?} time limit and was cancelled; narrow it (a WHERE on received_at) or raise [query] timeout"
+    )]
+    Timeout(Duration),
+    #[error(
+        "query result exceeded the {0}-byte limit; add a LIMIT or aggregate, or raise [query] max_result_bytes"
+    )]
+    TooLarge(u64),
+    #[error("query failed: {0}")]
+    Internal(String),
+}
+
+impl QueryError {
+    fn from_df(e: DataFusionError) -> Self {
+        let message = e.to_string();
+        match e.find_root() {
+            DataFusionError::IoError(_)
+            | DataFusionError::ObjectStore(_)
+            | DataFusionError::ParquetError(_)
+            | DataFusionError::Internal(_)
+            | DataFusionError::ExecutionJoin(_) => QueryError::Internal(message),
+            DataFusionError::ResourcesExhausted(_) => QueryError::Invalid(format!(
+                "{message} (the query needs more memory than [query] memory_limit allows; narrow it or raise the limit)"
+            )),
+            _ => QueryError::Invalid(message),
+        }
+    }
+}
+
+/// Time and memory bounds of queries.
+#[derive(Debug, Clone)]
+pub struct QueryLimits {
+    pub timeout: Duration,
+    pub memory_limit: usize,
+    pub max_result_bytes: u64,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            memory_limit: 1 << 30,
+            max_result_bytes: 256 << 20,
+        }
+    }
+}
+
+/// See the module docs.
+#[derive(Clone)]
+pub struct QueryEngine {
+    ctx: SessionContext,
+    limits: QueryLimits,
+    runtime: Option<Handle>,
+}
+
+/// Runtime shared by all query engines of the process (server mode).
+fn query_runtime() -> Result<Handle, QueryError> {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    if let Some(rt) = RT.get() {
+        return Ok(rt.handle().clone());
+    }
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("hookscope-query")
+        .enable_all()
+        .build()
+        .map_err(|e| QueryError::Internal(format!("cannot start the query runtime: {e}")))?;
+    Ok(RT.get_or_init(|| rt).handle().clone())
+}
+
+impl QueryEngine {
+    /// A session over `catalog`'s tables. With `dedicated_runtime`, execution runs on
+    /// the process's query threads instead of the caller's runtime.
+    pub fn new(
+        catalog: &Arc<Catalog>,
+        limits: QueryLimits,
+        dedicated_runtime: bool,
+    ) -> Result<Self, QueryError> {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_target_partitions(threads);
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(limits.memory_limit, 1.0)
+            .build_arc()
+            .map_err(QueryError::from_df)?;
+        let mut ctx = SessionContext::new_with_config_rt(config, runtime);
+        let lake = catalog.lake();
+        ctx.register_object_store(lake.url().as_ref(), Arc::clone(lake.store()));
+        for table in Table::ALL {
+            ctx.register_table(table.name(), catalog.provider(table))
+                .map_err(QueryError::from_df)?;
+        }
+        datafusion_functions_json::register_all(&mut ctx).map_err(QueryError::from_df)?;
+        let runtime = if dedicated_runtime {
+            Some(query_runtime()?)
+        } else {
+            None
+        };
+        Ok(Self {
+            ctx,
+            limits,
+            runtime,
+        })
+    }
+
+    pub fn limits(&self) -> &QueryLimits {
+        &self.limits
+    }
+
+    /// Plans and starts `sql`; the result arrives batch by batch from the stream.
+    /// The deadline starts now and covers planning and every batch.
+    pub async fn stream(&self, sql: &str) -> Result<ResultStream, QueryError> {
+        check_read_only(sql)?;
+        let deadline = Instant::now() + self.limits.timeout;
+        let (schema_tx, schema_rx) = oneshot::channel();
+        let (tx, rx) = mpsc::channel(4);
+        let ctx = self.ctx.clone();
+        let sql = sql.to_string();
+        let task = async move {
+            let options = SQLOptions::new()
+                .with_allow_ddl(false)
+                .with_allow_dml(false)
+                .with_allow_statements(false);
+            let stream = match ctx.sql_with_options(&sql, options).await {
+                Ok(df) => df.execute_stream().await,
+                Err(e) => Err(e),
+            };
+            let mut stream = match stream {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = schema_tx.send(Err(QueryError::from_df(e)));
+                    return;
+                }
+            };
+            if schema_tx.send(Ok(stream.schema())).is_err() {
+                return;
+            }
+            while let Some(batch) = stream.next().await {
+                let stop = batch.is_err();
+                if tx.send(batch.map_err(QueryError::from_df)).await.is_err() || stop {
+                    return;
+                }
+            }
+        };
+        let handle = match &self.runtime {
+            Some(rt) => rt.spawn(task),
+            None => tokio::spawn(task),
+        };
+        let guard = AbortOnDrop(handle);
+        let schema = match tokio::time::timeout_at(deadline.into(), schema_rx).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(_)) => {
+                return Err(QueryError::Internal(
+                    "query task ended without an answer".into(),
+                ));
+            }
+            Err(_) => return Err(QueryError::Timeout(self.limits.timeout)),
+        };
+        Ok(ResultStream {
+            schema,
+            rx,
+            deadline,
+            timeout: self.limits.timeout,
+            _task: guard,
+        })
+    }
+
+    /// Runs `sql` to completion and returns all batches.
+    pub async fn collect(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
+        let mut stream = self.stream(sql).await?;
+        let mut batches = Vec::new();
+        while let Some(batch) = stream.next().await {
+            batches.push(batch?);
+        }
+        Ok((stream.schema(), batches))
+    }
+}
+
+/// Aborts the query task when the result is dropped (client gone, timeout).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A running query's result.
+pub struct ResultStream {
+    schema: SchemaRef,
+    rx: mpsc::Receiver<Result<RecordBatch, QueryError>>,
+    deadline: Instant,
+    timeout: Duration,
+    _task: AbortOnDrop,
+}
+
+impl ResultStream {
+    pub fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    /// The next batch; `None` at the end. Past the deadline: `Timeout`.
+    pub async fn next(&mut self) -> Option<Result<RecordBatch, QueryError>> {
+        match tokio::time::timeout_at(self.deadline.into(), self.rx.recv()).await {
+            Ok(item) => item,
+            Err(_) => Some(Err(QueryError::Timeout(self.timeout))),
+        }
+    }
+}
+
+/// Refuses anything but a read-only statement; reports syntax errors as `Invalid`.
+pub fn check_read_only(sql: &str) -> Result<(), QueryError> {
+    let statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})
+        .map_err(|e| QueryError::Invalid(e.to_string()))?;
+    if statements.len() != 1 {
+        return Err(QueryError::Invalid(format!(
+            "expected exactly one SQL statement, found {}",
+            statements.len()
+        )));
+    }
+    statements.iter().try_for_each(check_statement)
+}
+
+fn forbidden(what: &str) -> QueryError {
+    QueryError::Forbidden(format!(
+        "{what} is not allowed: the query API is read-only (SELECT, WITH, EXPLAIN, SHOW, DESCRIBE)"
+    ))
+}
+
+fn check_statement(statement: &DfStatement) -> Result<(), QueryError> {
+    match statement {
+        DfStatement::Statement(s) => check_sql_statement(s),
+        DfStatement::Explain(e) => check_statement(&e.statement),
+        DfStatement::CreateExternalTable(_) => Err(forbidden("CREATE EXTERNAL TABLE")),
+        DfStatement::CopyTo(_) => Err(forbidden("COPY")),
+        DfStatement::Reset(_) => Err(forbidden("RESET")),
+    }
+}
+
+fn check_sql_statement(statement: &Statement) -> Result<(), QueryError> {
+    match statement {
+        Statement::Query(_)
+        | Statement::ExplainTable { .. }
+        | Statement::ShowTables { .. }
+        | Statement::ShowColumns { .. }
+        | Statement::ShowFunctions { .. }
+        | Statement::ShowVariable { .. }
+        | Statement::ShowVariables { .. }
+        | Statement::ShowSchemas { .. }
+        | Statement::ShowDatabases { .. } => Ok(()),
+        Statement::Explain { statement, .. } => check_sql_statement(statement),
+        other => {
+            let text = other.to_string();
+            let keyword: String = text
+                .split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ")
+                .to_uppercase();
+            Err(forbidden(&keyword))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_only_statements_pass() {
+        for sql in [
+            "SELECT 1",
+            "WITH x AS (SELECT 1 AS a) SELECT a FROM x",
+            "EXPLAIN SELECT * FROM deliveries",
+            "EXPLAIN ANALYZE SELECT 1",
+            "SHOW TABLES",
+            "SHOW COLUMNS FROM deliveries",
+            "DESCRIBE deliveries",
+            "VALUES (1), (2)",
+        ] {
+            assert!(check_read_only(sql).is_ok(), "{sql} should be allowed");
+        }
+    }
+
+    #[test]
+    fn writes_and_settings_are_forbidden() {
+        for sql in [
+            "CREATE TABLE t (a INT)",
+            "CREATE TABLE t AS SELECT 1",
+            "CREATE VIEW v AS SELECT 1",
+            "CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '/etc/'",
+            "INSERT INTO deliveries SELECT * FROM deliveries",
+            "DELETE FROM deliveries",
+            "UPDATE deliveries SET source = 'x'",
+            "DROP TABLE deliveries",
+            "COPY (SELECT 1) TO '/tmp/x.parquet'",
+            "SET datafusion.execution.batch_size = 1",
+            "EXPLAIN COPY (SELECT 1) TO '/tmp/x.csv'",
+            "EXPLAIN INSERT INTO deliveries SELECT * FROM deliveries",
+            "RESET datafusion.execution.batch_size",
+        ] {
+            assert!(
+                matches!(check_read_only(sql), Err(QueryError::Forbidden(_))),
+                "{sql} should be forbidden, got {:?}",
+                check_read_only(sql)
+            );
+        }
+    }
+
+    #[test]
+    fn bad_sql_is_invalid_not_forbidden() {
+        assert!(matches!(
+            check_read_only("SELEC 1"),
+            Err(QueryError::Invalid(_))
+        ));
+        assert!(matches!(
+            check_read_only("SELECT 1; SELECT 2"),
+            Err(QueryError::Invalid(_))
+        ));
+    }
+}

@@ -1,0 +1,552 @@
+//! The receive step: turns one request on `/webhook/{source}` into a [`Delivery`]
+//! record: id, time, request line, redacted headers, body, integrity checks and the
+//! provider's identity of the event (via [`crate::providers`]).
+//!
+//! Invariants:
+//! - Every request becomes exactly one record, whatever its bytes: binary bodies are
+//!   kept as base64, malformed JSON is kept as text and flagged in `payload_issues`,
+//!   an oversized body is recorded without its body.
+//! - Secrets never reach the record: `authorization`, `cookie`, token headers and
+//!   configured `redact_headers` are replaced by `"[redacted]"` here, before the WAL.
+//! - This module does no I/O and keeps no state; it knows request parts (`http`
+//!   types), not the server.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+
+use axum::http::{HeaderMap, HeaderName};
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, SourceConfig};
+use crate::model::{Delivery, SignatureStatus, StoredBody};
+use crate::providers::{self, Provider, RequestView, Verification};
+
+/// Headers whose values are never stored.
+pub const ALWAYS_REDACTED: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "x-webhook-token",
+];
+
+/// The stored value of a redacted header.
+pub const REDACTED: &str = "[redacted]";
+
+/// The body as read by the HTTP layer.
+#[derive(Debug, Clone)]
+pub enum BodyRead {
+    /// The whole body, within the limit.
+    Complete(Bytes),
+    /// The body passed the limit; reading stopped.
+    TooLarge {
+        /// Content-Length, when the sender declared one.
+        declared: Option<u64>,
+        /// Bytes read before stopping.
+        received: u64,
+        limit: u64,
+    },
+}
+
+/// The request line and headers of a delivery.
+#[derive(Debug)]
+pub struct RequestParts<'a> {
+    pub source: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub headers: &'a HeaderMap,
+    pub peer: Option<SocketAddr>,
+    /// Scheme + host the request reached, as the sender saw it (for URL signatures).
+    pub public_base: Option<String>,
+    pub received_at_us: i64,
+}
+
+/// A source as the receive step uses it: config plus its resolved provider.
+struct Source {
+    config: SourceConfig,
+    provider: Option<&'static dyn Provider>,
+    redact: HashSet<String>,
+}
+
+/// Builds delivery records. Cheap to share; holds only configuration.
+pub struct Receiver {
+    sources: HashMap<String, Source>,
+    redact: HashSet<String>,
+    remote_addr_header: Option<HeaderName>,
+}
+
+/// A received delivery and what the HTTP layer should answer.
+#[derive(Debug)]
+pub struct Received {
+    pub delivery: Delivery,
+    /// The signature was required and is not valid: answer 401.
+    pub rejected: bool,
+}
+
+impl Receiver {
+    /// A receiver for `config`'s sources. Fails on a source whose provider settings
+    /// are unusable (unknown provider, bad algorithm …).
+    pub fn new(config: &Config) -> Result<Self, String> {
+        let mut sources = HashMap::new();
+        for s in &config.sources {
+            let provider = match s.provider.as_deref() {
+                Some(name) => Some(providers::by_name(name).ok_or_else(|| {
+                    format!(
+                        "source {:?}: unknown provider {name:?}; use one of {}",
+                        s.name,
+                        providers::NAMES.join(", ")
+                    )
+                })?),
+                None => None,
+            };
+            if let Some(p) = provider {
+                p.check_config(s)
+                    .map_err(|e| format!("source {:?}: {e}", s.name))?;
+            }
+            if s.require_signature && s.secret.is_empty() {
+                return Err(format!(
+                    "source {:?}: require_signature is set but no secret is configured (is its environment variable set?)",
+                    s.name
+                ));
+            }
+            let mut redact: HashSet<String> = s
+                .redact_headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect();
+            if let Some(h) = &s.token_header {
+                redact.insert(h.to_ascii_lowercase());
+            }
+            sources.insert(
+                s.name.clone(),
+                Source {
+                    config: s.clone(),
+                    provider,
+                    redact,
+                },
+            );
+        }
+        let remote_addr_header = match &config.remote_addr_header {
+            Some(h) => Some(
+                HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                    .map_err(|_| format!("remote_addr_header {h:?} is not a valid header name"))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            sources,
+            redact: ALWAYS_REDACTED.iter().map(|s| s.to_string()).collect(),
+            remote_addr_header,
+        })
+    }
+
+    /// True if `name` is a configured source.
+    pub fn is_configured(&self, name: &str) -> bool {
+        self.sources.contains_key(name)
+    }
+
+    /// The configuration of source `name`, if configured.
+    pub fn source_config(&self, name: &str) -> Option<&SourceConfig> {
+        self.sources.get(name).map(|s| &s.config)
+    }
+
+    /// Builds the record of one request. `status_code` is what will be answered when
+    /// nothing else decides (200); 413 and 401 are decided here.
+    pub fn receive(&self, req: &RequestParts<'_>, body: &BodyRead) -> Received {
+        let source = self.sources.get(req.source);
+        let mut issues = Issues::default();
+        let (bytes, too_large) = match body {
+            BodyRead::Complete(b) => (b.as_ref(), None),
+            BodyRead::TooLarge {
+                declared,
+                received,
+                limit,
+            } => {
+                issues.push(
+                    "body_too_large",
+                    format!(
+                        "body of {} bytes exceeds the {limit}-byte limit; not stored",
+                        declared.unwrap_or(*received)
+                    ),
+                );
+                (&[][..], Some(declared.unwrap_or(*received)))
+            }
+        };
+        let content_type = header_str(req.headers, "content-type");
+        let json_declared = content_type.as_deref().is_some_and(is_json_content_type);
+        let json = if too_large.is_none() && (json_declared || looks_like_json(bytes)) {
+            match serde_json::from_slice::<serde_json::Value>(bytes) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    if json_declared {
+                        let detail = if bytes.is_empty() {
+                            "empty body".to_string()
+                        } else {
+                            e.to_string()
+                        };
+                        issues.push("not_json", detail);
+                    }
+                    None
+                }
+            }
+        } else {
+            if json_declared && too_large.is_none() && !bytes.is_empty() {
+                issues.push("not_json", "body is not JSON".to_string());
+            }
+            None
+        };
+
+        let provider = source
+            .and_then(|s| s.provider)
+            .unwrap_or_else(|| providers::detect(req.headers));
+        let view = RequestView {
+            method: req.method,
+            path: req.path,
+            query: req.query,
+            headers: req.headers,
+            body: bytes,
+            json: json.as_ref(),
+            public_base: req.public_base.as_deref(),
+            received_at_us: req.received_at_us,
+        };
+        let identity = provider.identify(&view);
+        let verification = match (source, too_large) {
+            (Some(s), None) if !s.config.secret.is_empty() => provider.verify(&view, &s.config),
+            (Some(s), Some(_)) if !s.config.secret.is_empty() => {
+                Verification::status(SignatureStatus::Missing)
+            }
+            _ => Verification::status(SignatureStatus::Unchecked),
+        };
+        if let (Some(s), Some(json)) = (source, json.as_ref()) {
+            for field in &s.config.required_fields {
+                if !has_field(json, field) {
+                    issues.push(
+                        "missing_field",
+                        format!("required field {field} is missing or null"),
+                    );
+                }
+            }
+        }
+
+        let payload_sha256 = if too_large.is_some() {
+            String::new()
+        } else {
+            hex::encode(Sha256::digest(bytes))
+        };
+        let dedup_key = match &identity.event_id {
+            Some(id) => format!("{}:{id}", provider.name()),
+            None if too_large.is_some() => format!("oversize:{}", too_large.unwrap_or(0)),
+            None => format!("sha256:{payload_sha256}"),
+        };
+        let stored = if too_large.is_some() {
+            StoredBody::Omitted
+        } else {
+            match std::str::from_utf8(bytes) {
+                Ok(text) => StoredBody::Text(text.to_string()),
+                Err(_) => StoredBody::Binary(bytes.to_vec()),
+            }
+        };
+        let extra_redact = source.map(|s| &s.redact);
+        let mut extra_provider = provider.secret_headers(source.map(|s| &s.config));
+        extra_provider.retain(|h| !h.is_empty());
+        let headers_json = headers_json(req.headers, |name| {
+            self.redact.contains(name)
+                || extra_redact.is_some_and(|r| r.contains(name))
+                || extra_provider.iter().any(|h| h.eq_ignore_ascii_case(name))
+        });
+        let required = source.is_some_and(|s| s.config.require_signature);
+        let rejected = required && verification.status != SignatureStatus::Valid;
+        let status_code = if too_large.is_some() {
+            413
+        } else if rejected {
+            401
+        } else {
+            200
+        };
+        let mut event_type = identity.event_type;
+        if event_type.is_none() {
+            event_type = json.as_ref().and_then(generic_event_type);
+        }
+        let delivery = Delivery {
+            id: new_id(req.received_at_us),
+            received_at_us: req.received_at_us,
+            source: req.source.to_string(),
+            provider: provider.name().to_string(),
+            event_type,
+            event_id: identity.event_id,
+            delivery_id: identity.delivery_id,
+            dedup_key,
+            provider_attempt: identity.provider_attempt,
+            sent_at_us: identity.sent_at_us.or(verification.signed_at_us),
+            signature_status: verification.status,
+            method: req.method.to_string(),
+            path: req.path.to_string(),
+            query: req.query.to_string(),
+            content_type,
+            user_agent: header_str(req.headers, "user-agent"),
+            remote_addr: self.remote_addr(req),
+            headers_json,
+            body: stored,
+            payload_size: too_large.map_or(bytes.len() as i64, |n| n as i64),
+            payload_sha256,
+            payload_issues: issues.into_json(),
+            status_code,
+            upstream_status: None,
+            upstream_latency_ms: None,
+            upstream_error: None,
+        };
+        Received { delivery, rejected }
+    }
+
+    fn remote_addr(&self, req: &RequestParts<'_>) -> Option<String> {
+        if let Some(h) = &self.remote_addr_header
+            && let Some(v) = req.headers.get(h).and_then(|v| v.to_str().ok())
+            && let Some(first) = v.split(',').next().map(str::trim).filter(|s| !s.is_empty())
+        {
+            return Some(first.to_string());
+        }
+        req.peer.map(|p| p.to_string())
+    }
+}
+
+/// A new ULID whose time part is `at_us`.
+pub fn new_id(at_us: i64) -> String {
+    let ms = u64::try_from(at_us / 1000).unwrap_or(0);
+    ulid::Ulid::from_parts(ms, rand::random::<u128>()).to_string()
+}
+
+/// Event type from a JSON body's top-level `type`, `event_type` or `event`.
+pub fn generic_event_type(json: &serde_json::Value) -> Option<String> {
+    ["type", "event_type", "event"]
+        .iter()
+        .find_map(|k| json.get(k).and_then(|v| v.as_str()).map(str::to_string))
+}
+
+/// True if a JSON value has a non-null value at a dot path (`data.object.id`).
+pub fn has_field(json: &serde_json::Value, path: &str) -> bool {
+    let mut cur = json;
+    for part in path.split('.') {
+        cur = match cur {
+            serde_json::Value::Object(m) => match m.get(part) {
+                Some(v) => v,
+                None => return false,
+            },
+            serde_json::Value::Array(a) => {
+                match part.parse::<usize>().ok().and_then(|i| a.get(i)) {
+                    Some(v) => v,
+                    None => return false,
+                }
+            }
+            _ => return false,
+        };
+    }
+    !cur.is_null()
+}
+
+/// A header's value as text (lossy for non-UTF-8 bytes).
+pub fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+/// `application/json`, `text/json` and `application/*+json`.
+pub fn is_json_content_type(ct: &str) -> bool {
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || mime == "text/json" || mime.ends_with("+json")
+}
+
+fn looks_like_json(body: &[u8]) -> bool {
+    matches!(
+        body.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'{' | b'[')
+    )
+}
+
+/// The headers as a JSON object (lower-case names, repeated values joined by ", "),
+/// with the values of headers for which `redact` is true replaced.
+pub fn headers_json(headers: &HeaderMap, redact: impl Fn(&str) -> bool) -> String {
+    let mut map: BTreeMap<&str, String> = BTreeMap::new();
+    for (name, value) in headers {
+        let name = name.as_str();
+        let value = if redact(name) {
+            REDACTED.to_string()
+        } else {
+            String::from_utf8_lossy(value.as_bytes()).into_owned()
+        };
+        map.entry(name)
+            .and_modify(|v| {
+                if v != REDACTED {
+                    v.push_str(", ");
+                    v.push_str(&value);
+                }
+            })
+            .or_insert(value);
+    }
+    serde_json::to_string(&map).unwrap_or_else(|_| "{}".into())
+}
+
+/// Integrity problems of one delivery.
+#[derive(Default)]
+struct Issues(Vec<serde_json::Value>);
+
+impl Issues {
+    fn push(&mut self, kind: &str, detail: String) {
+        self.0
+            .push(serde_json::json!({ "kind": kind, "detail": detail }));
+    }
+    fn into_json(self) -> Option<String> {
+        (!self.0.is_empty()).then(|| serde_json::Value::Array(self.0).to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn receiver(toml: &str) -> Receiver {
+        let config = Config::from_toml(toml, "test", &|_| None).unwrap();
+        Receiver::new(&config).unwrap()
+    }
+
+    fn receive(r: &Receiver, headers: &[(&str, &str)], body: &[u8]) -> Delivery {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let req = RequestParts {
+            source: "src",
+            method: "POST",
+            path: "/webhook/src",
+            query: "",
+            headers: &map,
+            peer: Some("127.0.0.1:4000".parse().unwrap()),
+            public_base: None,
+            received_at_us: 1_700_000_000_000_000,
+        };
+        r.receive(&req, &BodyRead::Complete(Bytes::copy_from_slice(body)))
+            .delivery
+    }
+
+    #[test]
+    fn json_bodies_give_event_type_and_a_body_hash_dedup_key() {
+        let r = receiver("");
+        let d = receive(
+            &r,
+            &[("content-type", "application/json")],
+            br#"{"type":"invoice.paid","n":1}"#,
+        );
+        assert_eq!(d.event_type.as_deref(), Some("invoice.paid"));
+        assert_eq!(d.provider, "generic");
+        assert_eq!(d.signature_status, SignatureStatus::Unchecked);
+        assert!(d.dedup_key.starts_with("sha256:"));
+        assert_eq!(d.dedup_key, format!("sha256:{}", d.payload_sha256));
+        assert_eq!(d.payload_issues, None);
+        assert_eq!(d.status_code, 200);
+        assert_eq!(d.id.len(), 26);
+    }
+
+    #[test]
+    fn malformed_json_is_kept_as_text_and_flagged() {
+        let r = receiver("");
+        let d = receive(
+            &r,
+            &[("content-type", "application/json; charset=utf-8")],
+            b"{\"type\": oops",
+        );
+        assert_eq!(d.body, StoredBody::Text("{\"type\": oops".into()));
+        let issues: serde_json::Value =
+            serde_json::from_str(d.payload_issues.as_deref().unwrap()).unwrap();
+        assert_eq!(issues[0]["kind"], "not_json");
+    }
+
+    #[test]
+    fn binary_bodies_are_kept_as_bytes() {
+        let r = receiver("");
+        let d = receive(
+            &r,
+            &[("content-type", "application/octet-stream")],
+            &[0xff, 0xfe, 0x00],
+        );
+        assert_eq!(d.body, StoredBody::Binary(vec![0xff, 0xfe, 0x00]));
+        assert_eq!(d.payload_size, 3);
+        assert_eq!(d.payload_issues, None);
+    }
+
+    #[test]
+    fn secrets_in_headers_are_redacted() {
+        let r = receiver("[[sources]]\nname = \"src\"\nredact_headers = [\"X-Custom-Secret\"]\n");
+        let d = receive(
+            &r,
+            &[
+                ("authorization", "Bearer s3cret"),
+                ("cookie", "session=abc"),
+                ("x-custom-secret", "hunter2"),
+                ("x-trace", "keep-me"),
+            ],
+            b"",
+        );
+        assert!(!d.headers_json.contains("s3cret"));
+        assert!(!d.headers_json.contains("session=abc"));
+        assert!(!d.headers_json.contains("hunter2"));
+        let h: serde_json::Value = serde_json::from_str(&d.headers_json).unwrap();
+        assert_eq!(h["authorization"], REDACTED);
+        assert_eq!(h["x-trace"], "keep-me");
+    }
+
+    #[test]
+    fn oversized_bodies_are_recorded_without_body() {
+        let r = receiver("");
+        let map = HeaderMap::new();
+        let req = RequestParts {
+            source: "src",
+            method: "POST",
+            path: "/webhook/src",
+            query: "",
+            headers: &map,
+            peer: None,
+            public_base: None,
+            received_at_us: 0,
+        };
+        let got = r.receive(
+            &req,
+            &BodyRead::TooLarge {
+                declared: Some(20),
+                received: 0,
+                limit: 10,
+            },
+        );
+        let d = got.delivery;
+        assert_eq!(d.status_code, 413);
+        assert_eq!(d.body, StoredBody::Omitted);
+        assert_eq!(d.payload_size, 20);
+        assert!(d.payload_issues.unwrap().contains("body_too_large"));
+    }
+
+    #[test]
+    fn required_fields_are_checked_by_dot_path() {
+        let r = receiver(
+            "[[sources]]\nname = \"src\"\nrequired_fields = [\"data.object.id\", \"type\", \"created\"]\n",
+        );
+        let d = receive(
+            &r,
+            &[("content-type", "application/json")],
+            br#"{"type":"x","created":null,"data":{"object":{"id":"o1"}}}"#,
+        );
+        let issues = d.payload_issues.unwrap();
+        assert!(issues.contains("created"), "{issues}");
+        assert!(!issues.contains("data.object.id"), "{issues}");
+    }
+}

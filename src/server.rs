@@ -1,0 +1,110 @@
+//! `hookscope serve`: opens the engine, starts the flusher and the HTTP API, and on
+//! SIGTERM / ctrl-c stops accepting, finishes in-flight requests, flushes the buffer
+//! to Parquet and stops the WAL.
+//!
+//! Invariant: the server refuses to listen beyond loopback without a read-side token
+//! unless started with `--insecure`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::engine::{Engine, EngineSettings, Mode};
+use crate::receive::Receiver;
+
+/// Options of `serve` that are not configuration.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Allow listening beyond loopback without a token.
+    pub insecure: bool,
+}
+
+/// Runs the server until a shutdown signal.
+pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
+    let addr = resolve(&config.listen).await?;
+    if !addr.ip().is_loopback() && config.auth.token.is_none() && !options.insecure {
+        bail!(
+            "refusing to listen on {addr} without a token: anyone who can reach it could read every delivery. \
+             Set HOOKSCOPE_TOKEN (or [auth] token), or pass --insecure if the network is trusted"
+        );
+    }
+    let receiver =
+        Receiver::new(&config).map_err(|e| anyhow::anyhow!("invalid source configuration: {e}"))?;
+    let engine = Engine::open(EngineSettings::from_config(&config), Mode::Serve)
+        .await
+        .with_context(|| format!("cannot open data directory {}", config.data_dir.display()))?;
+    let replay = engine.replay_summary();
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        wal_records = replay.records,
+        torn_bytes_cut = replay.torn_bytes_cut,
+        "engine open"
+    );
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (is another server using the port?)"))?;
+    let local = listener.local_addr()?;
+    let state = Arc::new(AppState {
+        engine: Arc::clone(&engine),
+        receiver,
+        config,
+    });
+    let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let flusher = engine.spawn_flusher(stop_rx);
+    // Machine-readable first line on stdout: tests and scripts wait for it.
+    println!("hookscope listening on http://{local}");
+    tracing::info!(%local, "listening");
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server failed")?;
+    tracing::info!("shutting down: flushing the buffer to Parquet");
+    let _ = stop_tx.send(true);
+    let _ = flusher.await;
+    engine
+        .shutdown()
+        .await
+        .context("final flush failed; the WAL keeps the rows for the next start")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn resolve(listen: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(addr) = listen.parse() {
+        return Ok(addr);
+    }
+    tokio::net::lookup_host(listen)
+        .await
+        .with_context(|| {
+            format!("invalid listen address {listen:?}: expected host:port, e.g. 127.0.0.1:8080")
+        })?
+        .next()
+        .with_context(|| format!("listen address {listen:?} resolves to nothing"))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

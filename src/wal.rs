@@ -1,0 +1,925 @@
+//! The write-ahead log: makes every accepted record durable before it is
+//! acknowledged, until the flusher has written it to a committed Parquet file.
+//!
+//! Layout: `<data>/wal/<first-seq, 20 digits>.wal`, each segment an 8-byte magic
+//! followed by frames `[len u32][crc32 u32][seq u64][kind u8][payload len bytes]`
+//! (little-endian; the CRC covers seq, kind and payload).
+//!
+//! Invariants:
+//! - **Durable**: when [`Wal::append`] returns `Ok`, the record's frame has been
+//!   written and `fdatasync`ed (with `sync = "always"`), and the record has been handed
+//!   to the [`Applier`] (so it is already visible to queries).
+//! - Records are applied in sequence order, exactly once per process lifetime; after a
+//!   restart [`Wal::open`] replays every surviving record, in order, before new ones.
+//! - Concurrent appends share one write and one fsync (group commit).
+//! - A frame that is incomplete or fails its CRC at the end of the newest segment is a
+//!   torn write from a crash: replay stops there and the segment is cut back to the
+//!   last good frame. It is never half-read.
+//! - On a write or sync error nothing in the failed group is acknowledged, the segment
+//!   is cut back to its last good frame, and the next group tries again; the WAL
+//!   recovers by itself when the disk does.
+//! - Segments are deleted only through [`Wal::release`], after the flusher committed
+//!   the records they hold.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::model::Entry;
+
+const MAGIC: &[u8; 8] = b"HKSWAL01";
+const FRAME_HEADER: usize = 4 + 4 + 8 + 1;
+/// Frames larger than this are corruption, not data (the body limit is far below).
+const MAX_FRAME: usize = 1 << 30;
+/// Most records one group commit writes at once.
+const MAX_GROUP: usize = 4096;
+
+/// When an append is acknowledged relative to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// Acknowledge only after `fdatasync` (the default).
+    Always,
+    /// Acknowledge after `write`; sync about once a second. A machine crash may lose
+    /// the last second of acknowledged records.
+    None,
+}
+
+/// Where and how the WAL writes.
+#[derive(Debug, Clone)]
+pub struct WalConfig {
+    pub dir: PathBuf,
+    pub sync: SyncMode,
+    /// A segment is closed and a new one started past this size.
+    pub segment_max_bytes: u64,
+}
+
+/// Errors of the WAL.
+#[derive(Debug, Error, Clone)]
+pub enum WalError {
+    #[error("write-ahead log I/O error on {path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("{path} is not a hookscope WAL segment (bad magic); move it out of the wal directory")]
+    BadMagic { path: PathBuf },
+    #[error("the write-ahead log is shut down")]
+    Closed,
+}
+
+impl WalError {
+    fn io(path: &Path, err: io::Error) -> Self {
+        WalError::Io {
+            path: path.to_path_buf(),
+            message: err.to_string(),
+        }
+    }
+}
+
+/// Receives records once they are durable, in sequence order, on the WAL thread.
+pub trait Applier: Send + 'static {
+    /// What an append's caller gets back for its record.
+    type Output: Send + 'static;
+    /// Applies a durable group; returns one output per record, in order.
+    fn apply(&mut self, records: &[(u64, Entry)]) -> Vec<Self::Output>;
+    /// Applies a record found in the WAL on open (written before a restart).
+    fn replay(&mut self, seq: u64, entry: Entry);
+    /// Called when a segment is closed by [`Wal::rotate`]: every record up to and
+    /// including `through` has been applied and none after it.
+    fn cut(&mut self, through: u64);
+}
+
+/// A record handed to [`Wal::append`], encoded by the caller (off the WAL thread).
+pub struct Pending {
+    pub entry: Entry,
+    pub payload: Vec<u8>,
+}
+
+impl Pending {
+    pub fn new(entry: Entry) -> Self {
+        let payload = entry.encode();
+        Self { entry, payload }
+    }
+}
+
+/// An appended record: its sequence number and what the applier said of it.
+#[derive(Debug)]
+pub struct Committed<T> {
+    pub seq: u64,
+    pub applied: T,
+}
+
+enum Request<T> {
+    Append {
+        pending: Pending,
+        reply: oneshot::Sender<Result<Committed<T>, WalError>>,
+    },
+    Rotate {
+        reply: oneshot::Sender<Result<u64, WalError>>,
+    },
+    Release {
+        through: u64,
+        reply: oneshot::Sender<()>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Health and counters shared with the rest of the server.
+#[derive(Debug, Default)]
+pub struct WalStatus {
+    degraded: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    last_seq: AtomicU64,
+    syncs: AtomicU64,
+    sync_micros: AtomicU64,
+    segments: AtomicU64,
+}
+
+impl WalStatus {
+    /// True while the last write or sync failed and none has succeeded since.
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+    /// The last I/O error, if the WAL is degraded.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().clone()
+    }
+    /// The highest sequence number written.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::Relaxed)
+    }
+    /// Number of fsyncs and their total duration in microseconds.
+    pub fn sync_stats(&self) -> (u64, u64) {
+        (
+            self.syncs.load(Ordering::Relaxed),
+            self.sync_micros.load(Ordering::Relaxed),
+        )
+    }
+    /// Segments on disk.
+    pub fn segments(&self) -> u64 {
+        self.segments.load(Ordering::Relaxed)
+    }
+}
+
+/// What [`Wal::open`] found on disk.
+#[derive(Debug, Default, Clone)]
+pub struct ReplaySummary {
+    pub segments: usize,
+    pub records: u64,
+    pub last_seq: u64,
+    /// Bytes cut from the end of the newest segment (a torn write).
+    pub torn_bytes_cut: u64,
+    /// Problems in older segments (corruption, not a torn tail).
+    pub corrupt: Vec<String>,
+}
+
+/// Handle to the WAL writer thread. Cheap to clone.
+pub struct Wal<T> {
+    tx: mpsc::Sender<Request<T>>,
+    status: Arc<WalStatus>,
+}
+
+impl<T> Clone for Wal<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            status: Arc::clone(&self.status),
+        }
+    }
+}
+
+struct Segment {
+    first_seq: u64,
+    last_seq: u64,
+    path: PathBuf,
+}
+
+impl<T: Send + 'static> Wal<T> {
+    /// Opens the WAL in `config.dir`: hands every surviving record to
+    /// [`Applier::replay`] (in order, torn tail cut), then starts the writer thread,
+    /// which hands new records to [`Applier::apply`].
+    pub fn open<A>(config: WalConfig, mut applier: A) -> Result<(Self, ReplaySummary), WalError>
+    where
+        A: Applier<Output = T>,
+    {
+        fs::create_dir_all(&config.dir).map_err(|e| WalError::io(&config.dir, e))?;
+        let (summary, mut segments) = read_dir_records(&config.dir, true, &mut |seq, entry| {
+            applier.replay(seq, entry)
+        })?;
+        let status = Arc::new(WalStatus::default());
+        status.last_seq.store(summary.last_seq, Ordering::Relaxed);
+        let first_seq = summary.last_seq + 1;
+        let active = ActiveSegment::create(&config.dir, first_seq)?;
+        // An empty segment left by a crash right after rotation is reused, not listed twice.
+        segments.retain(|s| s.first_seq != first_seq);
+        segments.push(Segment {
+            first_seq,
+            last_seq: summary.last_seq,
+            path: active.path.clone(),
+        });
+        status
+            .segments
+            .store(segments.len() as u64, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(16 * 1024);
+        let writer = Writer {
+            config,
+            status: Arc::clone(&status),
+            segments,
+            active,
+            next_seq: first_seq,
+            applier,
+            last_sync: Instant::now(),
+            unsynced: false,
+        };
+        std::thread::Builder::new()
+            .name("hookscope-wal".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| WalError::Io {
+                path: PathBuf::from("<thread>"),
+                message: e.to_string(),
+            })?;
+        Ok((Self { tx, status }, summary))
+    }
+
+    /// Appends one record. **When this returns `Ok`, the record is durable** (fsynced,
+    /// unless `sync = "none"`) and has been applied. On `Err` it was not acknowledged.
+    pub async fn append(&self, pending: Pending) -> Result<Committed<T>, WalError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Append { pending, reply })
+            .await
+            .map_err(|_| WalError::Closed)?;
+        rx.await.map_err(|_| WalError::Closed)?
+    }
+
+    /// Closes the current segment and starts a new one. Returns the last sequence
+    /// number in the closed segments; the applier's `cut` ran with it.
+    pub async fn rotate(&self) -> Result<u64, WalError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Rotate { reply })
+            .await
+            .map_err(|_| WalError::Closed)?;
+        rx.await.map_err(|_| WalError::Closed)?
+    }
+
+    /// Deletes closed segments whose records all have `seq <= through`. Call only
+    /// once those records are committed elsewhere.
+    pub async fn release(&self, through: u64) -> Result<(), WalError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Release { through, reply })
+            .await
+            .map_err(|_| WalError::Closed)?;
+        rx.await.map_err(|_| WalError::Closed)
+    }
+
+    /// Syncs and stops the writer thread; later appends fail with `Closed`.
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Request::Shutdown { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    pub fn status(&self) -> &Arc<WalStatus> {
+        &self.status
+    }
+}
+
+/// Reads every record under `dir` in order without changing anything (for offline
+/// tools reading a live or crashed lake). A torn tail is skipped, not cut.
+pub fn read_only_replay(
+    dir: &Path,
+    mut f: impl FnMut(u64, Entry),
+) -> Result<ReplaySummary, WalError> {
+    if !dir.exists() {
+        return Ok(ReplaySummary::default());
+    }
+    read_dir_records(dir, false, &mut f).map(|(s, _)| s)
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| WalError::io(dir, e))? {
+        let entry = entry.map_err(|e| WalError::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(stem) = name.strip_suffix(".wal") else {
+            continue;
+        };
+        if let Ok(first) = stem.parse::<u64>() {
+            out.push((first, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn read_dir_records(
+    dir: &Path,
+    repair: bool,
+    f: &mut dyn FnMut(u64, Entry),
+) -> Result<(ReplaySummary, Vec<Segment>), WalError> {
+    let listed = list_segments(dir)?;
+    let mut summary = ReplaySummary {
+        segments: listed.len(),
+        ..Default::default()
+    };
+    let mut segments = Vec::new();
+    let count = listed.len();
+    for (i, (first_seq, path)) in listed.into_iter().enumerate() {
+        let newest = i + 1 == count;
+        let mut data = Vec::new();
+        File::open(&path)
+            .and_then(|mut file| file.read_to_end(&mut data))
+            .map_err(|e| WalError::io(&path, e))?;
+        if data.len() < MAGIC.len() {
+            // A segment created right before a crash, magic not yet durable.
+            if repair {
+                rewrite_magic(&path)?;
+            }
+            segments.push(Segment {
+                first_seq,
+                last_seq: first_seq.saturating_sub(1),
+                path,
+            });
+            continue;
+        }
+        if &data[..MAGIC.len()] != MAGIC {
+            return Err(WalError::BadMagic { path });
+        }
+        let mut pos = MAGIC.len();
+        let mut last_seq = first_seq.saturating_sub(1);
+        let mut problem = None;
+        while pos < data.len() {
+            match parse_frame(&data[pos..]) {
+                Frame::Record {
+                    seq,
+                    kind,
+                    payload,
+                    len,
+                } => {
+                    match Entry::decode(kind, payload) {
+                        Ok(entry) => {
+                            if seq <= summary.last_seq && summary.records > 0 {
+                                problem = Some(format!("sequence {seq} out of order"));
+                                break;
+                            }
+                            f(seq, entry);
+                            summary.records += 1;
+                            summary.last_seq = seq;
+                            last_seq = seq;
+                        }
+                        Err(e) => {
+                            problem = Some(e.to_string());
+                            break;
+                        }
+                    }
+                    pos += len;
+                }
+                Frame::End => break,
+                Frame::Bad(why) => {
+                    problem = Some(why);
+                    break;
+                }
+            }
+        }
+        let tail = (data.len() - pos) as u64;
+        if tail > 0 {
+            if newest {
+                // A torn write: the crash happened while this frame was being written.
+                tracing::warn!(
+                    segment = %path.display(),
+                    offset = pos,
+                    bytes = tail,
+                    reason = problem.as_deref().unwrap_or("zero fill"),
+                    "cutting torn tail of the newest WAL segment"
+                );
+                summary.torn_bytes_cut += tail;
+                if repair {
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(|e| WalError::io(&path, e))?;
+                    file.set_len(pos as u64)
+                        .and_then(|_| file.sync_all())
+                        .map_err(|e| WalError::io(&path, e))?;
+                }
+            } else {
+                let msg = format!(
+                    "{}: {} bytes unreadable at offset {} ({}); records after it in this segment are skipped",
+                    path.display(),
+                    tail,
+                    pos,
+                    problem.as_deref().unwrap_or("unknown")
+                );
+                tracing::error!("{msg}");
+                summary.corrupt.push(msg);
+            }
+        }
+        segments.push(Segment {
+            first_seq,
+            last_seq,
+            path,
+        });
+    }
+    Ok((summary, segments))
+}
+
+fn rewrite_magic(path: &Path) -> Result<(), WalError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| WalError::io(path, e))?;
+    file.write_all_at(MAGIC, 0)
+        .and_then(|_| file.sync_all())
+        .map_err(|e| WalError::io(path, e))
+}
+
+enum Frame<'a> {
+    Record {
+        seq: u64,
+        kind: u8,
+        payload: &'a [u8],
+        len: usize,
+    },
+    /// Zero fill or nothing left: the clean end of the log.
+    End,
+    Bad(String),
+}
+
+fn parse_frame(buf: &[u8]) -> Frame<'_> {
+    if buf.len() < FRAME_HEADER {
+        if buf.iter().all(|b| *b == 0) {
+            return Frame::End;
+        }
+        return Frame::Bad("incomplete frame header".into());
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    if len == 0 && crc == 0 {
+        return if buf.iter().all(|b| *b == 0) {
+            Frame::End
+        } else {
+            Frame::Bad("zero frame header followed by data".into())
+        };
+    }
+    if len > MAX_FRAME {
+        return Frame::Bad(format!("frame length {len} is impossible"));
+    }
+    let total = FRAME_HEADER + len;
+    if buf.len() < total {
+        return Frame::Bad(format!(
+            "frame needs {total} bytes, only {} present",
+            buf.len()
+        ));
+    }
+    let body = &buf[8..total];
+    if crc32fast::hash(body) != crc {
+        return Frame::Bad("checksum mismatch".into());
+    }
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&buf[8..16]);
+    Frame::Record {
+        seq: u64::from_le_bytes(seq),
+        kind: buf[16],
+        payload: &buf[FRAME_HEADER..total],
+        len: total,
+    }
+}
+
+fn encode_frame(out: &mut Vec<u8>, seq: u64, kind: u8, payload: &[u8]) {
+    let start = out.len();
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(payload);
+    let crc = crc32fast::hash(&out[start + 8..]);
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+struct ActiveSegment {
+    file: File,
+    path: PathBuf,
+    /// End of the last frame known to be written (and synced, in `always` mode).
+    good: u64,
+}
+
+impl ActiveSegment {
+    fn create(dir: &Path, first_seq: u64) -> Result<Self, WalError> {
+        let path = dir.join(format!("{first_seq:020}.wal"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| WalError::io(&path, e))?;
+        file.write_all_at(MAGIC, 0)
+            .and_then(|_| file.sync_all())
+            .and_then(|_| sync_dir(dir))
+            .map_err(|e| WalError::io(&path, e))?;
+        Ok(Self {
+            file,
+            path,
+            good: MAGIC.len() as u64,
+        })
+    }
+}
+
+struct Writer<A: Applier> {
+    config: WalConfig,
+    status: Arc<WalStatus>,
+    /// Closed segments, oldest first, then the active one last.
+    segments: Vec<Segment>,
+    active: ActiveSegment,
+    next_seq: u64,
+    applier: A,
+    last_sync: Instant,
+    unsynced: bool,
+}
+
+type AppendReply<T> = oneshot::Sender<Result<Committed<T>, WalError>>;
+
+impl<A: Applier> Writer<A> {
+    fn run(mut self, mut rx: mpsc::Receiver<Request<A::Output>>) {
+        let mut frames = Vec::with_capacity(1 << 20);
+        let mut group: Vec<(u64, Entry)> = Vec::with_capacity(MAX_GROUP);
+        let mut replies: Vec<AppendReply<A::Output>> = Vec::with_capacity(MAX_GROUP);
+        let mut deferred: Option<Request<A::Output>> = None;
+        loop {
+            let first = match deferred.take() {
+                Some(r) => r,
+                None => match self.next_request(&mut rx) {
+                    Some(r) => r,
+                    None => break,
+                },
+            };
+            let mut next = Some(first);
+            // Gather consecutive appends into one group; a control request ends it.
+            while let Some(req) = next.take() {
+                match req {
+                    Request::Append { pending, reply } => {
+                        let seq = self.next_seq + group.len() as u64;
+                        encode_frame(&mut frames, seq, pending.entry.kind(), &pending.payload);
+                        group.push((seq, pending.entry));
+                        replies.push(reply);
+                        if group.len() < MAX_GROUP && frames.len() < (8 << 20) {
+                            next = rx.try_recv().ok();
+                        }
+                    }
+                    other => deferred = Some(other),
+                }
+            }
+            if !group.is_empty() {
+                self.commit_group(&mut frames, &mut group, &mut replies);
+            }
+            match deferred.take() {
+                Some(Request::Rotate { reply }) => {
+                    let _ = reply.send(self.rotate());
+                }
+                Some(Request::Release { through, reply }) => {
+                    self.release(through);
+                    let _ = reply.send(());
+                }
+                Some(Request::Shutdown { reply }) => {
+                    self.sync_if_needed(true);
+                    let _ = reply.send(());
+                    break;
+                }
+                Some(append @ Request::Append { .. }) => deferred = Some(append),
+                None => {}
+            }
+        }
+        self.sync_if_needed(true);
+    }
+
+    /// Waits for the next request; in `sync = "none"` mode, syncs while idle.
+    fn next_request(
+        &mut self,
+        rx: &mut mpsc::Receiver<Request<A::Output>>,
+    ) -> Option<Request<A::Output>> {
+        if self.config.sync == SyncMode::None && self.unsynced {
+            match rx.try_recv() {
+                Ok(r) => return Some(r),
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                Err(mpsc::error::TryRecvError::Empty) => self.sync_if_needed(true),
+            }
+        }
+        rx.blocking_recv()
+    }
+
+    fn commit_group(
+        &mut self,
+        frames: &mut Vec<u8>,
+        group: &mut Vec<(u64, Entry)>,
+        replies: &mut Vec<AppendReply<A::Output>>,
+    ) {
+        let result = self.write_and_sync(frames);
+        frames.clear();
+        match result {
+            Ok(()) => {
+                let last = group.last().map(|(s, _)| *s).unwrap_or(self.next_seq);
+                self.next_seq = last + 1;
+                self.status.last_seq.store(last, Ordering::Relaxed);
+                if let Some(seg) = self.segments.last_mut() {
+                    seg.last_seq = last;
+                }
+                let outputs = self.applier.apply(group);
+                for ((seq, _), (reply, applied)) in group.iter().zip(replies.drain(..).zip(outputs))
+                {
+                    let _ = reply.send(Ok(Committed { seq: *seq, applied }));
+                }
+                if self.active.good >= self.config.segment_max_bytes
+                    && let Err(e) = self.rotate()
+                {
+                    tracing::warn!(error = %e, "WAL segment rotation failed; continuing in the current segment");
+                }
+            }
+            Err(err) => {
+                for reply in replies.drain(..) {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+        group.clear();
+    }
+
+    fn write_and_sync(&mut self, frames: &[u8]) -> Result<(), WalError> {
+        if self.status.is_degraded() {
+            // Cut whatever a failed write may have left before writing again.
+            if let Err(e) = self.active.file.set_len(self.active.good) {
+                return Err(self.fail(e));
+            }
+        }
+        if let Err(e) = self.active.file.write_all_at(frames, self.active.good) {
+            return Err(self.fail(e));
+        }
+        match self.config.sync {
+            SyncMode::Always => {
+                let t = Instant::now();
+                if let Err(e) = self.active.file.sync_data() {
+                    return Err(self.fail(e));
+                }
+                self.record_sync(t);
+            }
+            SyncMode::None => {
+                self.unsynced = true;
+                self.sync_if_needed(false);
+            }
+        }
+        self.active.good += frames.len() as u64;
+        if self.status.degraded.swap(false, Ordering::Relaxed) {
+            tracing::info!("write-ahead log recovered; accepting deliveries again");
+            *self.status.last_error.lock() = None;
+        }
+        Ok(())
+    }
+
+    fn record_sync(&mut self, started: Instant) {
+        self.status.syncs.fetch_add(1, Ordering::Relaxed);
+        self.status
+            .sync_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.last_sync = Instant::now();
+        self.unsynced = false;
+    }
+
+    fn sync_if_needed(&mut self, force: bool) {
+        if !self.unsynced {
+            return;
+        }
+        if force || self.last_sync.elapsed() >= Duration::from_secs(1) {
+            let t = Instant::now();
+            match self.active.file.sync_data() {
+                Ok(()) => self.record_sync(t),
+                Err(e) => {
+                    let _ = self.fail(e);
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, err: io::Error) -> WalError {
+        let err = WalError::io(&self.active.path, err);
+        if !self.status.degraded.swap(true, Ordering::Relaxed) {
+            tracing::error!(error = %err, "write-ahead log write failed; answering 503 until it recovers");
+        }
+        *self.status.last_error.lock() = Some(err.to_string());
+        // Best effort: drop any partial frame now; retried before the next write.
+        let _ = self.active.file.set_len(self.active.good);
+        err
+    }
+
+    fn rotate(&mut self) -> Result<u64, WalError> {
+        let through = self.next_seq - 1;
+        self.sync_if_needed(true);
+        if self.active.good > MAGIC.len() as u64 {
+            let next = ActiveSegment::create(&self.config.dir, self.next_seq)?;
+            self.active = next;
+            self.segments.push(Segment {
+                first_seq: self.next_seq,
+                last_seq: through,
+                path: self.active.path.clone(),
+            });
+            self.status
+                .segments
+                .store(self.segments.len() as u64, Ordering::Relaxed);
+        }
+        self.applier.cut(through);
+        Ok(through)
+    }
+
+    fn release(&mut self, through: u64) {
+        let active_path = self.active.path.clone();
+        let mut removed = false;
+        self.segments.retain(|seg| {
+            let closed = seg.path != active_path;
+            if closed && seg.last_seq <= through {
+                match fs::remove_file(&seg.path) {
+                    Ok(()) => {
+                        removed = true;
+                        false
+                    }
+                    Err(e) => {
+                        tracing::warn!(segment = %seg.path.display(), error = %e, "could not delete a released WAL segment");
+                        true
+                    }
+                }
+            } else {
+                true
+            }
+        });
+        if removed {
+            let _ = sync_dir(&self.config.dir);
+        }
+        self.status
+            .segments
+            .store(self.segments.len() as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tests::sample_delivery;
+
+    /// Collects replayed records into a shared list.
+    #[derive(Default, Clone)]
+    struct Collect(Arc<Mutex<Vec<(u64, Entry)>>>);
+    impl Applier for Collect {
+        type Output = u64;
+        fn apply(&mut self, records: &[(u64, Entry)]) -> Vec<u64> {
+            records.iter().map(|(s, _)| *s).collect()
+        }
+        fn replay(&mut self, seq: u64, entry: Entry) {
+            self.0.lock().push((seq, entry));
+        }
+        fn cut(&mut self, _through: u64) {}
+    }
+
+    fn config(dir: &Path) -> WalConfig {
+        WalConfig {
+            dir: dir.to_path_buf(),
+            sync: SyncMode::Always,
+            segment_max_bytes: 1 << 20,
+        }
+    }
+
+    fn entry(i: usize) -> Entry {
+        let mut d = sample_delivery();
+        d.id = format!("id-{i}");
+        Entry::Delivery(Box::new(d))
+    }
+
+    fn replayed(dir: &Path) -> (Vec<(u64, Entry)>, ReplaySummary) {
+        let mut seen = Vec::new();
+        let summary = read_only_replay(dir, |s, e| seen.push((s, e))).unwrap();
+        (seen, summary)
+    }
+
+    #[tokio::test]
+    async fn appended_records_replay_in_order_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(config(dir.path()), Collect::default()).unwrap();
+        let mut seqs = Vec::new();
+        for i in 0..10 {
+            seqs.push(wal.append(Pending::new(entry(i))).await.unwrap().seq);
+        }
+        assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+        wal.shutdown().await;
+        let collect = Collect::default();
+        let (wal, summary) = Wal::open(config(dir.path()), collect.clone()).unwrap();
+        let seen = collect.0.lock().clone();
+        assert_eq!(summary.records, 10);
+        assert_eq!(seen.iter().map(|(s, _)| *s).collect::<Vec<_>>(), seqs);
+        assert_eq!(seen[3].1, entry(3));
+        // New records continue the sequence.
+        assert_eq!(wal.append(Pending::new(entry(99))).await.unwrap().seq, 11);
+    }
+
+    #[tokio::test]
+    async fn concurrent_appends_share_fsyncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(config(dir.path()), Collect::default()).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let wal = wal.clone();
+            tasks.push(tokio::spawn(async move {
+                wal.append(Pending::new(entry(i))).await.unwrap().seq
+            }));
+        }
+        let mut seqs = Vec::new();
+        for t in tasks {
+            seqs.push(t.await.unwrap());
+        }
+        seqs.sort();
+        assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+        let (syncs, _) = wal.status().sync_stats();
+        assert!(
+            syncs < 200,
+            "expected group commit to share fsyncs, got {syncs} syncs for 200 appends"
+        );
+    }
+
+    #[tokio::test]
+    async fn torn_tail_is_cut_and_never_half_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(config(dir.path()), Collect::default()).unwrap();
+        for i in 0..5 {
+            wal.append(Pending::new(entry(i))).await.unwrap();
+        }
+        wal.shutdown().await;
+        let (_, seg) = list_segments(dir.path()).unwrap().pop().unwrap();
+        let full = fs::metadata(&seg).unwrap().len();
+        // Simulate a crash in the middle of writing a sixth frame.
+        let mut frame = Vec::new();
+        encode_frame(&mut frame, 6, entry(5).kind(), &entry(5).encode());
+        let file = OpenOptions::new().write(true).open(&seg).unwrap();
+        file.write_all_at(&frame[..frame.len() / 2], full).unwrap();
+        drop(file);
+
+        let (seen, summary) = replayed(dir.path());
+        assert_eq!(seen.len(), 5, "read-only replay skips the torn frame");
+        assert!(summary.torn_bytes_cut > 0);
+
+        let collect = Collect::default();
+        let (wal, summary) = Wal::open(config(dir.path()), collect.clone()).unwrap();
+        let seen: Vec<u64> = collect.0.lock().iter().map(|(s, _)| *s).collect();
+        assert_eq!(seen, vec![1, 2, 3, 4, 5]);
+        assert_eq!(summary.torn_bytes_cut, (frame.len() / 2) as u64);
+        assert_eq!(
+            fs::metadata(&seg).unwrap().len(),
+            full,
+            "segment cut back to the last good frame"
+        );
+        assert_eq!(wal.append(Pending::new(entry(6))).await.unwrap().seq, 6);
+    }
+
+    #[tokio::test]
+    async fn a_flipped_bit_fails_the_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(config(dir.path()), Collect::default()).unwrap();
+        for i in 0..3 {
+            wal.append(Pending::new(entry(i))).await.unwrap();
+        }
+        wal.shutdown().await;
+        let (_, seg) = list_segments(dir.path()).unwrap().pop().unwrap();
+        let mut data = fs::read(&seg).unwrap();
+        let n = data.len();
+        data[n - 10] ^= 0x40;
+        fs::write(&seg, &data).unwrap();
+        let (seen, _) = replayed(dir.path());
+        assert_eq!(seen.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn rotate_then_release_deletes_only_covered_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(config(dir.path()), Collect::default()).unwrap();
+        for i in 0..3 {
+            wal.append(Pending::new(entry(i))).await.unwrap();
+        }
+        let through = wal.rotate().await.unwrap();
+        assert_eq!(through, 3);
+        wal.append(Pending::new(entry(3))).await.unwrap();
+        wal.release(through).await.unwrap();
+        let (seen, _) = replayed(dir.path());
+        assert_eq!(seen.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![4]);
+    }
+}
