@@ -16,7 +16,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray};
@@ -280,7 +280,7 @@ impl Engine {
                     segment_max_bytes: settings.wal_segment_max_bytes,
                 };
                 let (wal, summary) =
-                    tokio::task::spawn_blocking(move || Wal::open(config, applier))
+                    tokio::task::spawn_blocking(move || Wal::open(config, skip_through, applier))
                         .await
                         .map_err(|e| EngineError::Task(e.to_string()))??;
                 (Some(wal), summary)
@@ -452,6 +452,7 @@ impl Engine {
                     .await;
                     return Err(e.into());
                 }
+                crash_point("after_parquet_write");
                 report.files += 1;
                 report.rows += f.rows;
                 report.bytes += size;
@@ -473,8 +474,10 @@ impl Engine {
             discard(&lake, paths.iter().map(String::as_str)).await;
             return Err(e.into());
         }
+        crash_point("after_manifest_commit");
         self.catalog.publish(next, started);
         wal.release(through).await?;
+        crash_point("after_wal_release");
         Ok(report)
     }
 
@@ -537,6 +540,20 @@ impl Engine {
             wal.shutdown().await;
         }
         result.map(|_| ())
+    }
+}
+
+/// Crash tests: `HOOKSCOPE_CRASH_AT=<point>` aborts the process at that step of a
+/// flush, so tests can kill the real server at an exact point instead of by luck.
+fn crash_point(point: &str) {
+    static AT: OnceLock<Option<String>> = OnceLock::new();
+    if AT
+        .get_or_init(|| std::env::var("HOOKSCOPE_CRASH_AT").ok())
+        .as_deref()
+        == Some(point)
+    {
+        eprintln!("HOOKSCOPE_CRASH_AT={point}: aborting the process (crash test)");
+        std::process::abort();
     }
 }
 

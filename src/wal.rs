@@ -206,7 +206,16 @@ impl<T: Send + 'static> Wal<T> {
     /// Opens the WAL in `config.dir`: hands every surviving record to
     /// [`Applier::replay`] (in order, torn tail cut), then starts the writer thread,
     /// which hands new records to [`Applier::apply`].
-    pub fn open<A>(config: WalConfig, mut applier: A) -> Result<(Self, ReplaySummary), WalError>
+    ///
+    /// New records are numbered after every sequence number ever used: after the
+    /// newest record, after the newest segment's name, and after `committed_through`
+    /// (the highest sequence already committed elsewhere; the WAL may hold nothing
+    /// once everything is flushed). Sequence numbers never repeat.
+    pub fn open<A>(
+        config: WalConfig,
+        committed_through: u64,
+        mut applier: A,
+    ) -> Result<(Self, ReplaySummary), WalError>
     where
         A: Applier<Output = T>,
     {
@@ -215,14 +224,20 @@ impl<T: Send + 'static> Wal<T> {
             applier.replay(seq, entry)
         })?;
         let status = Arc::new(WalStatus::default());
-        status.last_seq.store(summary.last_seq, Ordering::Relaxed);
-        let first_seq = summary.last_seq + 1;
+        let used_through = segments
+            .iter()
+            .map(|s| s.last_seq)
+            .chain([summary.last_seq, committed_through])
+            .max()
+            .unwrap_or(0);
+        status.last_seq.store(used_through, Ordering::Relaxed);
+        let first_seq = used_through + 1;
         let active = ActiveSegment::create(&config.dir, first_seq)?;
         // An empty segment left by a crash right after rotation is reused, not listed twice.
         segments.retain(|s| s.first_seq != first_seq);
         segments.push(Segment {
             first_seq,
-            last_seq: summary.last_seq,
+            last_seq: used_through,
             path: active.path.clone(),
         });
         status
@@ -816,7 +831,7 @@ mod tests {
     #[tokio::test]
     async fn appended_records_replay_in_order_after_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let (wal, _) = Wal::open(config(dir.path()), Collect::default()).unwrap();
+        let (wal, _) = Wal::open(config(dir.path()), 0, Collect::default()).unwrap();
         let mut seqs = Vec::new();
         for i in 0..10 {
             seqs.push(wal.append(Pending::new(entry(i))).await.unwrap().seq);
@@ -824,7 +839,7 @@ mod tests {
         assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
         wal.shutdown().await;
         let collect = Collect::default();
-        let (wal, summary) = Wal::open(config(dir.path()), collect.clone()).unwrap();
+        let (wal, summary) = Wal::open(config(dir.path()), 0, collect.clone()).unwrap();
         let seen = collect.0.lock().clone();
         assert_eq!(summary.records, 10);
         assert_eq!(seen.iter().map(|(s, _)| *s).collect::<Vec<_>>(), seqs);
@@ -836,7 +851,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_appends_share_fsyncs() {
         let dir = tempfile::tempdir().unwrap();
-        let (wal, _) = Wal::open(config(dir.path()), Collect::default()).unwrap();
+        let (wal, _) = Wal::open(config(dir.path()), 0, Collect::default()).unwrap();
         let mut tasks = Vec::new();
         for i in 0..200 {
             let wal = wal.clone();
@@ -860,7 +875,7 @@ mod tests {
     #[tokio::test]
     async fn torn_tail_is_cut_and_never_half_read() {
         let dir = tempfile::tempdir().unwrap();
-        let (wal, _) = Wal::open(config(dir.path()), Collect::default()).unwrap();
+        let (wal, _) = Wal::open(config(dir.path()), 0, Collect::default()).unwrap();
         for i in 0..5 {
             wal.append(Pending::new(entry(i))).await.unwrap();
         }
@@ -879,7 +894,7 @@ mod tests {
         assert!(summary.torn_bytes_cut > 0);
 
         let collect = Collect::default();
-        let (wal, summary) = Wal::open(config(dir.path()), collect.clone()).unwrap();
+        let (wal, summary) = Wal::open(config(dir.path()), 0, collect.clone()).unwrap();
         let seen: Vec<u64> = collect.0.lock().iter().map(|(s, _)| *s).collect();
         assert_eq!(seen, vec![1, 2, 3, 4, 5]);
         assert_eq!(summary.torn_bytes_cut, (frame.len() / 2) as u64);
@@ -892,9 +907,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn sequence_numbers_never_repeat_after_everything_is_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(config(dir.path()), 0, Collect::default()).unwrap();
+        for i in 0..3 {
+            wal.append(Pending::new(entry(i))).await.unwrap();
+        }
+        let through = wal.rotate().await.unwrap();
+        wal.release(through).await.unwrap();
+        wal.shutdown().await;
+        // Only an empty segment is left: numbering continues after its name.
+        let (wal, _) = Wal::open(config(dir.path()), 0, Collect::default()).unwrap();
+        assert_eq!(wal.append(Pending::new(entry(3))).await.unwrap().seq, 4);
+        wal.shutdown().await;
+        // The WAL directory is gone entirely: the committed floor still holds.
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        let (wal, _) = Wal::open(config(dir.path()), 40, Collect::default()).unwrap();
+        assert_eq!(wal.append(Pending::new(entry(4))).await.unwrap().seq, 41);
+    }
+
+    #[tokio::test]
     async fn a_flipped_bit_fails_the_checksum() {
         let dir = tempfile::tempdir().unwrap();
-        let (wal, _) = Wal::open(config(dir.path()), Collect::default()).unwrap();
+        let (wal, _) = Wal::open(config(dir.path()), 0, Collect::default()).unwrap();
         for i in 0..3 {
             wal.append(Pending::new(entry(i))).await.unwrap();
         }
@@ -911,7 +946,7 @@ mod tests {
     #[tokio::test]
     async fn rotate_then_release_deletes_only_covered_segments() {
         let dir = tempfile::tempdir().unwrap();
-        let (wal, _) = Wal::open(config(dir.path()), Collect::default()).unwrap();
+        let (wal, _) = Wal::open(config(dir.path()), 0, Collect::default()).unwrap();
         for i in 0..3 {
             wal.append(Pending::new(entry(i))).await.unwrap();
         }

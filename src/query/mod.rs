@@ -13,6 +13,7 @@
 //! - The CLI and the server run the same [`QueryEngine`].
 
 pub mod format;
+mod guard;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -33,6 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::Catalog;
 use crate::tables::Table;
+use guard::QueryGuard;
 
 /// Why a query did not produce its result.
 #[derive(Debug, Error)]
@@ -163,19 +165,22 @@ impl QueryEngine {
         let (tx, rx) = mpsc::channel(4);
         let ctx = self.ctx.clone();
         let sql = sql.to_string();
+        let guard = QueryGuard::new(deadline);
+        let task_guard = guard.clone();
+        let timeout = self.limits.timeout;
         let task = async move {
-            let options = SQLOptions::new()
-                .with_allow_ddl(false)
-                .with_allow_dml(false)
-                .with_allow_statements(false);
-            let stream = match ctx.sql_with_options(&sql, options).await {
-                Ok(df) => df.execute_stream().await,
-                Err(e) => Err(e),
+            let guard = task_guard;
+            let error = |e: DataFusionError| {
+                if guard.timed_out() {
+                    QueryError::Timeout(timeout)
+                } else {
+                    QueryError::from_df(e)
+                }
             };
-            let mut stream = match stream {
+            let mut stream = match start(&ctx, &sql, &guard).await {
                 Ok(s) => s,
                 Err(e) => {
-                    let _ = schema_tx.send(Err(QueryError::from_df(e)));
+                    let _ = schema_tx.send(Err(error(e)));
                     return;
                 }
             };
@@ -184,7 +189,7 @@ impl QueryEngine {
             }
             while let Some(batch) = stream.next().await {
                 let stop = batch.is_err();
-                if tx.send(batch.map_err(QueryError::from_df)).await.is_err() || stop {
+                if tx.send(batch.map_err(error)).await.is_err() || stop {
                     return;
                 }
             }
@@ -193,7 +198,7 @@ impl QueryEngine {
             Some(rt) => rt.spawn(task),
             None => tokio::spawn(task),
         };
-        let guard = AbortOnDrop(handle);
+        let guard = AbortOnDrop(handle, guard);
         let schema = match tokio::time::timeout_at(deadline.into(), schema_rx).await {
             Ok(Ok(result)) => result?,
             Ok(Err(_)) => {
@@ -223,11 +228,29 @@ impl QueryEngine {
     }
 }
 
-/// Aborts the query task when the result is dropped (client gone, timeout).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// Plans `sql` read-only, guards every plan node, and starts execution.
+async fn start(
+    ctx: &SessionContext,
+    sql: &str,
+    guard: &QueryGuard,
+) -> Result<datafusion::physical_plan::SendableRecordBatchStream, DataFusionError> {
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let df = ctx.sql_with_options(sql, options).await?;
+    let task_ctx = df.task_ctx();
+    let plan = guard.guard_plan(df.create_physical_plan().await?)?;
+    datafusion::physical_plan::execute_stream(plan, Arc::new(task_ctx))
+}
+
+/// Stops the query when the result is dropped (client gone, timeout): cancels its
+/// plan at the next batch and aborts its task.
+struct AbortOnDrop(tokio::task::JoinHandle<()>, QueryGuard);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
+        self.1.cancel();
         self.0.abort();
     }
 }

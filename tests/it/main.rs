@@ -1,1 +1,7 @@
-fn main() {}
+//! Integration tests: each starts the real `hookscope` binary on an ephemeral port
+//! with its own data directory (see `harness`). One test binary for all of them.
+
+mod durability;
+mod harness;
+mod ingest;
+mod query_api;
