@@ -85,7 +85,7 @@ impl<C: Columns> Default for TableBuffer<C> {
 
 impl<C: Columns> TableBuffer<C> {
     fn appended(&mut self, seq: u64, bytes: usize) {
-        self.active_max_seq = seq;
+        self.active_max_seq = self.active_max_seq.max(seq);
         self.rows += 1;
         self.approx_bytes += bytes;
         if self.oldest.is_none() {

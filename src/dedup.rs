@@ -51,10 +51,12 @@ impl DedupIndex {
         }
     }
 
-    /// Records an arrival of `key` at `at_us` and says how it relates to earlier ones.
-    pub fn observe(&mut self, key: &str, at_us: i64) -> Seen {
+    /// Records an arrival of `key` at source `scope` at `at_us` and says how it
+    /// relates to earlier arrivals of the same key at the same source. (A provider
+    /// sending one event to two endpoints is not a retry.)
+    pub fn observe(&mut self, scope: &str, key: &str, at_us: i64) -> Seen {
         self.expire(at_us);
-        let h = key_hash(key);
+        let h = key_hash(scope, key);
         let seen = match self.slots.entry(h) {
             Entry::Occupied(mut e) => {
                 let slot = e.get_mut();
@@ -84,8 +86,8 @@ impl DedupIndex {
 
     /// Seeds the index with history read back from the lake: `arrivals` earlier
     /// arrivals of `key`, the last at `last_us`. Call in ascending `last_us` order.
-    pub fn seed(&mut self, key: &str, arrivals: u32, last_us: i64) {
-        let h = key_hash(key);
+    pub fn seed(&mut self, scope: &str, key: &str, arrivals: u32, last_us: i64) {
+        let h = key_hash(scope, key);
         self.slots.insert(h, Slot { arrivals, last_us });
         self.order.push_back((last_us, h, arrivals));
         self.trim();
@@ -136,12 +138,12 @@ impl DedupIndex {
     }
 }
 
-fn key_hash(key: &str) -> u128 {
+fn key_hash(scope: &str, key: &str) -> u128 {
     let mut a = DefaultHasher::new();
-    key.hash(&mut a);
+    (scope, key).hash(&mut a);
     let mut b = DefaultHasher::new();
     0x9e37_79b9_u32.hash(&mut b);
-    key.hash(&mut b);
+    (scope, key).hash(&mut b);
     (u128::from(a.finish()) << 64) | u128::from(b.finish())
 }
 
@@ -173,28 +175,28 @@ mod tests {
     fn repeated_keys_count_attempts_and_gaps() {
         let mut idx = DedupIndex::new(3600 * S, 100);
         assert_eq!(
-            idx.observe("evt_1", 0),
+            idx.observe("s", "evt_1", 0),
             Seen {
                 arrivals: 1,
                 gap_ms: None
             }
         );
         assert_eq!(
-            idx.observe("evt_2", S),
+            idx.observe("s", "evt_2", S),
             Seen {
                 arrivals: 1,
                 gap_ms: None
             }
         );
         assert_eq!(
-            idx.observe("evt_1", 5 * S),
+            idx.observe("s", "evt_1", 5 * S),
             Seen {
                 arrivals: 2,
                 gap_ms: Some(5000.0)
             }
         );
         assert_eq!(
-            idx.observe("evt_1", 65 * S),
+            idx.observe("s", "evt_1", 65 * S),
             Seen {
                 arrivals: 3,
                 gap_ms: Some(60000.0)
@@ -205,10 +207,10 @@ mod tests {
     #[test]
     fn keys_older_than_the_window_start_over() {
         let mut idx = DedupIndex::new(10 * S, 100);
-        idx.observe("a", 0);
-        assert_eq!(idx.observe("a", 5 * S).arrivals, 2);
+        idx.observe("s", "a", 0);
+        assert_eq!(idx.observe("s", "a", 5 * S).arrivals, 2);
         assert_eq!(
-            idx.observe("a", 16 * S).arrivals,
+            idx.observe("s", "a", 16 * S).arrivals,
             1,
             "last arrival 11 s ago, window 10 s"
         );
@@ -218,32 +220,40 @@ mod tests {
     fn memory_is_bounded_by_max_keys() {
         let mut idx = DedupIndex::new(i64::MAX / 2, 1000);
         for i in 0..100_000 {
-            idx.observe(&format!("k{i}"), i);
+            idx.observe("s", &format!("k{i}"), i);
         }
         assert!(idx.len() <= 1000);
         assert!(idx.order.len() <= 1000);
         // The most recent keys are still known.
-        assert_eq!(idx.observe("k99999", 100_000).arrivals, 2);
+        assert_eq!(idx.observe("s", "k99999", 100_000).arrivals, 2);
         // The oldest were forgotten.
-        assert_eq!(idx.observe("k0", 100_001).arrivals, 1);
+        assert_eq!(idx.observe("s", "k0", 100_001).arrivals, 1);
     }
 
     #[test]
     fn an_older_queue_entry_does_not_evict_a_newer_arrival() {
         let mut idx = DedupIndex::new(i64::MAX / 2, 3);
-        idx.observe("a", 1);
-        idx.observe("a", 2);
-        idx.observe("b", 3);
-        idx.observe("c", 4); // pops ("a", 1): "a" arrived again since, keep it
-        assert_eq!(idx.observe("a", 5).arrivals, 3);
+        idx.observe("s", "a", 1);
+        idx.observe("s", "a", 2);
+        idx.observe("s", "b", 3);
+        idx.observe("s", "c", 4); // pops ("a", 1): "a" arrived again since, keep it
+        assert_eq!(idx.observe("s", "a", 5).arrivals, 3);
+    }
+
+    #[test]
+    fn the_same_key_at_another_source_is_not_a_retry() {
+        let mut idx = DedupIndex::new(100 * S, 10);
+        assert_eq!(idx.observe("a", "evt", 0).arrivals, 1);
+        assert_eq!(idx.observe("b", "evt", 1).arrivals, 1);
+        assert_eq!(idx.observe("a", "evt", 2).arrivals, 2);
     }
 
     #[test]
     fn seeded_history_continues() {
         let mut idx = DedupIndex::new(100 * S, 10);
-        idx.seed("evt", 2, 10 * S);
+        idx.seed("s", "evt", 2, 10 * S);
         assert_eq!(
-            idx.observe("evt", 12 * S),
+            idx.observe("s", "evt", 12 * S),
             Seen {
                 arrivals: 3,
                 gap_ms: Some(2000.0)

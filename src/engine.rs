@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::dedup::DedupIndex;
 use crate::lake::{Lake, LakeError};
 use crate::manifest::{FileEntry, Manifest, ManifestError};
-use crate::model::{Delivery, Entry, Outcome};
+use crate::model::{Delivery, Entry, ForwardResult, Outcome};
 use crate::persist::{self, PersistError};
 use crate::query::{QueryEngine, QueryError, QueryLimits};
 use crate::tables::Table;
@@ -154,7 +154,25 @@ pub struct Engine {
     flush_lock: tokio::sync::Mutex<()>,
     flush_status: Mutex<FlushStatus>,
     replay: ReplaySummary,
+    open_forwards: Arc<OpenForwards>,
     _lock: Option<File>,
+}
+
+/// Forwarded deliveries whose start is durable and whose answer is not yet.
+#[derive(Debug, Default)]
+pub struct OpenForwards {
+    /// WAL sequence of each open start → delivery id.
+    open: Mutex<std::collections::BTreeMap<u64, String>>,
+}
+
+impl OpenForwards {
+    /// The oldest open start's sequence number: WAL segments from it on must stay.
+    fn oldest(&self) -> Option<u64> {
+        self.open.lock().keys().next().copied()
+    }
+    fn ids(&self) -> Vec<String> {
+        self.open.lock().values().cloned().collect()
+    }
 }
 
 /// Hands durable records to the dedup index and the buffer, in WAL order.
@@ -163,33 +181,97 @@ struct LakeApplier {
     dedup: DedupIndex,
     /// Records at or below this are in committed files already.
     skip_through: u64,
+    /// Started forwards by delivery id, with the start's sequence number.
+    forwards: std::collections::HashMap<String, (u64, Box<Delivery>)>,
+    open: Arc<OpenForwards>,
 }
 
-fn apply_entry(dedup: &mut DedupIndex, buf: &mut Buffer, seq: u64, entry: &Entry) -> Applied {
-    match entry {
-        Entry::Delivery(d) => {
-            let seen = dedup.observe(&d.dedup_key, d.received_at_us);
-            let attempt = d
-                .provider_attempt
-                .unwrap_or(i32::try_from(seen.arrivals).unwrap_or(i32::MAX));
-            let derived = Derived {
-                attempt,
-                is_duplicate: attempt > 1,
-                retry_gap_ms: seen.gap_ms,
-            };
-            buf.push_delivery(seq, d, derived);
-            Applied {
-                attempt,
-                duplicate: attempt > 1,
+impl LakeApplier {
+    fn apply_entry(&mut self, buf: &mut Buffer, seq: u64, entry: &Entry) -> Applied {
+        match entry {
+            Entry::Delivery(d) => self.push_delivery(buf, seq, d),
+            Entry::Outcome(o) => {
+                buf.push_outcome(seq, o);
+                Applied {
+                    attempt: 1,
+                    duplicate: false,
+                }
+            }
+            Entry::ForwardStart(d) => {
+                self.forwards.insert(d.id.clone(), (seq, d.clone()));
+                self.open.open.lock().insert(seq, d.id.clone());
+                Applied {
+                    attempt: 0,
+                    duplicate: false,
+                }
+            }
+            Entry::ForwardDone(r) => {
+                let Some((start, mut d)) = self.forwards.remove(&r.id) else {
+                    tracing::warn!(id = %r.id, "forward answer without a recorded start; ignored");
+                    return Applied {
+                        attempt: 0,
+                        duplicate: false,
+                    };
+                };
+                self.open.open.lock().remove(&start);
+                d.status_code = r.status_code;
+                d.upstream_status = r.upstream_status;
+                d.upstream_latency_ms = r.upstream_latency_ms;
+                d.upstream_error = r.upstream_error.clone();
+                let applied = self.push_delivery(buf, seq, &d);
+                buf.push_outcome(seq, &forward_outcome(&d, r));
+                applied
             }
         }
-        Entry::Outcome(o) => {
-            buf.push_outcome(seq, o);
-            Applied {
-                attempt: 1,
-                duplicate: false,
-            }
+    }
+
+    fn push_delivery(&mut self, buf: &mut Buffer, seq: u64, d: &Delivery) -> Applied {
+        let seen = self
+            .dedup
+            .observe(&d.source, &d.dedup_key, d.received_at_us);
+        let attempt = d
+            .provider_attempt
+            .unwrap_or(i32::try_from(seen.arrivals).unwrap_or(i32::MAX));
+        let derived = Derived {
+            attempt,
+            is_duplicate: attempt > 1,
+            retry_gap_ms: seen.gap_ms,
+        };
+        buf.push_delivery(seq, d, derived);
+        Applied {
+            attempt,
+            duplicate: attempt > 1,
         }
+    }
+}
+
+/// The outcome hookscope records itself for a forwarded delivery: 2xx is success.
+fn forward_outcome(d: &Delivery, r: &ForwardResult) -> Outcome {
+    let success = r.upstream_status.is_some_and(|s| (200..300).contains(&s));
+    let (error_type, error_message) = match (&r.upstream_error, r.upstream_status) {
+        (Some(e), _) => (
+            Some(e.split(':').next().unwrap_or(e).trim().to_string()),
+            Some(e.clone()),
+        ),
+        (None, Some(s)) if !success => (
+            Some(format!("http_{s}")),
+            Some(format!("the app answered {s}")),
+        ),
+        _ => (None, None),
+    };
+    Outcome {
+        id: d.id.clone(),
+        reported_at_us: r.completed_at_us,
+        source: d.source.clone(),
+        delivery_id: Some(d.id.clone()),
+        event_id: d.event_id.clone(),
+        status: if success { "success" } else { "failure" }.to_string(),
+        processing_time_ms: r.upstream_latency_ms,
+        error_type,
+        error_message,
+        records_processed: None,
+        attributes: serde_json::json!({ "forwarded": true, "upstream_status": r.upstream_status })
+            .to_string(),
     }
 }
 
@@ -197,20 +279,33 @@ impl Applier for LakeApplier {
     type Output = Applied;
 
     fn apply(&mut self, records: &[(u64, Entry)]) -> Vec<Applied> {
-        let dedup = &mut self.dedup;
-        self.catalog.with_buffer(|buf| {
+        let catalog = Arc::clone(&self.catalog);
+        catalog.with_buffer(|buf| {
             records
                 .iter()
-                .map(|(seq, entry)| apply_entry(dedup, buf, *seq, entry))
+                .map(|(seq, entry)| self.apply_entry(buf, *seq, entry))
                 .collect()
         })
     }
 
     fn replay(&mut self, seq: u64, entry: Entry) {
-        if seq > self.skip_through {
-            let dedup = &mut self.dedup;
-            self.catalog
-                .with_buffer(|buf| apply_entry(dedup, buf, seq, &entry));
+        let catalog = Arc::clone(&self.catalog);
+        match &entry {
+            // A start is needed even when committed files cover its sequence: its row
+            // is written only with its answer, which may come later in the WAL.
+            Entry::ForwardStart(_) => {
+                catalog.with_buffer(|buf| self.apply_entry(buf, seq, &entry));
+            }
+            // An answer already committed closes its start without adding a row.
+            Entry::ForwardDone(r) if seq <= self.skip_through => {
+                if let Some((start, _)) = self.forwards.remove(&r.id) {
+                    self.open.open.lock().remove(&start);
+                }
+            }
+            _ if seq <= self.skip_through => {}
+            _ => {
+                catalog.with_buffer(|buf| self.apply_entry(buf, seq, &entry));
+            }
         }
     }
 
@@ -266,10 +361,13 @@ impl Engine {
         let catalog = Catalog::new(lake, manifest);
         let query = QueryEngine::new(&catalog, settings.query.clone(), mode == Mode::Serve)?;
         let dedup = rebuild_dedup(&query, &settings).await?;
+        let open_forwards = Arc::new(OpenForwards::default());
         let mut applier = LakeApplier {
             catalog: Arc::clone(&catalog),
             dedup,
             skip_through,
+            forwards: std::collections::HashMap::new(),
+            open: Arc::clone(&open_forwards),
         };
         let wal_dir = root.join("wal");
         let (wal, replay) = match mode {
@@ -294,7 +392,7 @@ impl Engine {
                 (None, summary)
             }
         };
-        Ok(Arc::new(Engine {
+        let engine = Arc::new(Engine {
             settings,
             catalog,
             query,
@@ -302,8 +400,41 @@ impl Engine {
             flush_lock: tokio::sync::Mutex::new(()),
             flush_status: Mutex::new(FlushStatus::default()),
             replay,
+            open_forwards,
             _lock: lock,
-        }))
+        });
+        engine.resolve_interrupted_forwards().await?;
+        Ok(engine)
+    }
+
+    /// Forwards started before a crash never got their answer recorded: record that
+    /// they were interrupted, so their rows appear (once) and their WAL can go.
+    async fn resolve_interrupted_forwards(&self) -> Result<(), EngineError> {
+        let ids = self.open_forwards.ids();
+        if ids.is_empty() || self.wal.is_none() {
+            return Ok(());
+        }
+        tracing::warn!(
+            count = ids.len(),
+            "recording forwards interrupted by a restart"
+        );
+        let now = chrono::Utc::now().timestamp_micros();
+        for id in ids {
+            let result = ForwardResult {
+                id,
+                completed_at_us: now,
+                status_code: 0,
+                upstream_status: None,
+                upstream_latency_ms: None,
+                upstream_error: Some(
+                    "interrupted: hookscope stopped before the app answered".into(),
+                ),
+            };
+            self.finish_forward(result).await.map_err(|e| {
+                EngineError::Task(format!("cannot record an interrupted forward: {e}"))
+            })?;
+        }
+        Ok(())
     }
 
     pub fn settings(&self) -> &EngineSettings {
@@ -334,6 +465,20 @@ impl Engine {
         self.append(Entry::Outcome(Box::new(outcome)))
             .await
             .map(|_| ())
+    }
+
+    /// Makes a delivery durable before it is forwarded to the app. Its row appears
+    /// once [`Engine::finish_forward`] records the app's answer.
+    pub async fn begin_forward(&self, delivery: Delivery) -> Result<(), IngestError> {
+        self.append(Entry::ForwardStart(Box::new(delivery)))
+            .await
+            .map(|_| ())
+    }
+
+    /// Records the app's answer to a forwarded delivery (and the outcome row).
+    /// **Returns `Ok` once durable and visible.**
+    pub async fn finish_forward(&self, result: ForwardResult) -> Result<Applied, IngestError> {
+        self.append(Entry::ForwardDone(Box::new(result))).await
     }
 
     async fn append(&self, entry: Entry) -> Result<Applied, IngestError> {
@@ -476,7 +621,12 @@ impl Engine {
         }
         crash_point("after_manifest_commit");
         self.catalog.publish(next, started);
-        wal.release(through).await?;
+        // Segments holding a forward still waiting for its answer must stay.
+        let releasable = match self.open_forwards.oldest() {
+            Some(oldest) => through.min(oldest.saturating_sub(1)),
+            None => through,
+        };
+        wal.release(releasable).await?;
         crash_point("after_wal_release");
         Ok(report)
     }
@@ -603,34 +753,39 @@ async fn rebuild_dedup(
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let sql = format!(
-        "SELECT dedup_key, COUNT(*) AS n, MAX(received_at) AS last FROM deliveries \
-         WHERE received_at >= '{cutoff}' GROUP BY dedup_key ORDER BY last DESC LIMIT {}",
+        "SELECT source, dedup_key, COUNT(*) AS n, MAX(received_at) AS last FROM deliveries \
+         WHERE received_at >= '{cutoff}' GROUP BY source, dedup_key ORDER BY last DESC LIMIT {}",
         settings.dedup_max_keys
     );
     let (_, batches) = query.collect(&sql).await?;
-    let mut rows: Vec<(String, u32, i64)> = Vec::new();
+    let text = |c: &arrow::array::ArrayRef| {
+        arrow::compute::cast(c, &DataType::Utf8).map_err(|e| QueryError::Internal(e.to_string()))
+    };
+    let mut rows: Vec<(String, String, u32, i64)> = Vec::new();
     for batch in &batches {
-        let keys = arrow::compute::cast(batch.column(0), &DataType::Utf8)
-            .map_err(|e| QueryError::Internal(e.to_string()))?;
+        let sources = text(batch.column(0))?;
+        let sources = sources.as_string::<i32>();
+        let keys = text(batch.column(1))?;
         let keys = keys.as_string::<i32>();
-        let counts = arrow::compute::cast(batch.column(1), &DataType::Int64)
+        let counts = arrow::compute::cast(batch.column(2), &DataType::Int64)
             .map_err(|e| QueryError::Internal(e.to_string()))?;
         let counts = counts.as_primitive::<arrow::datatypes::Int64Type>();
-        let lasts = batch.column(2).as_primitive::<TimestampMicrosecondType>();
+        let lasts = batch.column(3).as_primitive::<TimestampMicrosecondType>();
         for i in 0..batch.num_rows() {
-            if keys.is_null(i) {
+            if keys.is_null(i) || sources.is_null(i) {
                 continue;
             }
             rows.push((
+                sources.value(i).to_string(),
                 keys.value(i).to_string(),
                 u32::try_from(counts.value(i)).unwrap_or(u32::MAX),
                 lasts.value(i),
             ));
         }
     }
-    rows.sort_by_key(|(_, _, last)| *last);
-    for (key, n, last) in &rows {
-        index.seed(key, *n, *last);
+    rows.sort_by_key(|(_, _, _, last)| *last);
+    for (source, key, n, last) in &rows {
+        index.seed(source, key, *n, *last);
     }
     if !rows.is_empty() {
         tracing::info!(keys = rows.len(), "rebuilt the dedup index from the lake");

@@ -1,9 +1,11 @@
 //! hookscope: a self-hosted webhook monitor and analytics engine.
 //!
 //! The modules follow the data: [`receive`] (request → record) → [`providers`]
-//! (verify / identify) → [`wal`] (durable) → [`buffer`] (Arrow, queryable) →
+//! (verify / identify) → [`wal`] (durable) → [`forward`] (to the app, when
+//! configured) → [`buffer`] (Arrow, queryable) →
 //! [`persist`] (Parquet) → [`lake`] + [`manifest`] (committed files) → [`catalog`]
-//! (tables) → [`query`] (SQL) → [`api`] (HTTP). [`engine`] wires the steps; [`server`]
+//! (tables) → [`query`] (SQL) → [`api`] (HTTP). [`report`] turns the app's processing
+//! reports into outcome records. [`engine`] wires the steps; [`server`]
 //! and [`cli`] are the two ways in. See ARCHITECTURE.md.
 
 pub mod api;
@@ -13,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod dedup;
 pub mod engine;
+pub mod forward;
 pub mod lake;
 pub mod manifest;
 pub mod model;
@@ -20,6 +23,7 @@ pub mod persist;
 pub mod providers;
 pub mod query;
 pub mod receive;
+pub mod report;
 pub mod server;
 pub mod tables;
 pub mod wal;

@@ -135,17 +135,40 @@ pub struct Outcome {
     pub attributes: String,
 }
 
+/// How the app answered a forwarded delivery (see [`Entry::ForwardDone`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardResult {
+    /// The delivery's id.
+    pub id: String,
+    pub completed_at_us: i64,
+    /// What hookscope answered the provider (the app's status, 502, 504; 0 if the
+    /// process stopped before answering).
+    pub status_code: i32,
+    pub upstream_status: Option<i32>,
+    pub upstream_latency_ms: Option<f64>,
+    pub upstream_error: Option<String>,
+}
+
 /// What one WAL record carries.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Entry {
+    /// A delivery, complete.
     Delivery(Box<Delivery>),
+    /// A processing report.
     Outcome(Box<Outcome>),
+    /// A delivery made durable before it is forwarded to the app; its row appears
+    /// when the matching [`Entry::ForwardDone`] is applied.
+    ForwardStart(Box<Delivery>),
+    /// The app's answer to a forwarded delivery.
+    ForwardDone(Box<ForwardResult>),
 }
 
 /// WAL record kinds. A new layout gets a new kind; old kinds stay decodable.
 pub mod kind {
     pub const DELIVERY_V1: u8 = 1;
     pub const OUTCOME_V1: u8 = 2;
+    pub const FORWARD_START_V1: u8 = 3;
+    pub const FORWARD_DONE_V1: u8 = 4;
 }
 
 /// A WAL payload that cannot be decoded.
@@ -171,6 +194,8 @@ impl Entry {
         match self {
             Entry::Delivery(_) => kind::DELIVERY_V1,
             Entry::Outcome(_) => kind::OUTCOME_V1,
+            Entry::ForwardStart(_) => kind::FORWARD_START_V1,
+            Entry::ForwardDone(_) => kind::FORWARD_DONE_V1,
         }
     }
 
@@ -178,8 +203,9 @@ impl Entry {
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Encoder::with_capacity(self.size_hint());
         match self {
-            Entry::Delivery(d) => encode_delivery(&mut e, d),
+            Entry::Delivery(d) | Entry::ForwardStart(d) => encode_delivery(&mut e, d),
             Entry::Outcome(o) => encode_outcome(&mut e, o),
+            Entry::ForwardDone(r) => encode_forward_result(&mut e, r),
         }
         e.buf
     }
@@ -190,6 +216,8 @@ impl Entry {
         let entry = match kind {
             kind::DELIVERY_V1 => Entry::Delivery(Box::new(decode_delivery(&mut d)?)),
             kind::OUTCOME_V1 => Entry::Outcome(Box::new(decode_outcome(&mut d)?)),
+            kind::FORWARD_START_V1 => Entry::ForwardStart(Box::new(decode_delivery(&mut d)?)),
+            kind::FORWARD_DONE_V1 => Entry::ForwardDone(Box::new(decode_forward_result(&mut d)?)),
             other => return Err(DecodeError::UnknownKind(other)),
         };
         if !d.buf.is_empty() {
@@ -200,7 +228,7 @@ impl Entry {
 
     fn size_hint(&self) -> usize {
         match self {
-            Entry::Delivery(d) => {
+            Entry::Delivery(d) | Entry::ForwardStart(d) => {
                 let body = match &d.body {
                     StoredBody::Text(t) => t.len(),
                     StoredBody::Binary(b) => b.len(),
@@ -209,8 +237,29 @@ impl Entry {
                 256 + body + d.headers_json.len() + d.path.len() + d.query.len()
             }
             Entry::Outcome(o) => 256 + o.attributes.len(),
+            Entry::ForwardDone(_) => 128,
         }
     }
+}
+
+fn encode_forward_result(e: &mut Encoder, r: &ForwardResult) {
+    e.str(&r.id);
+    e.i64(r.completed_at_us);
+    e.i64(i64::from(r.status_code));
+    e.opt_i64(r.upstream_status.map(i64::from));
+    e.opt_f64(r.upstream_latency_ms);
+    e.opt_str(r.upstream_error.as_deref());
+}
+
+fn decode_forward_result(d: &mut Decoder<'_>) -> Result<ForwardResult, DecodeError> {
+    Ok(ForwardResult {
+        id: d.str("id")?,
+        completed_at_us: d.i64("completed_at")?,
+        status_code: d.i32("status_code")?,
+        upstream_status: d.opt_i32("upstream_status")?,
+        upstream_latency_ms: d.opt_f64("upstream_latency_ms")?,
+        upstream_error: d.opt_str("upstream_error")?,
+    })
 }
 
 fn encode_delivery(e: &mut Encoder, d: &Delivery) {
@@ -495,6 +544,21 @@ pub(crate) mod tests {
             error_message: None,
             records_processed: Some(3),
             attributes: "{}".into(),
+        }));
+        assert_eq!(Entry::decode(e.kind(), &e.encode()), Ok(e));
+    }
+
+    #[test]
+    fn forward_records_round_trip() {
+        let e = Entry::ForwardStart(Box::new(sample_delivery()));
+        assert_eq!(Entry::decode(e.kind(), &e.encode()), Ok(e));
+        let e = Entry::ForwardDone(Box::new(ForwardResult {
+            id: "x".into(),
+            completed_at_us: 9,
+            status_code: 504,
+            upstream_status: None,
+            upstream_latency_ms: Some(30000.5),
+            upstream_error: Some("timeout".into()),
         }));
         assert_eq!(Entry::decode(e.kind(), &e.encode()), Ok(e));
     }

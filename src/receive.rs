@@ -237,7 +237,7 @@ impl Receiver {
             hex::encode(Sha256::digest(bytes))
         };
         let dedup_key = match &identity.event_id {
-            Some(id) => format!("{}:{id}", provider.name()),
+            Some(id) => id.clone(),
             None if too_large.is_some() => format!("oversize:{}", too_large.unwrap_or(0)),
             None => format!("sha256:{payload_sha256}"),
         };

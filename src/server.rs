@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::engine::{Engine, EngineSettings, Mode};
+use crate::forward::Forwarder;
 use crate::receive::Receiver;
 
 /// Options of `serve` that are not configuration.
@@ -52,6 +53,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
     let state = Arc::new(AppState {
         engine: Arc::clone(&engine),
         receiver,
+        forwarder: Forwarder::new().map_err(anyhow::Error::msg)?,
         config,
     });
     let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();

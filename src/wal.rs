@@ -90,6 +90,8 @@ pub trait Applier: Send + 'static {
     fn apply(&mut self, records: &[(u64, Entry)]) -> Vec<Self::Output>;
     /// Applies a record found in the WAL on open (written before a restart).
     fn replay(&mut self, seq: u64, entry: Entry);
+    /// Called once every surviving record has been replayed.
+    fn replay_done(&mut self) {}
     /// Called when a segment is closed by [`Wal::rotate`]: every record up to and
     /// including `through` has been applied and none after it.
     fn cut(&mut self, through: u64);
@@ -223,6 +225,7 @@ impl<T: Send + 'static> Wal<T> {
         let (summary, mut segments) = read_dir_records(&config.dir, true, &mut |seq, entry| {
             applier.replay(seq, entry)
         })?;
+        applier.replay_done();
         let status = Arc::new(WalStatus::default());
         let used_through = segments
             .iter()

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
@@ -14,9 +15,10 @@ use futures::StreamExt;
 
 use super::{ApiError, AppState};
 use crate::config::is_valid_name;
+use crate::model::{Delivery, ForwardResult};
 use crate::receive::{BodyRead, RequestParts};
 
-fn invalid_source(source: &str) -> ApiError {
+pub(super) fn invalid_source(source: &str) -> ApiError {
     ApiError::new(
         StatusCode::BAD_REQUEST,
         format!(
@@ -35,6 +37,22 @@ pub async fn bad_source(req: Request) -> ApiError {
     invalid_source(rest)
 }
 
+/// Checks a source name from a path: valid, and configured when sources are strict.
+pub(super) fn check_source(state: &AppState, source: &str) -> Result<(), ApiError> {
+    if !is_valid_name(source) {
+        return Err(invalid_source(source));
+    }
+    if state.config.strict_sources && !state.receiver.is_configured(source) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "unknown source {source:?}: strict_sources is on; add it under [[sources]] in hookscope.toml"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub async fn ingest(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let received_at_us = chrono::Utc::now().timestamp_micros();
     let (parts, body) = req.into_parts();
@@ -43,17 +61,14 @@ pub async fn ingest(State(state): State<Arc<AppState>>, req: Request) -> Respons
         .path()
         .strip_prefix("/webhook/")
         .unwrap_or_default();
-    if !is_valid_name(source) {
-        return invalid_source(source).into_response();
+    if let Err(e) = check_source(&state, source) {
+        return e.into_response();
     }
-    if state.config.strict_sources && !state.receiver.is_configured(source) {
-        return ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("unknown source {source:?}: strict_sources is on; add it under [[sources]] in hookscope.toml"),
-        )
-        .into_response();
-    }
-    if parts.method != Method::POST {
+    let forward_to = state
+        .receiver
+        .source_config(source)
+        .and_then(|s| s.forward_to.clone().map(|t| (t, s.forward_timeout.0)));
+    if parts.method != Method::POST && forward_to.is_none() {
         let mut resp = ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             format!(
@@ -97,6 +112,19 @@ pub async fn ingest(State(state): State<Arc<AppState>>, req: Request) -> Respons
         received_at_us,
     };
     let received = state.receiver.receive(&request, &body);
+    if let (Some((target, timeout)), BodyRead::Complete(bytes)) = (forward_to, &body)
+        && !received.rejected
+    {
+        return forward(
+            &state,
+            received.delivery,
+            &target,
+            timeout,
+            &parts,
+            bytes.clone(),
+        )
+        .await;
+    }
     let id = received.delivery.id.clone();
     let status = received.delivery.status_code;
     let status_text = received.delivery.signature_status.as_str();
@@ -117,6 +145,61 @@ pub async fn ingest(State(state): State<Arc<AppState>>, req: Request) -> Respons
         }
         Err(e) => ApiError::unavailable(e.to_string()).into_response(),
     }
+}
+
+/// The forwarding monitor: durable first, then the app, then its answer recorded and
+/// passed back to the provider.
+async fn forward(
+    state: &Arc<AppState>,
+    delivery: Delivery,
+    target: &str,
+    timeout: Duration,
+    parts: &axum::http::request::Parts,
+    body: Bytes,
+) -> Response {
+    let id = delivery.id.clone();
+    if let Err(e) = state.engine.begin_forward(delivery).await {
+        return ApiError::unavailable(e.to_string()).into_response();
+    }
+    let answer = state
+        .forwarder
+        .forward(
+            target,
+            timeout,
+            &id,
+            &parts.method,
+            parts.uri.query().unwrap_or(""),
+            &parts.headers,
+            body,
+        )
+        .await;
+    let result = ForwardResult {
+        id: id.clone(),
+        completed_at_us: chrono::Utc::now().timestamp_micros(),
+        status_code: i32::from(answer.status.as_u16()),
+        upstream_status: answer.upstream_status,
+        upstream_latency_ms: Some(answer.upstream_latency_ms),
+        upstream_error: answer.upstream_error.clone(),
+    };
+    if let Err(e) = state.engine.finish_forward(result.clone()).await {
+        // The delivery itself is durable; keep trying to record the answer so its row
+        // appears (a restart would record it as interrupted instead).
+        tracing::error!(%id, error = %e, "could not record the app's answer; retrying in the background");
+        let engine = Arc::clone(&state.engine);
+        tokio::spawn(async move {
+            let mut wait = Duration::from_millis(200);
+            while engine.finish_forward(result.clone()).await.is_err() {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+        });
+    }
+    let mut resp = (answer.status, answer.body).into_response();
+    *resp.headers_mut() = answer.headers;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-hookscope-id", v);
+    }
+    resp
 }
 
 /// `scheme://host` as the sender addressed it (X-Forwarded-Proto/Host, then Host).

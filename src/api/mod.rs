@@ -12,6 +12,7 @@
 mod health;
 mod ingest;
 mod query;
+mod report;
 
 use std::sync::Arc;
 
@@ -20,17 +21,19 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use subtle::ConstantTimeEq;
 
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::forward::Forwarder;
 use crate::receive::Receiver;
 
 /// What every handler shares.
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub receiver: Receiver,
+    pub forwarder: Forwarder,
     pub config: Config,
 }
 
@@ -89,6 +92,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/webhook/{*source}", any(ingest::ingest))
         .route("/webhook", any(ingest::bad_source))
         .route("/webhook/", any(ingest::bad_source))
+        .route("/report/{source}", post(report::report))
+        .route(
+            "/report/{source}/success",
+            get(report::success).post(report::success),
+        )
+        .route(
+            "/report/{source}/fail",
+            get(report::fail).post(report::fail),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .merge(read)

@@ -10,6 +10,17 @@
 //! - Providers read the request; they never change it and never do I/O.
 
 mod generic;
+mod github;
+mod hmac;
+mod paypal;
+mod shopify;
+pub mod sig;
+mod slack;
+mod standard;
+mod stripe;
+mod svix;
+mod token;
+mod twilio;
 
 use axum::http::HeaderMap;
 
@@ -89,11 +100,27 @@ pub trait Provider: Sync + Send {
     }
 }
 
-/// Every provider, in detection order; `generic` is the fallback.
-pub static REGISTRY: &[&dyn Provider] = &[&generic::Generic];
+/// Every provider, in detection order; `generic` is the fallback. `token` and `hmac`
+/// are never detected: a source's config names them.
+pub static REGISTRY: &[&dyn Provider] = &[
+    &stripe::Stripe,
+    &github::GitHub,
+    &shopify::Shopify,
+    &slack::Slack,
+    &svix::SVIX,
+    &standard::Scheme::STANDARD,
+    &twilio::Twilio,
+    &paypal::PayPal,
+    &token::Token,
+    &hmac::GenericHmac,
+    &generic::Generic,
+];
 
 /// Names accepted for `provider` in a source's config.
-pub const NAMES: &[&str] = &["generic"];
+pub const NAMES: &[&str] = &[
+    "stripe", "github", "shopify", "slack", "svix", "standard", "twilio", "paypal", "token",
+    "hmac", "generic",
+];
 
 /// The provider called `name`.
 pub fn by_name(name: &str) -> Option<&'static dyn Provider> {
@@ -108,3 +135,6 @@ pub fn detect(headers: &HeaderMap) -> &'static dyn Provider {
         .find(|p| p.detect(headers))
         .unwrap_or(&generic::Generic)
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,4 +4,5 @@
 mod durability;
 mod harness;
 mod ingest;
+mod providers;
 mod query_api;

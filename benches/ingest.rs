@@ -1,0 +1,448 @@
+//! Ingest load test: hookscope (durable mode) against a null axum server that stores
+//! nothing, in one run on one machine.
+//!
+//! ```text
+//! cargo bench --bench ingest                       # defaults below
+//! cargo bench --bench ingest -- --seconds 20 --connections 64 --body 1024
+//! cargo bench --bench ingest -- --signed           # Stripe-signed bodies, verified
+//! cargo bench --bench ingest -- --sync none        # hookscope with [wal] sync = "none"
+//! ```
+//!
+//! Phases, per target: closed loop (each of `--connections` connections sends its next
+//! request as soon as the answer arrives) for throughput; then, for hookscope, an open
+//! loop at half the closed-loop rate for acknowledgement latency, measured from each
+//! request's scheduled send time (no coordinated omission). hookscope's resident
+//! memory is sampled throughout.
+//!
+//! The load generator speaks HTTP/1.1 over keep-alive TCP with pre-built requests, so
+//! it spends as little of the machine's CPU as it can; it runs on the same cores as
+//! the server, for both targets alike.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const STRIPE_SECRET: &str = "whsec_benchmark_secret_0123456789";
+
+struct Args {
+    seconds: u64,
+    connections: usize,
+    body: usize,
+    signed: bool,
+    sync: String,
+    rate: Option<u64>,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        seconds: 10,
+        connections: 64,
+        body: 1024,
+        signed: false,
+        sync: "always".into(),
+        rate: None,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let next = |i: usize| argv.get(i + 1).cloned().unwrap_or_default();
+        match argv[i].as_str() {
+            "--seconds" => {
+                a.seconds = next(i).parse().expect("--seconds N");
+                i += 1;
+            }
+            "--connections" => {
+                a.connections = next(i).parse().expect("--connections N");
+                i += 1;
+            }
+            "--body" => {
+                a.body = next(i).parse().expect("--body BYTES");
+                i += 1;
+            }
+            "--rate" => {
+                a.rate = Some(next(i).parse().expect("--rate N"));
+                i += 1;
+            }
+            "--sync" => {
+                a.sync = next(i);
+                i += 1;
+            }
+            "--signed" => a.signed = true,
+            _ => {} // cargo passes --bench
+        }
+        i += 1;
+    }
+    a
+}
+
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--null-server") {
+        null_server();
+        return;
+    }
+    let args = parse_args();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(run(args));
+}
+
+/// The baseline: reads each body, answers like hookscope, stores nothing.
+fn null_server() {
+    use axum::Router;
+    use axum::routing::post;
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let app = Router::new().route(
+            "/webhook/{source}",
+            post(|body: bytes::Bytes| async move {
+                let id = ulid::Ulid::new().to_string();
+                let _ = body.len();
+                (
+                    [("content-type", "application/json")],
+                    format!("{{\"duplicate\":false,\"id\":\"{id}\"}}"),
+                )
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        println!(
+            "null listening on http://{}",
+            listener.local_addr().expect("addr")
+        );
+        axum::serve(listener, app).await.expect("serve");
+    });
+}
+
+struct Target {
+    name: &'static str,
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(name: &'static str, mut cmd: Command) -> Target {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("first line");
+    let url = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .expect("url")
+        .trim_start_matches("http://")
+        .to_string();
+    Target {
+        name,
+        child,
+        addr: url.parse().expect("addr"),
+    }
+}
+
+/// A pool of distinct ~`size`-byte JSON requests (distinct bodies: realistic dedup).
+fn requests(addr: SocketAddr, size: usize, signed: bool, n: usize) -> Vec<Vec<u8>> {
+    let now = chrono::Utc::now().timestamp();
+    (0..n)
+        .map(|i| {
+            let prefix = format!(
+                "{{\"id\":\"evt_{i:024}\",\"object\":\"event\",\"type\":\"invoice.paid\",\"created\":{now},\"data\":{{\"object\":{{\"id\":\"in_{i}\",\"amount_paid\":{},\"pad\":\"",
+                1000 + i
+            );
+            let pad = size.saturating_sub(prefix.len() + 4);
+            let body = format!("{prefix}{}\"}}}}}}", "x".repeat(pad));
+            let mut head = format!(
+                "POST /webhook/bench HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nUser-Agent: Stripe/1.0 (+https://stripe.com/docs/webhooks)\r\nContent-Length: {}\r\n",
+                body.len()
+            );
+            if signed {
+                let mut mac = Hmac::<Sha256>::new_from_slice(STRIPE_SECRET.as_bytes()).expect("key");
+                mac.update(format!("{now}.{body}").as_bytes());
+                let sig = hex::encode(mac.finalize().into_bytes());
+                head.push_str(&format!("Stripe-Signature: t={now},v1={sig}\r\n"));
+            }
+            head.push_str("\r\n");
+            let mut req = head.into_bytes();
+            req.extend_from_slice(body.as_bytes());
+            req
+        })
+        .collect()
+}
+
+/// Sends one request and reads one response; returns the status.
+async fn exchange(conn: &mut TcpStream, req: &[u8], buf: &mut Vec<u8>) -> std::io::Result<u16> {
+    conn.write_all(req).await?;
+    buf.clear();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end]).unwrap_or("");
+            let status: u16 = head
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let n = conn.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return Ok(status);
+        }
+    }
+}
+
+struct Outcome {
+    ok: u64,
+    errors: u64,
+    elapsed: Duration,
+    /// Microseconds, from scheduled (open loop) or actual (closed loop) send time.
+    latencies: Vec<u32>,
+}
+
+/// Closed loop (`rate` None) or open loop at `rate` requests/s for `seconds`.
+async fn load(
+    addr: SocketAddr,
+    reqs: Arc<Vec<Vec<u8>>>,
+    connections: usize,
+    seconds: u64,
+    rate: Option<u64>,
+) -> Outcome {
+    let next = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let end = start + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (reqs, next, stop) = (Arc::clone(&reqs), Arc::clone(&next), Arc::clone(&stop));
+        tasks.push(tokio::spawn(async move {
+            let mut conn = TcpStream::connect(addr).await.expect("connect");
+            conn.set_nodelay(true).expect("nodelay");
+            let mut buf = Vec::with_capacity(1024);
+            let (mut ok, mut errors, mut lat) = (0u64, 0u64, Vec::with_capacity(1 << 16));
+            while !stop.load(Ordering::Relaxed) {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let scheduled = match rate {
+                    Some(r) => {
+                        let at = start + Duration::from_nanos(k * 1_000_000_000 / r);
+                        if at >= end {
+                            break;
+                        }
+                        tokio::time::sleep_until(at.into()).await;
+                        at
+                    }
+                    None => Instant::now(),
+                };
+                if Instant::now() >= end {
+                    break;
+                }
+                let req = &reqs[(k as usize) % reqs.len()];
+                match exchange(&mut conn, req, &mut buf).await {
+                    Ok(200) => {
+                        ok += 1;
+                        lat.push(scheduled.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    }
+                    Ok(_) => errors += 1,
+                    Err(_) => {
+                        errors += 1;
+                        conn = TcpStream::connect(addr).await.expect("reconnect");
+                    }
+                }
+            }
+            (ok, errors, lat)
+        }));
+    }
+    let mut out = Outcome {
+        ok: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+    };
+    for t in tasks {
+        let (ok, errors, lat) = t.await.expect("task");
+        out.ok += ok;
+        out.errors += errors;
+        out.latencies.extend(lat);
+    }
+    stop.store(true, Ordering::Relaxed);
+    out.elapsed = start.elapsed().min(Duration::from_secs(seconds));
+    out.latencies.sort_unstable();
+    out
+}
+
+fn pct(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Samples a process's RSS every 100 ms until dropped; reports the maximum.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<f64>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&stop);
+        let handle = std::thread::spawn(move || {
+            let mut max: f64 = 0.0;
+            while !s.load(Ordering::Relaxed) {
+                max = max.max(rss_mib(pid));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            max
+        });
+        Self { stop, handle }
+    }
+    fn finish(self) -> f64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap_or(0.0)
+    }
+}
+
+async fn run(args: Args) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hookscope_bin = env!("CARGO_BIN_EXE_hookscope");
+    let mut config = format!("[wal]\nsync = \"{}\"\n", args.sync);
+    if args.signed {
+        config.push_str(&format!(
+            "[[sources]]\nname = \"bench\"\nprovider = \"stripe\"\nsecret = \"{STRIPE_SECRET}\"\nrequire_signature = true\n"
+        ));
+    }
+    std::fs::write(dir.path().join("hookscope.toml"), config).expect("config");
+
+    let null = {
+        let mut cmd = Command::new(std::env::current_exe().expect("exe"));
+        cmd.arg("--null-server");
+        spawn("null axum", cmd)
+    };
+    let hookscope = {
+        let mut cmd = Command::new(hookscope_bin);
+        cmd.current_dir(dir.path())
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                "lake",
+                "--config",
+                "hookscope.toml",
+            ])
+            .env("HOOKSCOPE_LOG", "warn");
+        spawn("hookscope", cmd)
+    };
+
+    println!(
+        "ingest benchmark: {} s per phase, {} connections, {}-byte JSON bodies, signed: {}, wal sync: {}",
+        args.seconds, args.connections, args.body, args.signed, args.sync
+    );
+    let mut ceiling = 0.0;
+    let mut hookscope_rate = 0.0;
+    for target in [&null, &hookscope] {
+        let reqs = Arc::new(requests(target.addr, args.body, args.signed, 20_000));
+        // Warm up: connections, allocator, page cache.
+        load(target.addr, Arc::clone(&reqs), args.connections, 2, None).await;
+        let sampler = RssSampler::start(target.child.id());
+        let out = load(target.addr, reqs, args.connections, args.seconds, None).await;
+        let rss = sampler.finish();
+        let rate = out.ok as f64 / out.elapsed.as_secs_f64();
+        println!(
+            "  {:<10} closed loop: {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}  max RSS {:.0} MiB",
+            target.name,
+            rate,
+            pct(&out.latencies, 0.50),
+            pct(&out.latencies, 0.99),
+            out.errors,
+            rss
+        );
+        if target.name == "null axum" {
+            ceiling = rate;
+        } else {
+            hookscope_rate = rate;
+        }
+    }
+    println!(
+        "  hookscope / null ceiling: {:.1}%",
+        100.0 * hookscope_rate / ceiling
+    );
+    let rate = args.rate.unwrap_or((hookscope_rate / 2.0) as u64).max(1);
+    let reqs = Arc::new(requests(hookscope.addr, args.body, args.signed, 20_000));
+    let sampler = RssSampler::start(hookscope.child.id());
+    let out = load(
+        hookscope.addr,
+        reqs,
+        args.connections,
+        args.seconds,
+        Some(rate),
+    )
+    .await;
+    let rss = sampler.finish();
+    println!(
+        "  hookscope open loop at {rate} req/s: achieved {:.0} req/s  ack latency p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  errors {}  max RSS {:.0} MiB",
+        out.ok as f64 / out.elapsed.as_secs_f64(),
+        pct(&out.latencies, 0.50),
+        pct(&out.latencies, 0.99),
+        pct(&out.latencies, 0.999),
+        pct(&out.latencies, 1.0),
+        out.errors,
+        rss
+    );
+    println!(
+        "  (open-loop latency is measured from each request's scheduled send time and includes up to ~1 ms of timer slack in the load generator)"
+    );
+}

@@ -1,0 +1,255 @@
+//! Published test vectors and per-provider behaviour.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::*;
+use crate::config::{Dur, Secrets, SourceConfig};
+
+struct Req {
+    headers: HeaderMap,
+    body: Vec<u8>,
+    json: Option<serde_json::Value>,
+    path: &'static str,
+    query: &'static str,
+    base: Option<&'static str>,
+    now_us: i64,
+}
+
+impl Req {
+    fn new(headers: &[(&str, &str)], body: &[u8], now_secs: i64) -> Self {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        Req {
+            headers: map,
+            body: body.to_vec(),
+            json: serde_json::from_slice(body).ok(),
+            path: "/webhook/x",
+            query: "",
+            base: None,
+            now_us: now_secs * 1_000_000,
+        }
+    }
+    fn view(&self) -> RequestView<'_> {
+        RequestView {
+            method: "POST",
+            path: self.path,
+            query: self.query,
+            headers: &self.headers,
+            body: &self.body,
+            json: self.json.as_ref(),
+            public_base: self.base,
+            received_at_us: self.now_us,
+        }
+    }
+}
+
+fn source(secrets: &[&str]) -> SourceConfig {
+    SourceConfig {
+        name: "x".into(),
+        secret: Secrets(secrets.iter().map(|s| s.to_string()).collect()),
+        tolerance: Dur(Duration::from_secs(300)),
+        ..SourceConfig::default()
+    }
+}
+
+fn status(p: &str, req: &Req, src: &SourceConfig) -> SignatureStatus {
+    by_name(p).unwrap().verify(&req.view(), src).status
+}
+
+#[test]
+fn github_published_vector() {
+    let req = Req::new(
+        &[(
+            "x-hub-signature-256",
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+        )],
+        b"Hello, World!",
+        0,
+    );
+    assert_eq!(
+        status("github", &req, &source(&["It's a Secret to Everybody"])),
+        SignatureStatus::Valid
+    );
+    assert_eq!(
+        status("github", &req, &source(&["wrong"])),
+        SignatureStatus::Invalid
+    );
+    // Rotation: the matching secret may be second.
+    assert_eq!(
+        status(
+            "github",
+            &req,
+            &source(&["old", "It's a Secret to Everybody"])
+        ),
+        SignatureStatus::Valid
+    );
+}
+
+#[test]
+fn standard_webhooks_published_vector() {
+    let req = Req::new(
+        &[
+            ("webhook-id", "msg_p5jXN8AQM9LWM0D4loKWxJek"),
+            ("webhook-timestamp", "1614265330"),
+            (
+                "webhook-signature",
+                "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+            ),
+        ],
+        br#"{"test": 2432232314}"#,
+        1614265330 + 10,
+    );
+    let src = source(&["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]);
+    assert_eq!(status("standard", &req, &src), SignatureStatus::Valid);
+    let late = Req {
+        now_us: (1614265330 + 3600) * 1_000_000,
+        ..req
+    };
+    assert_eq!(status("standard", &late, &src), SignatureStatus::Expired);
+    let early = Req {
+        now_us: (1614265330 - 3600) * 1_000_000,
+        ..late
+    };
+    assert_eq!(
+        status("standard", &early, &src),
+        SignatureStatus::Expired,
+        "too far in the future"
+    );
+    let id = by_name("standard").unwrap().identify(&early.view());
+    assert_eq!(id.event_id.as_deref(), Some("msg_p5jXN8AQM9LWM0D4loKWxJek"));
+    assert_eq!(id.sent_at_us, Some(1614265330 * 1_000_000));
+}
+
+const SLACK_BODY: &str = "token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
+
+#[test]
+fn slack_published_vector() {
+    let req = Req::new(
+        &[
+            ("x-slack-request-timestamp", "1531420618"),
+            (
+                "x-slack-signature",
+                "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503",
+            ),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        SLACK_BODY.as_bytes(),
+        1531420618 + 5,
+    );
+    let src = source(&["8f742231b10e8888abcd99yyyzzz85a5"]);
+    assert_eq!(status("slack", &req, &src), SignatureStatus::Valid);
+    let id = by_name("slack").unwrap().identify(&req.view());
+    assert_eq!(id.event_type.as_deref(), Some("slash_command"));
+    let stale = Req {
+        now_us: (1531420618 + 301) * 1_000_000,
+        ..req
+    };
+    assert_eq!(status("slack", &stale, &src), SignatureStatus::Expired);
+}
+
+#[test]
+fn twilio_published_vector() {
+    let sig = twilio::signature(
+        b"12345",
+        "https://mycompany.com/myapp.php?foo=1&bar=2",
+        "CallSidCA1234567890ABCDECaller+12349013030Digits1234From+12349013030To+18005551212",
+    );
+    assert_eq!(sig::b64_encode(&sig), "0/KCTR6DLpKmkAf8muzZqo1nDgQ=");
+    // Through the provider: form body, URL from public_url, parameters in any order.
+    let body = "To=%2B18005551212&From=%2B12349013030&Digits=1234&Caller=%2B12349013030&CallSid=CA1234567890ABCDE";
+    let mut req = Req::new(
+        &[
+            ("x-twilio-signature", "0/KCTR6DLpKmkAf8muzZqo1nDgQ="),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        body.as_bytes(),
+        0,
+    );
+    req.query = "foo=1&bar=2";
+    let mut src = source(&["12345"]);
+    src.public_url = Some("https://mycompany.com/myapp.php".into());
+    assert_eq!(status("twilio", &req, &src), SignatureStatus::Valid);
+    // Without public_url the URL is rebuilt from the forwarded scheme and host.
+    src.public_url = None;
+    req.path = "/myapp.php";
+    req.base = Some("https://mycompany.com:443");
+    assert_eq!(
+        status("twilio", &req, &src),
+        SignatureStatus::Valid,
+        "default port dropped"
+    );
+    req.base = Some("https://elsewhere.example");
+    assert_eq!(status("twilio", &req, &src), SignatureStatus::Invalid);
+}
+
+#[test]
+fn detection_recognises_each_provider_by_its_headers() {
+    for (header, name) in [
+        ("stripe-signature", "stripe"),
+        ("x-github-event", "github"),
+        ("x-shopify-topic", "shopify"),
+        ("x-slack-signature", "slack"),
+        ("x-twilio-signature", "twilio"),
+        ("paypal-transmission-id", "paypal"),
+    ] {
+        let req = Req::new(&[(header, "x")], b"", 0);
+        assert_eq!(detect(&req.headers).name(), name, "{header}");
+    }
+    let svix = Req::new(&[("svix-id", "m"), ("svix-signature", "v1,x")], b"", 0);
+    assert_eq!(detect(&svix.headers).name(), "svix");
+    let standard = Req::new(
+        &[("webhook-id", "m"), ("webhook-signature", "v1,x")],
+        b"",
+        0,
+    );
+    assert_eq!(detect(&standard.headers).name(), "standard");
+    assert_eq!(detect(&Req::new(&[], b"", 0).headers).name(), "generic");
+}
+
+#[test]
+fn generic_hmac_follows_its_settings() {
+    let body = b"{\"a\":1}";
+    let mac = sig::hmac(sig::Algo::Sha512, b"k", &[body]);
+    let mut src = source(&["k"]);
+    src.provider = Some("hmac".into());
+    src.signature_header = Some("X-Acme-Signature".into());
+    src.algorithm = Some("sha512".into());
+    src.encoding = Some("base64".into());
+    src.prefix = Some("sha512=".into());
+    let header = format!("sha512={}", sig::b64_encode(&mac));
+    let req = Req::new(&[("x-acme-signature", &header)], body, 0);
+    assert_eq!(status("hmac", &req, &src), SignatureStatus::Valid);
+    let tampered = Req::new(&[("x-acme-signature", &header)], b"{\"a\":2}", 0);
+    assert_eq!(status("hmac", &tampered, &src), SignatureStatus::Invalid);
+    assert_eq!(
+        status("hmac", &Req::new(&[], body, 0), &src),
+        SignatureStatus::Missing
+    );
+    src.algorithm = Some("md5".into());
+    assert!(by_name("hmac").unwrap().check_config(&src).is_err());
+}
+
+#[test]
+fn shared_token_compares_the_header_and_names_it_secret() {
+    let mut src = source(&["t0k3n"]);
+    src.token_header = Some("X-Notify-Token".into());
+    let ok = Req::new(&[("x-notify-token", "t0k3n")], b"", 0);
+    assert_eq!(status("token", &ok, &src), SignatureStatus::Valid);
+    let bad = Req::new(&[("x-notify-token", "t0k3m")], b"", 0);
+    assert_eq!(status("token", &bad, &src), SignatureStatus::Invalid);
+    assert_eq!(
+        status("token", &Req::new(&[], b"", 0), &src),
+        SignatureStatus::Missing
+    );
+    assert_eq!(
+        by_name("token").unwrap().secret_headers(Some(&src)),
+        vec!["x-notify-token"]
+    );
+}
