@@ -6,7 +6,12 @@
 //! cargo bench --bench ingest -- --seconds 20 --connections 64 --body 1024
 //! cargo bench --bench ingest -- --signed           # Stripe-signed bodies, verified
 //! cargo bench --bench ingest -- --sync none        # hookscope with [wal] sync = "none"
+//! cargo bench --bench ingest -- --forward          # forwarding overhead vs a direct call
 //! ```
+//!
+//! With `--forward`, the null server plays the app: the same requests go directly to
+//! it and through a hookscope source whose `forward_to` is the app, and the latency
+//! percentiles of both are compared.
 //!
 //! Phases, per target: closed loop (each of `--connections` connections sends its next
 //! request as soon as the answer arrives) for throughput; then, for hookscope, an open
@@ -37,6 +42,7 @@ struct Args {
     connections: usize,
     body: usize,
     signed: bool,
+    forward: bool,
     sync: String,
     rate: Option<u64>,
 }
@@ -47,6 +53,7 @@ fn parse_args() -> Args {
         connections: 64,
         body: 1024,
         signed: false,
+        forward: false,
         sync: "always".into(),
         rate: None,
     };
@@ -76,6 +83,7 @@ fn parse_args() -> Args {
                 i += 1;
             }
             "--signed" => a.signed = true,
+            "--forward" => a.forward = true,
             _ => {} // cargo passes --bench
         }
         i += 1;
@@ -166,7 +174,7 @@ fn spawn(name: &'static str, mut cmd: Command) -> Target {
 }
 
 /// A pool of distinct ~`size`-byte JSON requests (distinct bodies: realistic dedup).
-fn requests(addr: SocketAddr, size: usize, signed: bool, n: usize) -> Vec<Vec<u8>> {
+fn requests(addr: SocketAddr, path: &str, size: usize, signed: bool, n: usize) -> Vec<Vec<u8>> {
     let now = chrono::Utc::now().timestamp();
     (0..n)
         .map(|i| {
@@ -177,7 +185,7 @@ fn requests(addr: SocketAddr, size: usize, signed: bool, n: usize) -> Vec<Vec<u8
             let pad = size.saturating_sub(prefix.len() + 4);
             let body = format!("{prefix}{}\"}}}}}}", "x".repeat(pad));
             let mut head = format!(
-                "POST /webhook/bench HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nUser-Agent: Stripe/1.0 (+https://stripe.com/docs/webhooks)\r\nContent-Length: {}\r\n",
+                "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nUser-Agent: Stripe/1.0 (+https://stripe.com/docs/webhooks)\r\nContent-Length: {}\r\n",
                 body.len()
             );
             if signed {
@@ -358,7 +366,18 @@ impl RssSampler {
 async fn run(args: Args) {
     let dir = tempfile::tempdir().expect("tempdir");
     let hookscope_bin = env!("CARGO_BIN_EXE_hookscope");
+    let null = {
+        let mut cmd = Command::new(std::env::current_exe().expect("exe"));
+        cmd.arg("--null-server");
+        spawn("null axum", cmd)
+    };
     let mut config = format!("[wal]\nsync = \"{}\"\n", args.sync);
+    if args.forward {
+        config.push_str(&format!(
+            "[[sources]]\nname = \"app\"\nforward_to = \"http://{}/webhook/app\"\n",
+            null.addr
+        ));
+    }
     if args.signed {
         config.push_str(&format!(
             "[[sources]]\nname = \"bench\"\nprovider = \"stripe\"\nsecret = \"{STRIPE_SECRET}\"\nrequire_signature = true\n"
@@ -366,11 +385,6 @@ async fn run(args: Args) {
     }
     std::fs::write(dir.path().join("hookscope.toml"), config).expect("config");
 
-    let null = {
-        let mut cmd = Command::new(std::env::current_exe().expect("exe"));
-        cmd.arg("--null-server");
-        spawn("null axum", cmd)
-    };
     let hookscope = {
         let mut cmd = Command::new(hookscope_bin);
         cmd.current_dir(dir.path())
@@ -387,6 +401,10 @@ async fn run(args: Args) {
         spawn("hookscope", cmd)
     };
 
+    if args.forward {
+        forward_overhead(&args, &null, &hookscope).await;
+        return;
+    }
     println!(
         "ingest benchmark: {} s per phase, {} connections, {}-byte JSON bodies, signed: {}, wal sync: {}",
         args.seconds, args.connections, args.body, args.signed, args.sync
@@ -394,7 +412,13 @@ async fn run(args: Args) {
     let mut ceiling = 0.0;
     let mut hookscope_rate = 0.0;
     for target in [&null, &hookscope] {
-        let reqs = Arc::new(requests(target.addr, args.body, args.signed, 20_000));
+        let reqs = Arc::new(requests(
+            target.addr,
+            "/webhook/bench",
+            args.body,
+            args.signed,
+            20_000,
+        ));
         // Warm up: connections, allocator, page cache.
         load(target.addr, Arc::clone(&reqs), args.connections, 2, None).await;
         let sampler = RssSampler::start(target.child.id());
@@ -421,7 +445,13 @@ async fn run(args: Args) {
         100.0 * hookscope_rate / ceiling
     );
     let rate = args.rate.unwrap_or((hookscope_rate / 2.0) as u64).max(1);
-    let reqs = Arc::new(requests(hookscope.addr, args.body, args.signed, 20_000));
+    let reqs = Arc::new(requests(
+        hookscope.addr,
+        "/webhook/bench",
+        args.body,
+        args.signed,
+        20_000,
+    ));
     let sampler = RssSampler::start(hookscope.child.id());
     let out = load(
         hookscope.addr,
@@ -445,4 +475,37 @@ async fn run(args: Args) {
     println!(
         "  (open-loop latency is measured from each request's scheduled send time and includes up to ~1 ms of timer slack in the load generator)"
     );
+}
+
+/// Latency of the same requests sent directly to the app and through hookscope's
+/// forwarding (closed loop, at 1 and at `--connections` connections).
+async fn forward_overhead(args: &Args, app: &Target, hookscope: &Target) {
+    println!(
+        "forwarding overhead: {} s per phase, {}-byte JSON bodies, wal sync: {}",
+        args.seconds, args.body, args.sync
+    );
+    for connections in [1, args.connections] {
+        let mut p50s = Vec::new();
+        for (name, addr, path) in [
+            ("direct to the app", app.addr, "/webhook/app"),
+            ("through hookscope", hookscope.addr, "/webhook/app"),
+        ] {
+            let reqs = Arc::new(requests(addr, path, args.body, false, 20_000));
+            load(addr, Arc::clone(&reqs), connections, 2, None).await;
+            let out = load(addr, reqs, connections, args.seconds, None).await;
+            let p50 = pct(&out.latencies, 0.50);
+            println!(
+                "  {connections:>3} conn  {name:<18} {:>8.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  errors {}",
+                out.ok as f64 / out.elapsed.as_secs_f64(),
+                p50,
+                pct(&out.latencies, 0.99),
+                out.errors
+            );
+            p50s.push(p50);
+        }
+        println!(
+            "  {connections:>3} conn  forwarding adds {:.3} ms at p50",
+            p50s[1] - p50s[0]
+        );
+    }
 }

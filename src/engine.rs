@@ -685,6 +685,12 @@ impl Engine {
 
     /// Flushes what is buffered and stops the WAL writer. After this, ingest fails.
     pub async fn shutdown(&self) -> Result<(), EngineError> {
+        // Answers of forwards are recorded just after they are passed back: give the
+        // last ones a moment, so they are not left for the next start as interrupted.
+        let waited = Instant::now();
+        while self.open_forwards.oldest().is_some() && waited.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let result = self.flush().await;
         if let Some(wal) = &self.wal {
             wal.shutdown().await;

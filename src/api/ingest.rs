@@ -181,19 +181,20 @@ async fn forward(
         upstream_latency_ms: Some(answer.upstream_latency_ms),
         upstream_error: answer.upstream_error.clone(),
     };
-    if let Err(e) = state.engine.finish_forward(result.clone()).await {
-        // The delivery itself is durable; keep trying to record the answer so its row
-        // appears (a restart would record it as interrupted instead).
-        tracing::error!(%id, error = %e, "could not record the app's answer; retrying in the background");
-        let engine = Arc::clone(&state.engine);
-        tokio::spawn(async move {
-            let mut wait = Duration::from_millis(200);
-            while engine.finish_forward(result.clone()).await.is_err() {
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(10));
-            }
-        });
-    }
+    // The delivery is already durable; the provider gets the app's answer now and the
+    // answer is recorded right after (sharing group commits). If the process stops
+    // before that record is durable, the next start records the forward as
+    // interrupted: nothing is lost, nothing doubled.
+    let engine = Arc::clone(&state.engine);
+    let record_id = id.clone();
+    tokio::spawn(async move {
+        let mut wait = Duration::from_millis(200);
+        while let Err(e) = engine.finish_forward(result.clone()).await {
+            tracing::warn!(id = %record_id, error = %e, "could not record the app's answer yet; retrying");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(10));
+        }
+    });
     let mut resp = (answer.status, answer.body).into_response();
     *resp.headers_mut() = answer.headers;
     if let Ok(v) = HeaderValue::from_str(&id) {

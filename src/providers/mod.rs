@@ -48,6 +48,14 @@ impl RequestView<'_> {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
+
+    /// A top-level string field of a JSON body.
+    pub fn json_str(&self, key: &str) -> Option<String> {
+        self.json
+            .and_then(|j| j.get(key))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    }
 }
 
 /// The provider's identity of an event.
@@ -74,6 +82,28 @@ impl Verification {
         Self {
             status,
             signed_at_us: None,
+        }
+    }
+
+    /// For signatures over a timestamp: `valid` when a secret `matched` and the
+    /// timestamp is within the source's tolerance of arrival, `expired` when it
+    /// matched outside it, else `invalid`.
+    pub fn timed(
+        matched: bool,
+        signed_at_secs: i64,
+        req: &RequestView<'_>,
+        source: &SourceConfig,
+    ) -> Self {
+        let status = if !matched {
+            SignatureStatus::Invalid
+        } else if !sig::within_tolerance(signed_at_secs, req.received_at_us, source.tolerance.0) {
+            SignatureStatus::Expired
+        } else {
+            SignatureStatus::Valid
+        };
+        Self {
+            status,
+            signed_at_us: sig::secs_to_us(signed_at_secs),
         }
     }
 }

@@ -20,15 +20,9 @@ impl Provider for PayPal {
     }
 
     fn identify(&self, req: &RequestView<'_>) -> Identity {
-        let field = |k: &str| {
-            req.json
-                .and_then(|j| j.get(k))
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-        };
         Identity {
-            event_type: field("event_type"),
-            event_id: field("id"),
+            event_type: req.json_str("event_type"),
+            event_id: req.json_str("id"),
             delivery_id: req.header("paypal-transmission-id").map(str::to_string),
             sent_at_us: req
                 .header("paypal-transmission-time")

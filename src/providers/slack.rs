@@ -88,16 +88,6 @@ impl Provider for Slack {
                 &[b"v0:", ts.trim().as_bytes(), b":", req.body],
             )
         });
-        let status = if !ok {
-            SignatureStatus::Invalid
-        } else if !sig::within_tolerance(t, req.received_at_us, source.tolerance.0) {
-            SignatureStatus::Expired
-        } else {
-            SignatureStatus::Valid
-        };
-        Verification {
-            status,
-            signed_at_us: sig::secs_to_us(t),
-        }
+        Verification::timed(ok, t, req, source)
     }
 }

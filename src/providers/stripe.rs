@@ -38,17 +38,14 @@ impl Provider for Stripe {
     }
 
     fn identify(&self, req: &RequestView<'_>) -> Identity {
-        let json = req.json;
-        let str_field = |k: &str| {
-            json.and_then(|j| j.get(k))
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-        };
         let signed_at = req.header("stripe-signature").and_then(|v| parse(v).t);
-        let created = json.and_then(|j| j.get("created")).and_then(|v| v.as_i64());
+        let created = req
+            .json
+            .and_then(|j| j.get("created"))
+            .and_then(|v| v.as_i64());
         Identity {
-            event_type: str_field("type"),
-            event_id: str_field("id"),
+            event_type: req.json_str("type"),
+            event_id: req.json_str("id"),
             delivery_id: None,
             sent_at_us: signed_at.or(created).and_then(sig::secs_to_us),
             provider_attempt: None,
@@ -67,16 +64,6 @@ impl Provider for Stripe {
         let ok = sig::any_secret_matches(&source.secret.0, &header.v1, |key| {
             sig::hmac(Algo::Sha256, key, &[ts.as_bytes(), b".", req.body])
         });
-        let status = if !ok {
-            SignatureStatus::Invalid
-        } else if !sig::within_tolerance(t, req.received_at_us, source.tolerance.0) {
-            SignatureStatus::Expired
-        } else {
-            SignatureStatus::Valid
-        };
-        Verification {
-            status,
-            signed_at_us: sig::secs_to_us(t),
-        }
+        Verification::timed(ok, t, req, source)
     }
 }

@@ -225,6 +225,17 @@ impl Server {
         serde_json::from_slice(&body).expect("json rows")
     }
 
+    /// Waits (up to 5 s) until `table` has at least `n` rows.
+    pub async fn wait_for_rows(&self, table: &str, n: i64) {
+        for _ in 0..250 {
+            if self.count(table).await >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{table} did not reach {n} rows");
+    }
+
     /// `SELECT count(*)` of a table.
     pub async fn count(&self, table: &str) -> i64 {
         let rows = self

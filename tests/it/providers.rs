@@ -934,6 +934,8 @@ async fn forwarding_records_the_apps_answer_for_fast_slow_failing_and_refused_ap
     assert_eq!(header("x-hookscope-id"), Some(ids["fast"].as_str()));
     assert!(body.contains("\"fast\""));
 
+    // The app's answer is recorded right after it is passed back.
+    server.wait_for_rows("deliveries", 4).await;
     let rows = server
         .query("SELECT source, status_code, upstream_status, upstream_latency_ms, upstream_error FROM deliveries ORDER BY source")
         .await;
