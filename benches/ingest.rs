@@ -39,6 +39,7 @@ const STRIPE_SECRET: &str = "whsec_benchmark_secret_0123456789";
 
 struct Args {
     seconds: u64,
+    rounds: usize,
     connections: usize,
     body: usize,
     signed: bool,
@@ -50,6 +51,7 @@ struct Args {
 fn parse_args() -> Args {
     let mut a = Args {
         seconds: 10,
+        rounds: 3,
         connections: 64,
         body: 1024,
         signed: false,
@@ -64,6 +66,10 @@ fn parse_args() -> Args {
         match argv[i].as_str() {
             "--seconds" => {
                 a.seconds = next(i).parse().expect("--seconds N");
+                i += 1;
+            }
+            "--rounds" => {
+                a.rounds = next(i).parse().expect("--rounds N");
                 i += 1;
             }
             "--connections" => {
@@ -150,9 +156,16 @@ impl Drop for Target {
 }
 
 fn spawn(name: &'static str, mut cmd: Command) -> Target {
+    // INGEST_BENCH_SERVER_LOG=FILE keeps hookscope's log (e.g. with HOOKSCOPE_LOG=debug).
+    let stderr = match std::env::var("INGEST_BENCH_SERVER_LOG") {
+        Ok(path) if name == "hookscope" => {
+            Stdio::from(std::fs::File::create(path).expect("log file"))
+        }
+        _ => Stdio::null(),
+    };
     let mut child = cmd
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("spawn server");
     let mut line = String::new();
@@ -246,6 +259,8 @@ struct Outcome {
     elapsed: Duration,
     /// Microseconds, from scheduled (open loop) or actual (closed loop) send time.
     latencies: Vec<u32>,
+    /// (milliseconds since start, latency µs) of every request, for timelines.
+    timeline: Vec<(u32, u32)>,
 }
 
 /// Closed loop (`rate` None) or open loop at `rate` requests/s for `seconds`.
@@ -268,6 +283,7 @@ async fn load(
             conn.set_nodelay(true).expect("nodelay");
             let mut buf = Vec::with_capacity(1024);
             let (mut ok, mut errors, mut lat) = (0u64, 0u64, Vec::with_capacity(1 << 16));
+            let mut timeline = Vec::with_capacity(1 << 16);
             while !stop.load(Ordering::Relaxed) {
                 let k = next.fetch_add(1, Ordering::Relaxed);
                 let scheduled = match rate {
@@ -288,7 +304,9 @@ async fn load(
                 match exchange(&mut conn, req, &mut buf).await {
                     Ok(200) => {
                         ok += 1;
-                        lat.push(scheduled.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        let us = scheduled.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                        lat.push(us);
+                        timeline.push(((scheduled - start).as_millis() as u32, us));
                     }
                     Ok(_) => errors += 1,
                     Err(_) => {
@@ -297,7 +315,7 @@ async fn load(
                     }
                 }
             }
-            (ok, errors, lat)
+            (ok, errors, lat, timeline)
         }));
     }
     let mut out = Outcome {
@@ -305,12 +323,14 @@ async fn load(
         errors: 0,
         elapsed: Duration::ZERO,
         latencies: Vec::new(),
+        timeline: Vec::new(),
     };
     for t in tasks {
-        let (ok, errors, lat) = t.await.expect("task");
+        let (ok, errors, lat, timeline) = t.await.expect("task");
         out.ok += ok;
         out.errors += errors;
         out.latencies.extend(lat);
+        out.timeline.extend(timeline);
     }
     stop.store(true, Ordering::Relaxed);
     out.elapsed = start.elapsed().min(Duration::from_secs(seconds));
@@ -324,6 +344,20 @@ fn pct(sorted: &[u32], p: f64) -> f64 {
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i] as f64 / 1000.0
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime are 14 and 15.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks)
+        })
+        .unwrap_or(0.0)
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -397,7 +431,10 @@ async fn run(args: Args) {
                 "--config",
                 "hookscope.toml",
             ])
-            .env("HOOKSCOPE_LOG", "warn");
+            .env(
+                "HOOKSCOPE_LOG",
+                std::env::var("HOOKSCOPE_LOG").unwrap_or_else(|_| "warn".into()),
+            );
         spawn("hookscope", cmd)
     };
 
@@ -409,39 +446,57 @@ async fn run(args: Args) {
         "ingest benchmark: {} s per phase, {} connections, {}-byte JSON bodies, signed: {}, wal sync: {}",
         args.seconds, args.connections, args.body, args.signed, args.sync
     );
-    let mut ceiling = 0.0;
-    let mut hookscope_rate = 0.0;
-    for target in [&null, &hookscope] {
-        let reqs = Arc::new(requests(
-            target.addr,
-            "/webhook/bench",
-            args.body,
-            args.signed,
-            20_000,
-        ));
-        // Warm up: connections, allocator, page cache.
-        load(target.addr, Arc::clone(&reqs), args.connections, 2, None).await;
-        let sampler = RssSampler::start(target.child.id());
-        let out = load(target.addr, reqs, args.connections, args.seconds, None).await;
-        let rss = sampler.finish();
-        let rate = out.ok as f64 / out.elapsed.as_secs_f64();
-        println!(
-            "  {:<10} closed loop: {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}  max RSS {:.0} MiB",
-            target.name,
-            rate,
-            pct(&out.latencies, 0.50),
-            pct(&out.latencies, 0.99),
-            out.errors,
-            rss
-        );
-        if target.name == "null axum" {
-            ceiling = rate;
-        } else {
-            hookscope_rate = rate;
+    // Closed loop, alternating targets round by round so that noise from other
+    // tenants of the machine falls on both alike; medians are reported.
+    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut cpu_us: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..args.rounds {
+        for (t, target) in [&null, &hookscope].into_iter().enumerate() {
+            let reqs = Arc::new(requests(
+                target.addr,
+                "/webhook/bench",
+                args.body,
+                args.signed,
+                20_000,
+            ));
+            if round == 0 {
+                // Warm up: connections, allocator, page cache.
+                load(target.addr, Arc::clone(&reqs), args.connections, 2, None).await;
+            }
+            let sampler = RssSampler::start(target.child.id());
+            let wal_before = wal_counters(target.addr).await;
+            let cpu_before = cpu_seconds(target.child.id());
+            let out = load(target.addr, reqs, args.connections, args.seconds, None).await;
+            let cpu = cpu_seconds(target.child.id()) - cpu_before;
+            let wal_after = wal_counters(target.addr).await;
+            let rss = sampler.finish();
+            let rate = out.ok as f64 / out.elapsed.as_secs_f64();
+            let per_req = 1e6 * cpu / out.ok.max(1) as f64;
+            println!(
+                "  round {round} {:<10} closed loop: {:>7.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  server CPU {:>5.1} µs/req  errors {}  max RSS {:.0} MiB",
+                target.name,
+                rate,
+                pct(&out.latencies, 0.50),
+                pct(&out.latencies, 0.99),
+                per_req,
+                out.errors,
+                rss
+            );
+            if t == 1 {
+                println!("             {}", wal_report(wal_before, wal_after));
+            }
+            rates[t].push(rate);
+            cpu_us[t].push(per_req);
         }
     }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (ceiling, hookscope_rate) = (median(&mut rates[0]), median(&mut rates[1]));
+    let (null_cpu, hookscope_cpu) = (median(&mut cpu_us[0]), median(&mut cpu_us[1]));
     println!(
-        "  hookscope / null ceiling: {:.1}%",
+        "  median: null {ceiling:.0} req/s ({null_cpu:.1} µs CPU/req), hookscope {hookscope_rate:.0} req/s ({hookscope_cpu:.1} µs CPU/req): {:.1}% of the ceiling",
         100.0 * hookscope_rate / ceiling
     );
     let rate = args.rate.unwrap_or((hookscope_rate / 2.0) as u64).max(1);
@@ -453,6 +508,7 @@ async fn run(args: Args) {
         20_000,
     ));
     let sampler = RssSampler::start(hookscope.child.id());
+    let wal_before = wal_counters(hookscope.addr).await;
     let out = load(
         hookscope.addr,
         reqs,
@@ -461,6 +517,7 @@ async fn run(args: Args) {
         Some(rate),
     )
     .await;
+    let wal_after = wal_counters(hookscope.addr).await;
     let rss = sampler.finish();
     println!(
         "  hookscope open loop at {rate} req/s: achieved {:.0} req/s  ack latency p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  errors {}  max RSS {:.0} MiB",
@@ -472,6 +529,23 @@ async fn run(args: Args) {
         out.errors,
         rss
     );
+    println!("             {}", wal_report(wal_before, wal_after));
+    if std::env::var("INGEST_BENCH_TIMELINE").is_ok() {
+        // Max latency per 250 ms of the open loop, to line up with flushes in the log.
+        let mut windows = std::collections::BTreeMap::<u32, u32>::new();
+        for (ms, us) in &out.timeline {
+            let w = windows.entry(ms / 250).or_default();
+            *w = (*w).max(*us);
+        }
+        let line: Vec<String> = windows
+            .iter()
+            .map(|(w, us)| format!("{}:{:.0}", w * 250, *us as f64 / 1000.0))
+            .collect();
+        println!(
+            "  timeline (ms since start: max ack ms): {}",
+            line.join(" ")
+        );
+    }
     println!(
         "  (open-loop latency is measured from each request's scheduled send time and includes up to ~1 ms of timer slack in the load generator)"
     );
@@ -508,4 +582,37 @@ async fn forward_overhead(args: &Args, app: &Target, hookscope: &Target) {
             p50s[1] - p50s[0]
         );
     }
+}
+
+/// Reads hookscope's WAL counters from `/metrics`: (groups, records, syncs, sync seconds).
+async fn wal_counters(addr: SocketAddr) -> (f64, f64, f64, f64) {
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let mut conn = TcpStream::connect(addr).await.expect("connect");
+    let mut buf = Vec::new();
+    let _ = exchange(&mut conn, req.as_bytes(), &mut buf).await;
+    let text = String::from_utf8_lossy(&buf);
+    let get = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        get("hookscope_wal_groups_total"),
+        get("hookscope_wal_records_total"),
+        get("hookscope_wal_sync_duration_seconds_count"),
+        get("hookscope_wal_sync_duration_seconds_sum"),
+    )
+}
+
+fn wal_report(before: (f64, f64, f64, f64), after: (f64, f64, f64, f64)) -> String {
+    let groups = after.0 - before.0;
+    let records = after.1 - before.1;
+    let syncs = after.2 - before.2;
+    let sync_s = after.3 - before.3;
+    format!(
+        "WAL: {groups:.0} group commits, {:.1} records/group, mean fdatasync {:.3} ms",
+        records / groups.max(1.0),
+        1000.0 * sync_s / syncs.max(1.0)
+    )
 }

@@ -97,12 +97,14 @@ impl Catalog {
     }
 
     /// Publishes a committed manifest and forgets the buffered rows it now covers,
-    /// atomically for readers.
-    pub fn publish(&self, manifest: Manifest, flush_started: Instant) {
+    /// atomically for readers. Returns the forgotten batches: freeing that much memory
+    /// takes a while, so the caller does it after the lock is released.
+    #[must_use = "drop the returned batches off the hot path"]
+    pub fn publish(&self, manifest: Manifest, flush_started: Instant) -> Vec<RecordBatch> {
         let mut state = self.state.lock();
         let through = manifest.wal_through;
         state.manifest = Arc::new(manifest);
-        state.buffer.drop_through(through, flush_started);
+        state.buffer.drop_through(through, flush_started)
     }
 
     /// (rows, approximate bytes, oldest row's arrival) of the buffer.

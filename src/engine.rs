@@ -526,7 +526,7 @@ impl Engine {
                 }
                 status.failing_since = None;
                 if report.files > 0 {
-                    tracing::debug!(
+                    tracing::info!(
                         files = report.files,
                         rows = report.rows,
                         bytes = report.bytes,
@@ -572,10 +572,7 @@ impl Engine {
                 continue;
             }
             let level = self.settings.zstd_level;
-            let files =
-                tokio::task::spawn_blocking(move || persist::encode(table, &batches, level))
-                    .await
-                    .map_err(|e| EngineError::Task(e.to_string()))??;
+            let files = in_background(move || persist::encode(table, &batches, level)).await??;
             for f in files {
                 let path = format!(
                     "{}/{}/{}-{:012}.parquet",
@@ -620,7 +617,10 @@ impl Engine {
             return Err(e.into());
         }
         crash_point("after_manifest_commit");
-        self.catalog.publish(next, started);
+        let flushed = self.catalog.publish(next, started);
+        // Free the flushed rows on the background thread, not under a lock or on a
+        // request worker.
+        let _ = in_background(move || drop(flushed)).await;
         // Segments holding a forward still waiting for its answer must stay.
         let releasable = match self.open_forwards.oldest() {
             Some(oldest) => through.min(oldest.saturating_sub(1)),
@@ -697,6 +697,30 @@ impl Engine {
         }
         result.map(|_| ())
     }
+}
+
+/// Runs CPU-heavy background work (Parquet encoding) on its own thread at a lower CPU
+/// priority (nice 10), so acknowledgements win the CPU while a flush encodes. (Not
+/// `SCHED_IDLE`: a starved thread holding a kernel lock, such as the address-space
+/// lock while it frees memory, stalled every other thread for a second in tests.)
+async fn in_background<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, EngineError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("hookscope-flush".into())
+        .spawn(move || {
+            // SAFETY: gettid and setpriority on the calling thread only change its own
+            // scheduling priority; a failure leaves the default priority.
+            unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+            }
+            let _ = tx.send(work());
+        })
+        .map_err(|e| EngineError::Task(format!("cannot start the flush thread: {e}")))?;
+    rx.await
+        .map_err(|_| EngineError::Task("the flush thread stopped without a result".into()))
 }
 
 /// Crash tests: `HOOKSCOPE_CRASH_AT=<point>` aborts the process at that step of a

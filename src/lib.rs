@@ -18,6 +18,7 @@ pub mod engine;
 pub mod forward;
 pub mod lake;
 pub mod manifest;
+pub mod metrics;
 pub mod model;
 pub mod persist;
 pub mod providers;

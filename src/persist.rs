@@ -20,6 +20,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use thiserror::Error;
 
 use crate::tables::Table;
@@ -57,13 +58,42 @@ pub fn partition_of(time_us: i64) -> String {
     dt.format("date=%Y-%m-%d/hour=%H").to_string()
 }
 
+/// Free text, large and unique per row: no dictionary (it would only overflow) and no
+/// statistics (min/max of a body prunes nothing, and costs CPU and footer space).
+fn bulky_columns(table: Table) -> &'static [&'static str] {
+    match table {
+        Table::Deliveries => &["headers", "body", "body_base64", "payload_issues"],
+        Table::Outcomes => &["error_message", "attributes"],
+        Table::Alerts => &["message", "details"],
+    }
+}
+
+/// Unique per row but short: no dictionary; statistics kept (ULIDs sort by time, so
+/// min/max prune lookups by id).
+fn unique_columns(table: Table) -> &'static [&'static str] {
+    match table {
+        Table::Deliveries => &["id", "payload_sha256", "dedup_key"],
+        Table::Outcomes => &["id"],
+        Table::Alerts => &[],
+    }
+}
+
 /// Writer settings for lake files.
 pub fn writer_properties(table: Table, zstd_level: i32) -> Result<WriterProperties, PersistError> {
     let schema = table.schema();
     let time_idx = schema
         .index_of(table.time_column())
         .map_err(|_| PersistError::NoTimeColumn(table.name(), table.time_column()))?;
-    Ok(WriterProperties::builder()
+    let mut builder = WriterProperties::builder();
+    for col in bulky_columns(table) {
+        builder = builder
+            .set_column_dictionary_enabled(ColumnPath::from(*col), false)
+            .set_column_statistics_enabled(ColumnPath::from(*col), EnabledStatistics::None);
+    }
+    for col in unique_columns(table) {
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(*col), false);
+    }
+    Ok(builder
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(zstd_level)?))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_sorting_columns(Some(vec![SortingColumn {

@@ -55,6 +55,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
         receiver,
         forwarder: Forwarder::new().map_err(anyhow::Error::msg)?,
         config,
+        metrics: Default::default(),
     });
     let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

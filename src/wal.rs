@@ -3,7 +3,16 @@
 //!
 //! Layout: `<data>/wal/<first-seq, 20 digits>.wal`, each segment an 8-byte magic
 //! followed by frames `[len u32][crc32 u32][seq u64][kind u8][payload len bytes]`
-//! (little-endian; the CRC covers seq, kind and payload).
+//! (little-endian; the CRC covers seq, kind and payload). Every write ends with a
+//! zero frame header, which the next write overwrites: the log ends at the first zero
+//! header.
+//!
+//! Released segments are recycled (renamed to `*.spare`, then to the next segment's
+//! name) rather than deleted: writing into blocks a file already has lets `fdatasync`
+//! skip the filesystem's metadata journal, which is most of its cost. Bytes after the
+//! end of a recycled segment are stale frames of its previous life; they are never
+//! read because the zero header comes first and frame sequence numbers must follow
+//! each other exactly (a stale frame's number is always lower).
 //!
 //! Invariants:
 //! - **Durable**: when [`Wal::append`] returns `Ok`, the record's frame has been
@@ -11,7 +20,10 @@
 //!   to the [`Applier`] (so it is already visible to queries).
 //! - Records are applied in sequence order, exactly once per process lifetime; after a
 //!   restart [`Wal::open`] replays every surviving record, in order, before new ones.
-//! - Concurrent appends share one write and one fsync (group commit).
+//! - Concurrent appends share one write and one fsync (group commit). Writing and
+//!   applying are pipelined: the writer thread fsyncs the next group while the
+//!   applier thread applies the previous one; groups and cuts reach the applier in
+//!   sequence order.
 //! - A frame that is incomplete or fails its CRC at the end of the newest segment is a
 //!   torn write from a crash: replay stops there and the segment is cut back to the
 //!   last good frame. It is never half-read.
@@ -33,10 +45,15 @@ use parking_lot::Mutex;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::Histogram;
 use crate::model::Entry;
 
 const MAGIC: &[u8; 8] = b"HKSWAL01";
 const FRAME_HEADER: usize = 4 + 4 + 8 + 1;
+/// Written after the last frame of every write: the end of the log.
+const TERMINATOR: [u8; FRAME_HEADER] = [0; FRAME_HEADER];
+/// Released segments kept for reuse.
+const MAX_SPARES: usize = 3;
 /// Frames larger than this are corruption, not data (the body limit is far below).
 const MAX_FRAME: usize = 1 << 30;
 /// Most records one group commit writes at once.
@@ -132,6 +149,8 @@ enum Request<T> {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    /// Once a second in `sync = "none"` mode: sync what was written since the last.
+    Tick,
 }
 
 /// Health and counters shared with the rest of the server.
@@ -143,6 +162,10 @@ pub struct WalStatus {
     syncs: AtomicU64,
     sync_micros: AtomicU64,
     segments: AtomicU64,
+    groups: AtomicU64,
+    records: AtomicU64,
+    /// Duration of each fdatasync.
+    pub sync_seconds: Histogram,
 }
 
 impl WalStatus {
@@ -168,6 +191,13 @@ impl WalStatus {
     /// Segments on disk.
     pub fn segments(&self) -> u64 {
         self.segments.load(Ordering::Relaxed)
+    }
+    /// Group commits and records written so far.
+    pub fn groups_and_records(&self) -> (u64, u64) {
+        (
+            self.groups.load(Ordering::Relaxed),
+            self.records.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -235,7 +265,8 @@ impl<T: Send + 'static> Wal<T> {
             .unwrap_or(0);
         status.last_seq.store(used_through, Ordering::Relaxed);
         let first_seq = used_through + 1;
-        let active = ActiveSegment::create(&config.dir, first_seq)?;
+        let mut spares = list_spares(&config.dir);
+        let active = ActiveSegment::create(&config.dir, first_seq, spares.pop())?;
         // An empty segment left by a crash right after rotation is reused, not listed twice.
         segments.retain(|s| s.first_seq != first_seq);
         segments.push(Segment {
@@ -247,23 +278,43 @@ impl<T: Send + 'static> Wal<T> {
             .segments
             .store(segments.len() as u64, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(16 * 1024);
+        let (to_applier, applier_rx) = std::sync::mpsc::channel();
         let writer = Writer {
             config,
             status: Arc::clone(&status),
             segments,
             active,
             next_seq: first_seq,
-            applier,
+            spares,
+            spare_counter: first_seq,
+            to_applier,
             last_sync: Instant::now(),
             unsynced: false,
         };
+        let thread_error = |e: io::Error| WalError::Io {
+            path: PathBuf::from("<thread>"),
+            message: e.to_string(),
+        };
+        std::thread::Builder::new()
+            .name("hookscope-apply".into())
+            .spawn(move || run_applier(applier, applier_rx))
+            .map_err(thread_error)?;
+        let sync_mode = writer.config.sync;
         std::thread::Builder::new()
             .name("hookscope-wal".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| WalError::Io {
-                path: PathBuf::from("<thread>"),
-                message: e.to_string(),
-            })?;
+            .map_err(thread_error)?;
+        if sync_mode == SyncMode::None {
+            let ticks = tx.clone();
+            std::thread::Builder::new()
+                .name("hookscope-wal-tick".into())
+                .spawn(move || {
+                    while ticks.blocking_send(Request::Tick).is_ok() {
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                })
+                .map_err(thread_error)?;
+        }
         Ok((Self { tx, status }, summary))
     }
 
@@ -342,6 +393,18 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
     Ok(out)
 }
 
+/// Released segment files kept for reuse.
+fn list_spares(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "spare"))
+        .collect()
+}
+
 fn read_dir_records(
     dir: &Path,
     repair: bool,
@@ -378,6 +441,7 @@ fn read_dir_records(
         let mut pos = MAGIC.len();
         let mut last_seq = first_seq.saturating_sub(1);
         let mut problem = None;
+        let mut clean_end = false;
         while pos < data.len() {
             match parse_frame(&data[pos..]) {
                 Frame::Record {
@@ -386,12 +450,18 @@ fn read_dir_records(
                     payload,
                     len,
                 } => {
+                    let expected = last_seq + 1;
+                    if seq < expected {
+                        // A stale frame of a recycled segment's previous life.
+                        clean_end = true;
+                        break;
+                    }
+                    if seq > expected && last_seq >= first_seq {
+                        problem = Some(format!("sequence gap: expected {expected}, found {seq}"));
+                        break;
+                    }
                     match Entry::decode(kind, payload) {
                         Ok(entry) => {
-                            if seq <= summary.last_seq && summary.records > 0 {
-                                problem = Some(format!("sequence {seq} out of order"));
-                                break;
-                            }
                             f(seq, entry);
                             summary.records += 1;
                             summary.last_seq = seq;
@@ -404,14 +474,21 @@ fn read_dir_records(
                     }
                     pos += len;
                 }
-                Frame::End => break,
+                Frame::End => {
+                    clean_end = true;
+                    break;
+                }
                 Frame::Bad(why) => {
                     problem = Some(why);
                     break;
                 }
             }
         }
-        let tail = (data.len() - pos) as u64;
+        let tail = if clean_end {
+            0
+        } else {
+            (data.len() - pos) as u64
+        };
         if tail > 0 {
             if newest {
                 // A torn write: the crash happened while this frame was being written.
@@ -486,11 +563,8 @@ fn parse_frame(buf: &[u8]) -> Frame<'_> {
     let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
     if len == 0 && crc == 0 {
-        return if buf.iter().all(|b| *b == 0) {
-            Frame::End
-        } else {
-            Frame::Bad("zero frame header followed by data".into())
-        };
+        // The terminator: what follows is stale (a recycled segment) or zeros.
+        return Frame::End;
     }
     if len > MAX_FRAME {
         return Frame::Bad(format!("frame length {len} is impossible"));
@@ -539,16 +613,29 @@ struct ActiveSegment {
 }
 
 impl ActiveSegment {
-    fn create(dir: &Path, first_seq: u64) -> Result<Self, WalError> {
+    /// A new segment starting at `first_seq`, reusing a spare file when there is one.
+    fn create(dir: &Path, first_seq: u64, spare: Option<PathBuf>) -> Result<Self, WalError> {
         let path = dir.join(format!("{first_seq:020}.wal"));
+        let reused = match spare {
+            Some(spare) => match fs::rename(&spare, &path) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(spare = %spare.display(), error = %e, "could not reuse a spare WAL segment");
+                    false
+                }
+            },
+            None => false,
+        };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(!reused)
             .open(&path)
             .map_err(|e| WalError::io(&path, e))?;
-        file.write_all_at(MAGIC, 0)
+        let mut head = MAGIC.to_vec();
+        head.extend_from_slice(&TERMINATOR);
+        file.write_all_at(&head, 0)
             .and_then(|_| file.sync_all())
             .and_then(|_| sync_dir(dir))
             .map_err(|e| WalError::io(&path, e))?;
@@ -560,26 +647,65 @@ impl ActiveSegment {
     }
 }
 
-struct Writer<A: Applier> {
+struct Writer<T> {
     config: WalConfig,
     status: Arc<WalStatus>,
     /// Closed segments, oldest first, then the active one last.
     segments: Vec<Segment>,
     active: ActiveSegment,
     next_seq: u64,
-    applier: A,
+    /// Released segment files ready for reuse.
+    spares: Vec<PathBuf>,
+    /// Names the next spare.
+    spare_counter: u64,
+    /// Durable groups and cuts, in order, for the applier thread.
+    to_applier: std::sync::mpsc::Sender<ToApplier<T>>,
     last_sync: Instant,
     unsynced: bool,
 }
 
 type AppendReply<T> = oneshot::Sender<Result<Committed<T>, WalError>>;
 
-impl<A: Applier> Writer<A> {
-    fn run(mut self, mut rx: mpsc::Receiver<Request<A::Output>>) {
+/// What the writer thread hands the applier thread.
+enum ToApplier<T> {
+    /// A durable group and whom to answer.
+    Group(Vec<(u64, Entry)>, Vec<AppendReply<T>>),
+    /// A segment was closed after `through`.
+    Cut(u64, oneshot::Sender<Result<u64, WalError>>),
+    /// The writer stopped; answer when everything before is applied.
+    Stop(oneshot::Sender<()>),
+}
+
+/// The applier thread: applies durable groups in order and answers their appends.
+fn run_applier<A: Applier>(mut applier: A, rx: std::sync::mpsc::Receiver<ToApplier<A::Output>>) {
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            ToApplier::Group(group, replies) => {
+                let outputs = applier.apply(&group);
+                for ((seq, _), (reply, applied)) in
+                    group.iter().zip(replies.into_iter().zip(outputs))
+                {
+                    let _ = reply.send(Ok(Committed { seq: *seq, applied }));
+                }
+            }
+            ToApplier::Cut(through, reply) => {
+                applier.cut(through);
+                let _ = reply.send(Ok(through));
+            }
+            ToApplier::Stop(reply) => {
+                let _ = reply.send(());
+                return;
+            }
+        }
+    }
+}
+
+impl<T: Send + 'static> Writer<T> {
+    fn run(mut self, mut rx: mpsc::Receiver<Request<T>>) {
         let mut frames = Vec::with_capacity(1 << 20);
         let mut group: Vec<(u64, Entry)> = Vec::with_capacity(MAX_GROUP);
-        let mut replies: Vec<AppendReply<A::Output>> = Vec::with_capacity(MAX_GROUP);
-        let mut deferred: Option<Request<A::Output>> = None;
+        let mut replies: Vec<AppendReply<T>> = Vec::with_capacity(MAX_GROUP);
+        let mut deferred: Option<Request<T>> = None;
         loop {
             let first = match deferred.take() {
                 Some(r) => r,
@@ -608,18 +734,33 @@ impl<A: Applier> Writer<A> {
                 self.commit_group(&mut frames, &mut group, &mut replies);
             }
             match deferred.take() {
-                Some(Request::Rotate { reply }) => {
-                    let _ = reply.send(self.rotate());
-                }
+                Some(Request::Rotate { reply }) => match self.rotate() {
+                    Ok(through) => {
+                        if let Err(std::sync::mpsc::SendError(ToApplier::Cut(_, reply))) =
+                            self.to_applier.send(ToApplier::Cut(through, reply))
+                        {
+                            let _ = reply.send(Err(WalError::Closed));
+                        }
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
                 Some(Request::Release { through, reply }) => {
                     self.release(through);
                     let _ = reply.send(());
                 }
                 Some(Request::Shutdown { reply }) => {
                     self.sync_if_needed(true);
-                    let _ = reply.send(());
+                    // Answer once the applier has applied everything before.
+                    if let Err(std::sync::mpsc::SendError(ToApplier::Stop(reply))) =
+                        self.to_applier.send(ToApplier::Stop(reply))
+                    {
+                        let _ = reply.send(());
+                    }
                     break;
                 }
+                Some(Request::Tick) => self.sync_if_needed(true),
                 Some(append @ Request::Append { .. }) => deferred = Some(append),
                 None => {}
             }
@@ -627,18 +768,9 @@ impl<A: Applier> Writer<A> {
         self.sync_if_needed(true);
     }
 
-    /// Waits for the next request; in `sync = "none"` mode, syncs while idle.
-    fn next_request(
-        &mut self,
-        rx: &mut mpsc::Receiver<Request<A::Output>>,
-    ) -> Option<Request<A::Output>> {
-        if self.config.sync == SyncMode::None && self.unsynced {
-            match rx.try_recv() {
-                Ok(r) => return Some(r),
-                Err(mpsc::error::TryRecvError::Disconnected) => return None,
-                Err(mpsc::error::TryRecvError::Empty) => self.sync_if_needed(true),
-            }
-        }
+    /// Waits for the next request. (In `sync = "none"` mode a ticker thread sends
+    /// `Tick` once a second, so unsynced writes are synced within about a second.)
+    fn next_request(&mut self, rx: &mut mpsc::Receiver<Request<T>>) -> Option<Request<T>> {
         rx.blocking_recv()
     }
 
@@ -646,7 +778,7 @@ impl<A: Applier> Writer<A> {
         &mut self,
         frames: &mut Vec<u8>,
         group: &mut Vec<(u64, Entry)>,
-        replies: &mut Vec<AppendReply<A::Output>>,
+        replies: &mut Vec<AppendReply<T>>,
     ) {
         let result = self.write_and_sync(frames);
         frames.clear();
@@ -654,14 +786,22 @@ impl<A: Applier> Writer<A> {
             Ok(()) => {
                 let last = group.last().map(|(s, _)| *s).unwrap_or(self.next_seq);
                 self.next_seq = last + 1;
+                self.status.groups.fetch_add(1, Ordering::Relaxed);
+                self.status
+                    .records
+                    .fetch_add(group.len() as u64, Ordering::Relaxed);
                 self.status.last_seq.store(last, Ordering::Relaxed);
                 if let Some(seg) = self.segments.last_mut() {
                     seg.last_seq = last;
                 }
-                let outputs = self.applier.apply(group);
-                for ((seq, _), (reply, applied)) in group.iter().zip(replies.drain(..).zip(outputs))
+                let group = std::mem::replace(group, Vec::with_capacity(MAX_GROUP));
+                let replies = std::mem::replace(replies, Vec::with_capacity(MAX_GROUP));
+                if let Err(std::sync::mpsc::SendError(ToApplier::Group(_, replies))) =
+                    self.to_applier.send(ToApplier::Group(group, replies))
                 {
-                    let _ = reply.send(Ok(Committed { seq: *seq, applied }));
+                    for reply in replies {
+                        let _ = reply.send(Err(WalError::Closed));
+                    }
                 }
                 if self.active.good >= self.config.segment_max_bytes
                     && let Err(e) = self.rotate()
@@ -678,13 +818,15 @@ impl<A: Applier> Writer<A> {
         group.clear();
     }
 
-    fn write_and_sync(&mut self, frames: &[u8]) -> Result<(), WalError> {
+    fn write_and_sync(&mut self, frames: &mut Vec<u8>) -> Result<(), WalError> {
         if self.status.is_degraded() {
             // Cut whatever a failed write may have left before writing again.
             if let Err(e) = self.active.file.set_len(self.active.good) {
                 return Err(self.fail(e));
             }
         }
+        let frames_len = frames.len() as u64;
+        frames.extend_from_slice(&TERMINATOR);
         if let Err(e) = self.active.file.write_all_at(frames, self.active.good) {
             return Err(self.fail(e));
         }
@@ -701,7 +843,7 @@ impl<A: Applier> Writer<A> {
                 self.sync_if_needed(false);
             }
         }
-        self.active.good += frames.len() as u64;
+        self.active.good += frames_len;
         if self.status.degraded.swap(false, Ordering::Relaxed) {
             tracing::info!("write-ahead log recovered; accepting deliveries again");
             *self.status.last_error.lock() = None;
@@ -710,10 +852,12 @@ impl<A: Applier> Writer<A> {
     }
 
     fn record_sync(&mut self, started: Instant) {
+        let took = started.elapsed();
         self.status.syncs.fetch_add(1, Ordering::Relaxed);
         self.status
             .sync_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.status.sync_seconds.observe(took.as_secs_f64());
         self.last_sync = Instant::now();
         self.unsynced = false;
     }
@@ -748,7 +892,8 @@ impl<A: Applier> Writer<A> {
         let through = self.next_seq - 1;
         self.sync_if_needed(true);
         if self.active.good > MAGIC.len() as u64 {
-            let next = ActiveSegment::create(&self.config.dir, self.next_seq)?;
+            let spare = self.spares.pop();
+            let next = ActiveSegment::create(&self.config.dir, self.next_seq, spare)?;
             self.active = next;
             self.segments.push(Segment {
                 first_seq: self.next_seq,
@@ -759,30 +904,39 @@ impl<A: Applier> Writer<A> {
                 .segments
                 .store(self.segments.len() as u64, Ordering::Relaxed);
         }
-        self.applier.cut(through);
         Ok(through)
     }
 
     fn release(&mut self, through: u64) {
         let active_path = self.active.path.clone();
         let mut removed = false;
+        let mut released = Vec::new();
         self.segments.retain(|seg| {
-            let closed = seg.path != active_path;
-            if closed && seg.last_seq <= through {
-                match fs::remove_file(&seg.path) {
-                    Ok(()) => {
-                        removed = true;
-                        false
-                    }
-                    Err(e) => {
-                        tracing::warn!(segment = %seg.path.display(), error = %e, "could not delete a released WAL segment");
-                        true
-                    }
-                }
-            } else {
-                true
+            let keep = seg.path == active_path || seg.last_seq > through;
+            if !keep {
+                released.push(seg.path.clone());
             }
+            keep
         });
+        for path in released {
+            // Keep a few as spares: rewriting allocated blocks makes fdatasync cheap.
+            let outcome = if self.spares.len() < MAX_SPARES {
+                self.spare_counter += 1;
+                let spare = self
+                    .config
+                    .dir
+                    .join(format!("{:020}.spare", self.spare_counter));
+                fs::rename(&path, &spare).map(|()| self.spares.push(spare))
+            } else {
+                fs::remove_file(&path)
+            };
+            match outcome {
+                Ok(()) => removed = true,
+                Err(e) => {
+                    tracing::warn!(segment = %path.display(), error = %e, "could not release a WAL segment");
+                }
+            }
+        }
         if removed {
             let _ = sync_dir(&self.config.dir);
         }
@@ -885,12 +1039,15 @@ mod tests {
         wal.shutdown().await;
         let (_, seg) = list_segments(dir.path()).unwrap().pop().unwrap();
         let full = fs::metadata(&seg).unwrap().len();
-        // Simulate a crash in the middle of writing a sixth frame.
+        // Simulate a crash in the middle of writing a sixth frame: it lands where the
+        // next write goes, over the terminator.
+        let good = full - TERMINATOR.len() as u64;
         let mut frame = Vec::new();
         encode_frame(&mut frame, 6, entry(5).kind(), &entry(5).encode());
         let file = OpenOptions::new().write(true).open(&seg).unwrap();
-        file.write_all_at(&frame[..frame.len() / 2], full).unwrap();
+        file.write_all_at(&frame[..frame.len() / 2], good).unwrap();
         drop(file);
+        let torn_len = fs::metadata(&seg).unwrap().len() - good;
 
         let (seen, summary) = replayed(dir.path());
         assert_eq!(seen.len(), 5, "read-only replay skips the torn frame");
@@ -900,10 +1057,10 @@ mod tests {
         let (wal, summary) = Wal::open(config(dir.path()), 0, collect.clone()).unwrap();
         let seen: Vec<u64> = collect.0.lock().iter().map(|(s, _)| *s).collect();
         assert_eq!(seen, vec![1, 2, 3, 4, 5]);
-        assert_eq!(summary.torn_bytes_cut, (frame.len() / 2) as u64);
+        assert_eq!(summary.torn_bytes_cut, torn_len);
         assert_eq!(
             fs::metadata(&seg).unwrap().len(),
-            full,
+            good,
             "segment cut back to the last good frame"
         );
         assert_eq!(wal.append(Pending::new(entry(6))).await.unwrap().seq, 6);
@@ -930,6 +1087,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn recycled_segments_never_yield_stale_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(config(dir.path()), 0, Collect::default()).unwrap();
+        // Fill a segment with long records, release it (it becomes a spare), then
+        // write fewer, shorter records into the recycled file.
+        for i in 0..20 {
+            wal.append(Pending::new(entry(i))).await.unwrap();
+        }
+        let through = wal.rotate().await.unwrap();
+        wal.append(Pending::new(entry(20))).await.unwrap();
+        wal.release(through).await.unwrap();
+        assert_eq!(list_spares(dir.path()).len(), 1);
+        let through = wal.rotate().await.unwrap();
+        assert!(list_spares(dir.path()).is_empty(), "the spare was reused");
+        wal.append(Pending::new(entry(21))).await.unwrap();
+        wal.release(through).await.unwrap();
+        wal.shutdown().await;
+        let (seen, summary) = replayed(dir.path());
+        assert_eq!(seen.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![22]);
+        assert!(summary.corrupt.is_empty(), "{:?}", summary.corrupt);
+        assert_eq!(summary.torn_bytes_cut, 0);
+        // Even without the terminator, a stale frame's sequence number gives it away.
+        let (_, seg) = list_segments(dir.path()).unwrap().pop().unwrap();
+        let mut data = fs::read(&seg).unwrap();
+        let good = data
+            .windows(TERMINATOR.len())
+            .rposition(|w| w == TERMINATOR)
+            .unwrap();
+        data[good] = 0xff;
+        fs::write(&seg, &data).unwrap();
+        let (seen, _) = replayed(dir.path());
+        assert_eq!(seen.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![22]);
+    }
+
+    #[tokio::test]
+    async fn sync_none_acknowledges_without_an_fsync_per_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        cfg.sync = SyncMode::None;
+        let (wal, _) = Wal::open(cfg, 0, Collect::default()).unwrap();
+        for i in 0..50 {
+            wal.append(Pending::new(entry(i))).await.unwrap();
+        }
+        assert!(wal.status().sync_stats().0 <= 1, "no fsync per append");
+        // Within about a second the ticker syncs what was written.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(wal.status().sync_stats().0 >= 1);
+        wal.shutdown().await;
+        let (seen, _) = replayed(dir.path());
+        assert_eq!(seen.len(), 50);
+    }
+
+    #[tokio::test]
     async fn a_flipped_bit_fails_the_checksum() {
         let dir = tempfile::tempdir().unwrap();
         let (wal, _) = Wal::open(config(dir.path()), 0, Collect::default()).unwrap();
@@ -939,7 +1149,8 @@ mod tests {
         wal.shutdown().await;
         let (_, seg) = list_segments(dir.path()).unwrap().pop().unwrap();
         let mut data = fs::read(&seg).unwrap();
-        let n = data.len();
+        // A bit inside the last frame (before the terminator).
+        let n = data.len() - TERMINATOR.len();
         data[n - 10] ^= 0x40;
         fs::write(&seg, &data).unwrap();
         let (seen, _) = replayed(dir.path());

@@ -54,6 +54,7 @@ pub(super) fn check_source(state: &AppState, source: &str) -> Result<(), ApiErro
 }
 
 pub async fn ingest(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let arrived = std::time::Instant::now();
     let received_at_us = chrono::Utc::now().timestamp_micros();
     let (parts, body) = req.into_parts();
     let source = parts
@@ -128,8 +129,14 @@ pub async fn ingest(State(state): State<Arc<AppState>>, req: Request) -> Respons
     let id = received.delivery.id.clone();
     let status = received.delivery.status_code;
     let status_text = received.delivery.signature_status.as_str();
+    let provider = received.delivery.provider.clone();
     match state.engine.ingest(received.delivery).await {
         Ok(applied) => {
+            state.metrics.ack.observe(arrived.elapsed().as_secs_f64());
+            state
+                .metrics
+                .deliveries
+                .inc(&[source, &provider, status_text, &status.to_string()]);
             let mut answer = serde_json::json!({ "id": id, "duplicate": applied.duplicate });
             if status == 413 {
                 answer["error"] =
@@ -158,6 +165,11 @@ async fn forward(
     body: Bytes,
 ) -> Response {
     let id = delivery.id.clone();
+    let labels = [
+        delivery.source.clone(),
+        delivery.provider.clone(),
+        delivery.signature_status.as_str().to_string(),
+    ];
     if let Err(e) = state.engine.begin_forward(delivery).await {
         return ApiError::unavailable(e.to_string()).into_response();
     }
@@ -195,6 +207,10 @@ async fn forward(
             wait = (wait * 2).min(Duration::from_secs(10));
         }
     });
+    state
+        .metrics
+        .deliveries
+        .inc(&[&labels[0], &labels[1], &labels[2], answer.status.as_str()]);
     let mut resp = (answer.status, answer.body).into_response();
     *resp.headers_mut() = answer.headers;
     if let Ok(v) = HeaderValue::from_str(&id) {

@@ -27,6 +27,7 @@ use subtle::ConstantTimeEq;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::forward::Forwarder;
+use crate::metrics::{Gauges, Metrics};
 use crate::receive::Receiver;
 
 /// What every handler shares.
@@ -35,6 +36,7 @@ pub struct AppState {
     pub receiver: Receiver,
     pub forwarder: Forwarder,
     pub config: Config,
+    pub metrics: Metrics,
 }
 
 /// An error answer: status plus a message for the `error` field.
@@ -84,6 +86,7 @@ impl IntoResponse for ApiError {
 pub fn router(state: Arc<AppState>) -> Router {
     let read = Router::new()
         .route("/query", get(query::query_get).post(query::query_post))
+        .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             require_token,
@@ -106,6 +109,25 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(read)
         .fallback(not_found)
         .with_state(state)
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let engine = &state.engine;
+    let (rows, _, _) = engine.catalog().buffer_stats();
+    let manifest = engine.catalog().manifest();
+    let wal = engine.wal_status();
+    let (wal_groups, wal_records) = wal.map(|w| w.groups_and_records()).unwrap_or_default();
+    let gauges = Gauges {
+        buffer_rows: rows as u64,
+        parquet_files: manifest.all_paths().count() as u64,
+        alerts_firing: 0,
+        wal_segments: wal.map(|w| w.segments()).unwrap_or(0),
+        wal_groups,
+        wal_records,
+    };
+    let text = state.metrics.render(&gauges, wal.map(|w| &w.sync_seconds));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn not_found() -> ApiError {

@@ -113,6 +113,10 @@ async fn run(
 }
 
 async fn answer(state: &AppState, sql: &str, format: ResultFormat) -> Result<Response, QueryError> {
+    state
+        .metrics
+        .queries
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let engine = state.engine.query();
     let mut stream = engine.stream(sql).await?;
     let mut encoder = Encoder::new(format, &stream.schema(), engine.limits().max_result_bytes)?;

@@ -253,3 +253,33 @@ fn shared_token_compares_the_header_and_names_it_secret() {
         vec!["x-notify-token"]
     );
 }
+
+#[test]
+fn twilio_json_bodies_are_signed_through_body_sha256_in_the_url() {
+    use sha2::Digest;
+    let body = br#"[{"type":"com.twilio.messaging.message.delivered","id":"EZ1"}]"#;
+    let hash = hex::encode(sha2::Sha256::digest(body));
+    let url = format!("https://hooks.example.com/webhook/tw?bodySHA256={hash}");
+    let signature = sig::b64_encode(&twilio::signature(b"tok", &url, ""));
+    let mut req = Req::new(
+        &[
+            ("x-twilio-signature", &signature),
+            ("content-type", "application/json"),
+        ],
+        body,
+        0,
+    );
+    let query = format!("bodySHA256={hash}");
+    req.query = Box::leak(query.into_boxed_str());
+    let mut src = source(&["tok"]);
+    src.public_url = Some("https://hooks.example.com/webhook/tw".into());
+    assert_eq!(status("twilio", &req, &src), SignatureStatus::Valid);
+    let id = by_name("twilio").unwrap().identify(&req.view());
+    assert_eq!(
+        id.event_type.as_deref(),
+        Some("com.twilio.messaging.message.delivered")
+    );
+    // The same signed URL with another body: the hash no longer matches.
+    req.body = br#"[{"type":"forged"}]"#.to_vec();
+    assert_eq!(status("twilio", &req, &src), SignatureStatus::Invalid);
+}

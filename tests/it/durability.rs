@@ -276,15 +276,19 @@ async fn a_torn_wal_tail_after_a_crash_is_cut_and_the_rest_kept() {
         ids.push(server.post_json("torn", &json!({"i": i})).await);
     }
     server.kill();
-    // Half a frame at the end of the newest segment, as a crash mid-write leaves.
+    // Half a frame where the next write would go (over the 17-byte end marker), as a
+    // crash mid-write leaves it.
     let wal = server.lake().join("wal");
     let mut segs: Vec<_> = std::fs::read_dir(&wal)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
         .collect();
     segs.sort();
     let newest = segs.last().unwrap();
     let mut data = std::fs::read(newest).unwrap();
+    let end = data.len() - 17;
+    data.truncate(end);
     data.extend_from_slice(&[200, 1, 0, 0, 9, 9, 9, 9, 1, 2, 3]);
     std::fs::write(newest, &data).unwrap();
     server.restart();
