@@ -68,6 +68,17 @@ fn buffered(n: usize) -> Vec<arrow::record_batch::RecordBatch> {
 fn flush(c: &mut Criterion) {
     let rows = 50_000;
     let batches = buffered(rows);
+    let raw: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+    for level in [1, 3] {
+        let files = persist::encode(Table::Deliveries, &batches, level).expect("encode");
+        let bytes: usize = files.iter().map(|f| f.bytes.len()).sum();
+        println!(
+            "zstd level {level}: {rows} rows, {:.1} MiB of Arrow buffers -> {:.1} MiB of Parquet ({:.1}x)",
+            raw as f64 / (1 << 20) as f64,
+            bytes as f64 / (1 << 20) as f64,
+            raw as f64 / bytes as f64
+        );
+    }
     let mut group = c.benchmark_group("flush");
     group.sample_size(10);
     group.throughput(Throughput::Elements(rows as u64));

@@ -296,12 +296,15 @@ impl Default for DedupSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct ParquetSection {
+    /// zstd level of lake files (1-22).
     pub zstd_level: i32,
 }
 
 impl Default for ParquetSection {
     fn default() -> Self {
-        Self { zstd_level: 3 }
+        // Level 1 encodes ~1.3-1.5x faster than 3 for a few percent larger files; the
+        // flush competes with acknowledgements for CPU on small machines.
+        Self { zstd_level: 1 }
     }
 }
 
