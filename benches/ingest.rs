@@ -140,7 +140,6 @@ fn null_server() {
 }
 
 struct Target {
-    name: &'static str,
     child: Child,
     addr: SocketAddr,
 }
@@ -180,7 +179,6 @@ fn spawn(name: &'static str, mut cmd: Command) -> Target {
         .trim_start_matches("http://")
         .to_string();
     Target {
-        name,
         child,
         addr: url.parse().expect("addr"),
     }
