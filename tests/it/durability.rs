@@ -368,19 +368,9 @@ async fn a_full_disk_answers_503_keeps_serving_reads_and_recovers() {
     }
     assert!(refused > 0, "a full disk must refuse deliveries");
     // Reads keep working, and no refused delivery is visible.
-    let health = server
-        .client
-        .get(format!("{}/healthz", server.url))
-        .send()
-        .await
-        .unwrap();
+    let health = server.get("/healthz").await;
     assert_eq!(health.status(), 200);
-    let ready = server
-        .client
-        .get(format!("{}/readyz", server.url))
-        .send()
-        .await
-        .unwrap();
+    let ready = server.get("/readyz").await;
     assert_eq!(ready.status(), 503, "not ready while the WAL fails");
     let rows = server.count("deliveries").await;
     assert_eq!(rows, 1 + 20 - refused);
@@ -399,12 +389,7 @@ async fn a_full_disk_answers_503_keeps_serving_reads_and_recovers() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let ready = server
-        .client
-        .get(format!("{}/readyz", server.url))
-        .send()
-        .await
-        .unwrap();
+    let ready = server.get("/readyz").await;
     assert_eq!(ready.status(), 200);
     drop(server);
 }

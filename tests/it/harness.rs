@@ -161,6 +161,15 @@ impl Server {
         self.child.take()
     }
 
+    /// GETs `path` (e.g. `/healthz`) from the server.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("GET")
+    }
+
     /// POSTs a webhook body; returns (status, JSON answer).
     pub async fn post(
         &self,

@@ -232,12 +232,7 @@ async fn malformed_json_is_kept_as_text_with_payload_issues() {
 #[tokio::test(flavor = "multi_thread")]
 async fn only_post_is_accepted_without_forwarding() {
     let (server, _dir) = Server::start(Options::default());
-    let resp = server
-        .client
-        .get(format!("{}/webhook/app", server.url))
-        .send()
-        .await
-        .unwrap();
+    let resp = server.get("/webhook/app").await;
     assert_eq!(resp.status(), 405);
     assert_eq!(resp.headers()["allow"], "POST");
 }
