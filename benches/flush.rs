@@ -1,5 +1,6 @@
-//! Flush throughput: buffered Arrow rows → sorted, zstd Parquet bytes (the CPU part of
-//! a flush; the write itself is one sequential file per partition).
+//! CPU cost of the steps a delivery takes besides HTTP and the disk: the receive step
+//! (request → record) and the WAL encoding, per delivery; and flush throughput
+//! (buffered Arrow rows → sorted, zstd Parquet bytes).
 //!
 //! ```text
 //! cargo bench --bench flush
@@ -92,5 +93,53 @@ fn flush(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, flush);
+fn receive(c: &mut Criterion) {
+    use axum::http::{HeaderMap, HeaderName, HeaderValue};
+    use hookscope::config::Config;
+    use hookscope::model::Entry;
+    use hookscope::receive::{BodyRead, Receiver, RequestParts};
+
+    let config = Config::from_toml("", "bench", &|_| None).expect("config");
+    let receiver = Receiver::new(&config).expect("receiver");
+    let body = format!(
+        "{{\"id\":\"evt_{:024}\",\"object\":\"event\",\"type\":\"invoice.paid\",\"created\":1795000000,\"data\":{{\"object\":{{\"id\":\"in_1\",\"amount_paid\":1001,\"pad\":\"{}\"}}}}}}",
+        7,
+        "x".repeat(850)
+    );
+    let mut headers = HeaderMap::new();
+    for (k, v) in [
+        ("host", "127.0.0.1:8080"),
+        ("content-type", "application/json"),
+        (
+            "user-agent",
+            "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+        ),
+        ("content-length", "1024"),
+    ] {
+        headers.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+    }
+    let bytes = BodyRead::Complete(bytes::Bytes::from(body));
+    let req = RequestParts {
+        source: "bench",
+        method: "POST",
+        path: "/webhook/bench",
+        query: "",
+        headers: &headers,
+        peer: Some("127.0.0.1:5000".parse().expect("addr")),
+        public_base: Some("http://127.0.0.1:8080".into()),
+        received_at_us: 1_795_000_000_000_000,
+    };
+    let mut group = c.benchmark_group("receive");
+    group.bench_function("request_to_record_1kb_json", |b| {
+        b.iter(|| black_box(receiver.receive(&req, &bytes)))
+    });
+    let delivery = receiver.receive(&req, &bytes).delivery;
+    group.bench_function("wal_encode_1kb_json", |b| {
+        let entry = Entry::Delivery(Box::new(delivery.clone()));
+        b.iter(|| black_box(entry.encode()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, receive, flush);
 criterion_main!(benches);

@@ -60,6 +60,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         format!("invalid duration {s:?}: expected e.g. \"500ms\", \"10s\", \"5m\", \"1h\", \"7d\"")
     })?;
     let secs = match unit.trim() {
+        "us" | "µs" => n / 1_000_000.0,
         "ms" => n / 1000.0,
         "" | "s" | "sec" | "secs" => n,
         "m" | "min" | "mins" => n * 60.0,
@@ -67,7 +68,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "d" | "day" | "days" => n * 86400.0,
         other => {
             return Err(format!(
-                "invalid duration unit {other:?} in {s:?}: use ms, s, m, h or d"
+                "invalid duration unit {other:?} in {s:?}: use us, ms, s, m, h or d"
             ));
         }
     };
@@ -201,6 +202,9 @@ pub enum LogFormat {
 pub struct WalSection {
     pub sync: SyncMode,
     pub segment_max_bytes: ByteSize,
+    /// How long a group commit may wait for more appends under concurrent load
+    /// (`"0"` turns the wait off).
+    pub commit_delay: Dur,
 }
 
 impl Default for WalSection {
@@ -208,6 +212,7 @@ impl Default for WalSection {
         Self {
             sync: SyncMode::Always,
             segment_max_bytes: ByteSize(64 << 20),
+            commit_delay: Dur(crate::wal::DEFAULT_COMMIT_DELAY),
         }
     }
 }
@@ -430,6 +435,7 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ),
     ("HOOKSCOPE_LOG_FORMAT", "log_format", Kind::Str),
     ("HOOKSCOPE_WAL_SYNC", "wal.sync", Kind::Str),
+    ("HOOKSCOPE_WAL_COMMIT_DELAY", "wal.commit_delay", Kind::Str),
     (
         "HOOKSCOPE_BUFFER_FLUSH_INTERVAL",
         "buffer.flush_interval",
@@ -796,12 +802,16 @@ kind = "log"
         let env = |k: &str| match k {
             "HOOKSCOPE_BUFFER_MAX_ROWS" => Some("42".to_string()),
             "HOOKSCOPE_WAL_SYNC" => Some("none".to_string()),
+            "HOOKSCOPE_WAL_COMMIT_DELAY" => Some("0".to_string()),
             "HOOKSCOPE_DATA_DIR" => Some("/tmp/lake".to_string()),
             _ => None,
         };
         let c = Config::from_toml("[buffer]\nmax_rows = 7\n", "f", &env).unwrap();
         assert_eq!(c.buffer.max_rows, 42);
         assert_eq!(c.wal.sync, SyncMode::None);
+        assert_eq!(c.wal.commit_delay, Dur(Duration::ZERO));
+        let file = Config::from_toml("[wal]\ncommit_delay = \"250us\"\n", "f", &no_env).unwrap();
+        assert_eq!(file.wal.commit_delay, Dur(Duration::from_micros(250)));
         assert_eq!(c.data_dir, PathBuf::from("/tmp/lake"));
         let bad = |k: &str| (k == "HOOKSCOPE_BUFFER_MAX_ROWS").then(|| "lots".to_string());
         let err = Config::from_toml("", "f", &bad).unwrap_err().to_string();
@@ -834,6 +844,7 @@ kind = "log"
     #[test]
     fn durations_and_sizes_parse() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("500us").unwrap(), Duration::from_micros(500));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(
             parse_duration("7d").unwrap(),

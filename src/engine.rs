@@ -82,6 +82,7 @@ pub struct EngineSettings {
     pub node_id: String,
     pub wal_sync: SyncMode,
     pub wal_segment_max_bytes: u64,
+    pub wal_commit_delay: Duration,
     pub flush_interval: Duration,
     pub flush_rows: usize,
     pub flush_bytes: usize,
@@ -98,6 +99,7 @@ impl EngineSettings {
             node_id: c.node_id.clone(),
             wal_sync: c.wal.sync,
             wal_segment_max_bytes: c.wal.segment_max_bytes.0,
+            wal_commit_delay: c.wal.commit_delay.0,
             flush_interval: c.buffer.flush_interval.0,
             flush_rows: c.buffer.max_rows,
             flush_bytes: c.buffer.max_bytes.0 as usize,
@@ -376,6 +378,7 @@ impl Engine {
                     dir: wal_dir,
                     sync: settings.wal_sync,
                     segment_max_bytes: settings.wal_segment_max_bytes,
+                    commit_delay: settings.wal_commit_delay,
                 };
                 let (wal, summary) =
                     tokio::task::spawn_blocking(move || Wal::open(config, skip_through, applier))

@@ -58,6 +58,16 @@ const MAX_SPARES: usize = 3;
 const MAX_FRAME: usize = 1 << 30;
 /// Most records one group commit writes at once.
 const MAX_GROUP: usize = 4096;
+/// Group commit waits up to this long for more appends when the load is concurrent
+/// (see [`Writer::commit_delay`]).
+pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_micros(500);
+/// The commit delay applies only when the previous group had at least this many
+/// records (a lone client never waits)…
+const COMMIT_DELAY_MIN_GROUP: usize = 4;
+/// …and ends once the group is twice as large as the previous one, capped at this.
+const COMMIT_DELAY_MAX_GROUP: usize = 64;
+/// The writer sleeps in steps of this while it waits.
+const COMMIT_DELAY_STEP: Duration = Duration::from_micros(50);
 
 /// When an append is acknowledged relative to the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -77,6 +87,9 @@ pub struct WalConfig {
     pub sync: SyncMode,
     /// A segment is closed and a new one started past this size.
     pub segment_max_bytes: u64,
+    /// Under concurrent load a group waits this long, once, for more appends
+    /// before it is written and synced (zero: never wait).
+    pub commit_delay: Duration,
 }
 
 /// Errors of the WAL.
@@ -287,6 +300,7 @@ impl<T: Send + 'static> Wal<T> {
             next_seq: first_seq,
             spares,
             spare_counter: first_seq,
+            last_group: 0,
             to_applier,
             last_sync: Instant::now(),
             unsynced: false,
@@ -658,6 +672,8 @@ struct Writer<T> {
     spares: Vec<PathBuf>,
     /// Names the next spare.
     spare_counter: u64,
+    /// Records in the previous group (drives the commit delay).
+    last_group: usize,
     /// Durable groups and cuts, in order, for the applier thread.
     to_applier: std::sync::mpsc::Sender<ToApplier<T>>,
     last_sync: Instant,
@@ -702,6 +718,13 @@ fn run_applier<A: Applier>(mut applier: A, rx: std::sync::mpsc::Receiver<ToAppli
 
 impl<T: Send + 'static> Writer<T> {
     fn run(mut self, mut rx: mpsc::Receiver<Request<T>>) {
+        // The commit delay sleeps in 50 µs steps; Linux's default timer slack (50 µs)
+        // would double them.
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl with integer arguments; sets this thread's timer slack (ns).
+        unsafe {
+            libc::prctl(libc::PR_SET_TIMERSLACK, 5_000);
+        }
         let mut frames = Vec::with_capacity(1 << 20);
         let mut group: Vec<(u64, Entry)> = Vec::with_capacity(MAX_GROUP);
         let mut replies: Vec<AppendReply<T>> = Vec::with_capacity(MAX_GROUP);
@@ -715,6 +738,7 @@ impl<T: Send + 'static> Writer<T> {
                 },
             };
             let mut next = Some(first);
+            let mut deadline = None;
             // Gather consecutive appends into one group; a control request ends it.
             while let Some(req) = next.take() {
                 match req {
@@ -725,11 +749,15 @@ impl<T: Send + 'static> Writer<T> {
                         replies.push(reply);
                         if group.len() < MAX_GROUP && frames.len() < (8 << 20) {
                             next = rx.try_recv().ok();
+                            if next.is_none() {
+                                next = self.commit_delay(&mut rx, group.len(), &mut deadline);
+                            }
                         }
                     }
                     other => deferred = Some(other),
                 }
             }
+            self.last_group = group.len();
             if !group.is_empty() {
                 self.commit_group(&mut frames, &mut group, &mut replies);
             }
@@ -877,6 +905,42 @@ impl<T: Send + 'static> Writer<T> {
         }
     }
 
+    /// The commit delay: with no append waiting, decides whether the group being
+    /// gathered should wait for more before it is written and synced, and if so
+    /// waits (in short steps, up to `commit_delay` from the first wait) for the next.
+    ///
+    /// Under concurrent load every sync costs the same whatever it covers, and on
+    /// virtualised disks each one costs a VM exit or two, so a group that waits a few
+    /// hundred microseconds for appends already on their way saves CPU and raises
+    /// throughput. It waits only when the previous group was not tiny (one client
+    /// alone never waits) and stops as soon as the group is twice the previous one
+    /// (so groups can grow with the load) or `COMMIT_DELAY_MAX_GROUP` records.
+    fn commit_delay(
+        &self,
+        rx: &mut mpsc::Receiver<Request<T>>,
+        gathered: usize,
+        deadline: &mut Option<Instant>,
+    ) -> Option<Request<T>> {
+        let delay = self.config.commit_delay;
+        if delay.is_zero()
+            || self.last_group < COMMIT_DELAY_MIN_GROUP
+            || gathered >= (2 * self.last_group).min(COMMIT_DELAY_MAX_GROUP)
+        {
+            return None;
+        }
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + delay);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            std::thread::sleep(left.min(COMMIT_DELAY_STEP));
+            if let Ok(req) = rx.try_recv() {
+                return Some(req);
+            }
+        }
+    }
+
     fn fail(&mut self, err: io::Error) -> WalError {
         let err = WalError::io(&self.active.path, err);
         if !self.status.degraded.swap(true, Ordering::Relaxed) {
@@ -970,6 +1034,7 @@ mod tests {
             dir: dir.to_path_buf(),
             sync: SyncMode::Always,
             segment_max_bytes: 1 << 20,
+            commit_delay: DEFAULT_COMMIT_DELAY,
         }
     }
 
@@ -1027,6 +1092,39 @@ mod tests {
             syncs < 200,
             "expected group commit to share fsyncs, got {syncs} syncs for 200 appends"
         );
+    }
+
+    #[tokio::test]
+    async fn a_lone_client_never_waits_for_the_commit_delay() {
+        // With a 2 s commit delay, 10 sequential appends would take 20 s if a lone
+        // client waited; the delay only applies once groups show concurrent load.
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        cfg.commit_delay = Duration::from_secs(2);
+        let (wal, _) = Wal::open(cfg, 0, Collect::default()).unwrap();
+        let started = Instant::now();
+        for i in 0..10 {
+            wal.append(Pending::new(entry(i))).await.unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "sequential appends waited for the commit delay: {:?}",
+            started.elapsed()
+        );
+        // Concurrent appends under the same delay all complete, in sequence.
+        let mut tasks = Vec::new();
+        for i in 0..100 {
+            let wal = wal.clone();
+            tasks.push(tokio::spawn(async move {
+                wal.append(Pending::new(entry(i))).await.unwrap().seq
+            }));
+        }
+        let mut seqs = Vec::new();
+        for t in tasks {
+            seqs.push(t.await.unwrap());
+        }
+        seqs.sort();
+        assert_eq!(seqs, (11..=110).collect::<Vec<_>>());
     }
 
     #[tokio::test]
