@@ -1065,6 +1065,22 @@ mod tests {
         Entry::Delivery(Box::new(d))
     }
 
+    /// Appends `n` records from `n` concurrent tasks; their sequence numbers, sorted.
+    async fn append_concurrently(wal: &Wal<u64>, n: usize) -> Vec<u64> {
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let wal = wal.clone();
+                tokio::spawn(async move { wal.append(Pending::new(entry(i))).await.unwrap().seq })
+            })
+            .collect();
+        let mut seqs = Vec::new();
+        for t in tasks {
+            seqs.push(t.await.unwrap());
+        }
+        seqs.sort();
+        seqs
+    }
+
     fn replayed(dir: &Path) -> (Vec<(u64, Entry)>, ReplaySummary) {
         let mut seen = Vec::new();
         let summary = read_only_replay(dir, |s, e| seen.push((s, e))).unwrap();
@@ -1095,18 +1111,7 @@ mod tests {
     async fn concurrent_appends_share_fsyncs() {
         let dir = tempfile::tempdir().unwrap();
         let (wal, _) = Wal::open(config(dir.path()), 0, Collect::default()).unwrap();
-        let mut tasks = Vec::new();
-        for i in 0..200 {
-            let wal = wal.clone();
-            tasks.push(tokio::spawn(async move {
-                wal.append(Pending::new(entry(i))).await.unwrap().seq
-            }));
-        }
-        let mut seqs = Vec::new();
-        for t in tasks {
-            seqs.push(t.await.unwrap());
-        }
-        seqs.sort();
+        let seqs = append_concurrently(&wal, 200).await;
         assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
         let (syncs, _) = wal.status().sync_stats();
         assert!(
@@ -1133,18 +1138,7 @@ mod tests {
             started.elapsed()
         );
         // Concurrent appends under the same delay all complete, in sequence.
-        let mut tasks = Vec::new();
-        for i in 0..100 {
-            let wal = wal.clone();
-            tasks.push(tokio::spawn(async move {
-                wal.append(Pending::new(entry(i))).await.unwrap().seq
-            }));
-        }
-        let mut seqs = Vec::new();
-        for t in tasks {
-            seqs.push(t.await.unwrap());
-        }
-        seqs.sort();
+        let seqs = append_concurrently(&wal, 100).await;
         assert_eq!(seqs, (11..=110).collect::<Vec<_>>());
     }
 
