@@ -1247,33 +1247,23 @@ mod tests {
             }
             through = wal.rotate().await.unwrap();
         }
-        let segment_sizes = |dir: &Path| {
-            let mut sizes: Vec<u64> = list_segments(dir)
-                .unwrap()
-                .iter()
-                .map(|(_, p)| fs::metadata(p).unwrap().len())
-                .collect();
+        // Sizes of files, smallest first.
+        let sorted_sizes = |paths: Vec<PathBuf>| {
+            let mut sizes: Vec<u64> = paths.iter().map(|p| file_len(p)).collect();
             sizes.sort();
             sizes
         };
-        let mut sizes = segment_sizes(dir.path());
+        let segments = list_segments(dir.path()).unwrap();
+        let mut sizes = sorted_sizes(segments.into_iter().map(|(_, p)| p).collect());
         wal.release(through).await.unwrap();
-        let mut spare_sizes: Vec<u64> = list_spares(dir.path())
-            .iter()
-            .map(|p| fs::metadata(p).unwrap().len())
-            .collect();
-        spare_sizes.sort();
+        let spare_sizes = sorted_sizes(list_spares(dir.path()));
         // Five released (plus the empty active one, kept): the three largest stay.
         sizes.retain(|&n| n > (MAGIC.len() + TERMINATOR.len()) as u64);
         assert_eq!(spare_sizes, sizes[sizes.len() - MAX_SPARES..].to_vec());
         // The next segment reuses the largest.
         wal.append(Pending::new(entry(i))).await.unwrap();
         wal.rotate().await.unwrap();
-        let mut left: Vec<u64> = list_spares(dir.path())
-            .iter()
-            .map(|p| fs::metadata(p).unwrap().len())
-            .collect();
-        left.sort();
+        let left = sorted_sizes(list_spares(dir.path()));
         assert_eq!(left, spare_sizes[..MAX_SPARES - 1].to_vec());
     }
 
