@@ -397,7 +397,9 @@ impl RssSampler {
 
 async fn run(args: Args) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let hookscope_bin = env!("CARGO_BIN_EXE_hookscope");
+    // INGEST_BENCH_HOOKSCOPE=PATH measures another build (A/B comparisons).
+    let hookscope_bin = std::env::var("INGEST_BENCH_HOOKSCOPE")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_hookscope").to_string());
     let null = {
         let mut cmd = Command::new(std::env::current_exe().expect("exe"));
         cmd.arg("--null-server");

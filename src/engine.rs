@@ -703,9 +703,8 @@ impl Engine {
 }
 
 /// Runs CPU-heavy background work (Parquet encoding) on its own thread at a lower CPU
-/// priority (nice 10), so acknowledgements win the CPU while a flush encodes. (Not
-/// `SCHED_IDLE`: a starved thread holding a kernel lock, such as the address-space
-/// lock while it frees memory, stalled every other thread for a second in tests.)
+/// priority ([`crate::sys::lower_thread_priority`]), so acknowledgements win the CPU
+/// while a flush encodes.
 async fn in_background<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, EngineError> {
@@ -713,12 +712,7 @@ async fn in_background<T: Send + 'static>(
     std::thread::Builder::new()
         .name("hookscope-flush".into())
         .spawn(move || {
-            // SAFETY: gettid and setpriority on the calling thread only change its own
-            // scheduling priority; a failure leaves the default priority.
-            unsafe {
-                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                libc::setpriority(libc::PRIO_PROCESS, tid, 10);
-            }
+            crate::sys::lower_thread_priority();
             let _ = tx.send(work());
         })
         .map_err(|e| EngineError::Task(format!("cannot start the flush thread: {e}")))?;

@@ -211,37 +211,6 @@ fn check_rel(rel: &str) -> Result<(), LakeError> {
     }
 }
 
-/// Writes a file's dirty pages back in steps of this size before the final fsync.
-const WRITEBACK_STEP: u64 = 1 << 20;
-
-/// Starts and waits for writeback of `file` one step at a time: each step is a short
-/// request at the device, so other writers' syncs (the WAL's) interleave with it.
-fn paced_writeback(file: &File) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let len = file.metadata()?.len();
-    let mut offset = 0;
-    while offset < len {
-        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-            | libc::SYNC_FILE_RANGE_WRITE
-            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-        // SAFETY: sync_file_range on an open, owned descriptor; no memory is passed.
-        let rc = unsafe {
-            libc::sync_file_range(
-                file.as_raw_fd(),
-                offset as i64,
-                WRITEBACK_STEP as i64,
-                flags,
-            )
-        };
-        if rc != 0 {
-            // Not supported here (or failed): the fsync that follows does it all.
-            return Ok(());
-        }
-        offset += WRITEBACK_STEP;
-    }
-    Ok(())
-}
-
 /// fsyncs `root/rel` and each directory from its parent up to `root`.
 fn sync_local(root: &Path, rel: &str) -> Result<(), LakeError> {
     let file = root.join(rel);
@@ -257,7 +226,7 @@ fn sync_local(root: &Path, rel: &str) -> Result<(), LakeError> {
         path: file.clone(),
         source,
     })?;
-    paced_writeback(&data)
+    crate::sys::paced_writeback(&data, 0)
         .and_then(|_| data.sync_all())
         .map_err(|source| LakeError::Sync {
             path: file.clone(),

@@ -26,5 +26,6 @@ pub mod query;
 pub mod receive;
 pub mod report;
 pub mod server;
+pub mod sys;
 pub mod tables;
 pub mod wal;

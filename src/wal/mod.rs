@@ -8,8 +8,9 @@
 //! header.
 //!
 //! Released segments are recycled (renamed to `*.spare`, then to the next segment's
-//! name) rather than deleted: writing into blocks a file already has lets `fdatasync`
-//! skip the filesystem's metadata journal, which is most of its cost. Bytes after the
+//! name) rather than deleted, and a spare is zero-filled to the segment size before it
+//! is needed ([`spares`]): writing into blocks a file already has, within its size,
+//! lets `fdatasync` skip the inode write, a second device write per sync. Bytes after the
 //! end of a recycled segment are stale frames of its previous life; they are never
 //! read because the zero header comes first and frame sequence numbers must follow
 //! each other exactly (a stale frame's number is always lower).
@@ -48,12 +49,17 @@ use tokio::sync::{mpsc, oneshot};
 use crate::metrics::Histogram;
 use crate::model::Entry;
 
+mod spares;
+use spares::Spares;
+
 const MAGIC: &[u8; 8] = b"HKSWAL01";
 const FRAME_HEADER: usize = 4 + 4 + 8 + 1;
 /// Written after the last frame of every write: the end of the log.
 const TERMINATOR: [u8; FRAME_HEADER] = [0; FRAME_HEADER];
-/// Released segments kept for reuse.
-const MAX_SPARES: usize = 3;
+/// Once the active segment is this fraction full (1/N), the next spare is prepared
+/// (early enough to be ready at the ingest rates measured, late enough that a server
+/// that writes little never prepares one).
+const PREPARE_AHEAD_AT: u64 = 16;
 /// Frames larger than this are corruption, not data (the body limit is far below).
 const MAX_FRAME: usize = 1 << 30;
 /// Most records one group commit writes at once.
@@ -278,9 +284,8 @@ impl<T: Send + 'static> Wal<T> {
             .unwrap_or(0);
         status.last_seq.store(used_through, Ordering::Relaxed);
         let first_seq = used_through + 1;
-        let mut spares = list_spares(&config.dir);
-        let active =
-            ActiveSegment::create(&config.dir, first_seq, take_largest_spare(&mut spares))?;
+        let mut spares = Spares::open(&config.dir, config.segment_max_bytes);
+        let active = ActiveSegment::create(&config.dir, first_seq, spares.take())?;
         // An empty segment left by a crash right after rotation is reused, not listed twice.
         segments.retain(|s| s.first_seq != first_seq);
         segments.push(Segment {
@@ -300,7 +305,6 @@ impl<T: Send + 'static> Wal<T> {
             active,
             next_seq: first_seq,
             spares,
-            spare_counter: first_seq,
             last_group: 0,
             to_applier,
             last_sync: Instant::now(),
@@ -406,31 +410,6 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
     }
     out.sort();
     Ok(out)
-}
-
-/// Released segment files kept for reuse.
-fn list_spares(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "spare"))
-        .collect()
-}
-
-/// Takes the largest spare: the more blocks a segment already has, the longer writes
-/// stay within its size, and only then does fdatasync skip the inode update (a
-/// second device write per sync; ~25% of sync time in profiles).
-fn take_largest_spare(spares: &mut Vec<PathBuf>) -> Option<PathBuf> {
-    let (index, _) = spares.iter().enumerate().max_by_key(|(_, p)| file_len(p))?;
-    Some(spares.swap_remove(index))
-}
-
-/// A file's size, 0 when it cannot be read (spares are only ranked by it).
-fn file_len(path: &Path) -> u64 {
-    fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
 fn read_dir_records(
@@ -682,10 +661,8 @@ struct Writer<T> {
     segments: Vec<Segment>,
     active: ActiveSegment,
     next_seq: u64,
-    /// Released segment files ready for reuse.
-    spares: Vec<PathBuf>,
-    /// Names the next spare.
-    spare_counter: u64,
+    /// Segment files for reuse (released ones, and one prepared ahead).
+    spares: Spares,
     /// Records in the previous group (drives the commit delay).
     last_group: usize,
     /// Durable groups and cuts, in order, for the applier thread.
@@ -850,6 +827,9 @@ impl<T: Send + 'static> Writer<T> {
                 {
                     tracing::warn!(error = %e, "WAL segment rotation failed; continuing in the current segment");
                 }
+                if self.active.good >= self.config.segment_max_bytes / PREPARE_AHEAD_AT {
+                    self.spares.prepare_ahead();
+                }
             }
             Err(err) => {
                 for reply in replies.drain(..) {
@@ -970,8 +950,7 @@ impl<T: Send + 'static> Writer<T> {
         let through = self.next_seq - 1;
         self.sync_if_needed(true);
         if self.active.good > MAGIC.len() as u64 {
-            let spare = take_largest_spare(&mut self.spares);
-            let next = ActiveSegment::create(&self.config.dir, self.next_seq, spare)?;
+            let next = ActiveSegment::create(&self.config.dir, self.next_seq, self.spares.take())?;
             self.active = next;
             self.segments.push(Segment {
                 first_seq: self.next_seq,
@@ -999,22 +978,7 @@ impl<T: Send + 'static> Writer<T> {
         for path in released {
             // Keep a few as spares (the largest): rewriting allocated blocks makes
             // fdatasync cheap.
-            self.spare_counter += 1;
-            let spare = self
-                .config
-                .dir
-                .join(format!("{:020}.spare", self.spare_counter));
-            let outcome = fs::rename(&path, &spare).map(|()| self.spares.push(spare));
-            let outcome = outcome.and_then(|()| {
-                if self.spares.len() > MAX_SPARES {
-                    let smallest = (0..self.spares.len())
-                        .min_by_key(|&i| file_len(&self.spares[i]))
-                        .unwrap_or(0);
-                    fs::remove_file(self.spares.swap_remove(smallest))
-                } else {
-                    Ok(())
-                }
-            });
+            let outcome = self.spares.keep(&path);
             match outcome {
                 Ok(()) => removed = true,
                 Err(e) => {
@@ -1033,6 +997,7 @@ impl<T: Send + 'static> Writer<T> {
 
 #[cfg(test)]
 mod tests {
+    use super::spares::{MAX_SPARES, file_len, list_spares};
     use super::*;
     use crate::model::tests::sample_delivery;
 
@@ -1265,6 +1230,43 @@ mod tests {
         wal.rotate().await.unwrap();
         let left = sorted_sizes(list_spares(dir.path()));
         assert_eq!(left, spare_sizes[..MAX_SPARES - 1].to_vec());
+    }
+
+    #[tokio::test]
+    async fn a_full_size_spare_is_ready_before_the_segment_fills() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = config(dir.path()).segment_max_bytes;
+        let (wal, _) = Wal::open(config(dir.path()), 0, Collect::default()).unwrap();
+        let active = |dir: &Path| list_segments(dir).unwrap().pop().unwrap().1;
+        let mut i = 0;
+        while fs::read(active(dir.path())).unwrap().len() < (full / PREPARE_AHEAD_AT) as usize + 64
+        {
+            wal.append(Pending::new(entry(i))).await.unwrap();
+            i += 1;
+        }
+        // One more append past the mark hands a spare to the preparer.
+        wal.append(Pending::new(entry(i))).await.unwrap();
+        i += 1;
+        // Rotation never waits for the preparer: rotate until the new segment is the
+        // prepared spare (a fresh segment meanwhile is too small to ask for another).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            wal.rotate().await.unwrap();
+            wal.append(Pending::new(entry(i))).await.unwrap();
+            i += 1;
+            if file_len(&active(dir.path())) == full {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no spare was prepared");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(list_spares(dir.path()).is_empty());
+        wal.shutdown().await;
+        let (seen, summary) = replayed(dir.path());
+        assert_eq!(seen.len(), i);
+        assert_eq!(seen.last().map(|(s, _)| *s), Some(i as u64));
+        assert!(summary.corrupt.is_empty(), "{:?}", summary.corrupt);
+        assert_eq!(summary.torn_bytes_cut, 0);
     }
 
     #[tokio::test]

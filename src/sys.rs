@@ -1,0 +1,61 @@
+//! Small operating-system helpers shared by the write path: paced writeback of large
+//! files (so the WAL's syncs are not stuck behind them) and lowering the CPU priority
+//! of background threads (so acknowledgements win the CPU).
+//!
+//! Both are best effort: where the system does not support them they do nothing and
+//! the caller's own `fsync` still makes the data durable.
+
+use std::fs::File;
+use std::io;
+
+/// Writes a file's dirty pages back in steps of this size.
+const WRITEBACK_STEP: u64 = 1 << 20;
+
+/// Starts and waits for writeback of `file` from `from` to its end, one step at a
+/// time: each step is a short request at the device, so other writers' syncs (the
+/// WAL's) interleave with it instead of queueing behind the whole file. The caller
+/// still syncs the file afterwards (this does not flush the device cache).
+pub fn paced_writeback(file: &File, from: u64) -> io::Result<()> {
+    let len = file.metadata()?.len();
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let mut offset = from;
+        while offset < len {
+            let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+            // SAFETY: sync_file_range on an open, owned descriptor; no memory is passed.
+            let rc = unsafe {
+                libc::sync_file_range(
+                    file.as_raw_fd(),
+                    offset as i64,
+                    WRITEBACK_STEP as i64,
+                    flags,
+                )
+            };
+            if rc != 0 {
+                // Not supported here (or failed): the caller's fsync does it all.
+                return Ok(());
+            }
+            offset += WRITEBACK_STEP;
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (from, len);
+    Ok(())
+}
+
+/// Lowers the calling thread's CPU priority to nice 10, for background work (Parquet
+/// encoding, preparing WAL segments) that must not delay acknowledgements. (Not
+/// `SCHED_IDLE`: a starved thread holding a kernel lock, such as the address-space
+/// lock while it frees memory, stalled every other thread for a second in tests.)
+pub fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and setpriority on the calling thread only change its own
+    // scheduling priority; a failure leaves the default priority.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
