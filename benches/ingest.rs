@@ -7,7 +7,13 @@
 //! cargo bench --bench ingest -- --signed           # Stripe-signed bodies, verified
 //! cargo bench --bench ingest -- --sync none        # hookscope with [wal] sync = "none"
 //! cargo bench --bench ingest -- --forward          # forwarding overhead vs a direct call
+//! cargo bench --bench ingest -- --ab HOOKSCOPE_WAL_COMMIT_DELAY=1ms   # paired A/B
 //! ```
+//!
+//! With `--ab KEY=VALUE` (repeatable) a second hookscope runs with those environment
+//! variables and is measured in the same alternating rounds, so a setting can be
+//! compared on a noisy machine; `INGEST_BENCH_VARIANT=PATH` makes the variant another
+//! build, and `INGEST_BENCH_HOOKSCOPE=PATH` replaces the main one.
 //!
 //! With `--forward`, the null server plays the app: the same requests go directly to
 //! it and through a hookscope source whose `forward_to` is the app, and the latency
@@ -46,6 +52,9 @@ struct Args {
     forward: bool,
     sync: String,
     rate: Option<u64>,
+    /// `--ab KEY=VALUE` (repeatable): a second hookscope with these environment
+    /// variables, measured in the same rounds (paired A/B comparison).
+    ab: Vec<(String, String)>,
 }
 
 fn parse_args() -> Args {
@@ -58,6 +67,7 @@ fn parse_args() -> Args {
         forward: false,
         sync: "always".into(),
         rate: None,
+        ab: Vec::new(),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -86,6 +96,12 @@ fn parse_args() -> Args {
             }
             "--sync" => {
                 a.sync = next(i);
+                i += 1;
+            }
+            "--ab" => {
+                let kv = next(i);
+                let (k, v) = kv.split_once('=').expect("--ab KEY=VALUE");
+                a.ab.push((k.to_string(), v.to_string()));
                 i += 1;
             }
             "--signed" => a.signed = true,
@@ -419,15 +435,15 @@ async fn run(args: Args) {
     ));
     std::fs::write(dir.path().join("hookscope.toml"), config).expect("config");
 
-    let hookscope = {
-        let mut cmd = Command::new(hookscope_bin);
+    let hookscope_cmd = |bin: &str, data_dir: &str| {
+        let mut cmd = Command::new(bin);
         cmd.current_dir(dir.path())
             .args([
                 "serve",
                 "--listen",
                 "127.0.0.1:0",
                 "--data-dir",
-                "lake",
+                data_dir,
                 "--config",
                 "hookscope.toml",
             ])
@@ -435,8 +451,23 @@ async fn run(args: Args) {
                 "HOOKSCOPE_LOG",
                 std::env::var("HOOKSCOPE_LOG").unwrap_or_else(|_| "warn".into()),
             );
-        spawn("hookscope", cmd)
+        cmd
     };
+    let hookscope = spawn("hookscope", hookscope_cmd(&hookscope_bin, "lake"));
+    // INGEST_BENCH_VARIANT=PATH: the variant is another build (with or without --ab).
+    let variant_bin = std::env::var("INGEST_BENCH_VARIANT").ok();
+    let variant = (!args.ab.is_empty() || variant_bin.is_some()).then(|| {
+        let mut cmd = hookscope_cmd(variant_bin.as_deref().unwrap_or(&hookscope_bin), "lake-b");
+        cmd.envs(args.ab.iter().map(|(k, v)| (k, v)));
+        spawn("variant", cmd)
+    });
+    let variant_name = args
+        .ab
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .chain(variant_bin.iter().map(|b| format!("build {b}")))
+        .collect::<Vec<_>>()
+        .join(" ");
 
     if args.forward {
         forward_overhead(&args, &null, &hookscope).await;
@@ -454,6 +485,9 @@ async fn run(args: Args) {
     ];
     if args.signed {
         phases.push(("hs signed", &hookscope, "/webhook/signed", true));
+    }
+    if let Some(v) = &variant {
+        phases.push(("variant", v, "/webhook/bench", false));
     }
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); phases.len()];
     let mut cpu_us: Vec<Vec<f64>> = vec![Vec::new(); phases.len()];
@@ -511,28 +545,49 @@ async fn run(args: Args) {
             cpu_m[2] - cpu_m[1]
         );
     }
+    if let Some(v) = variant.as_ref().map(|_| phases.len() - 1) {
+        println!(
+            "  median: variant ({variant_name}) {:.0} req/s ({:.1} µs CPU/req): {:.1}% of the ceiling, {:.1}% of hookscope's rate",
+            rate_m[v],
+            cpu_m[v],
+            100.0 * rate_m[v] / ceiling,
+            100.0 * rate_m[v] / hookscope_rate
+        );
+    }
     let rate = args.rate.unwrap_or((hookscope_rate / 2.0) as u64).max(1);
+    open_loop("hookscope", &hookscope, rate, &args).await;
+    if let Some(v) = &variant {
+        open_loop("variant", v, rate, &args).await;
+    }
+    println!(
+        "  (open-loop latency is measured from each request's scheduled send time and includes up to ~1 ms of timer slack in the load generator)"
+    );
+}
+
+/// Acknowledgement latency at a fixed request rate (open loop).
+async fn open_loop(name: &str, target: &Target, rate: u64, args: &Args) {
     let reqs = Arc::new(requests(
-        hookscope.addr,
+        target.addr,
         "/webhook/bench",
         args.body,
         false,
         20_000,
     ));
-    let sampler = RssSampler::start(hookscope.child.id());
-    let wal_before = wal_counters(hookscope.addr).await;
+    let sampler = RssSampler::start(target.child.id());
+    let wal_before = wal_counters(target.addr).await;
+    let open_started = chrono::Utc::now();
     let out = load(
-        hookscope.addr,
+        target.addr,
         reqs,
         args.connections,
         args.seconds,
         Some(rate),
     )
     .await;
-    let wal_after = wal_counters(hookscope.addr).await;
+    let wal_after = wal_counters(target.addr).await;
     let rss = sampler.finish();
     println!(
-        "  hookscope open loop at {rate} req/s: achieved {:.0} req/s  ack latency p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  errors {}  max RSS {:.0} MiB",
+        "  {name} open loop at {rate} req/s: achieved {:.0} req/s  ack latency p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  errors {}  max RSS {:.0} MiB",
         out.ok as f64 / out.elapsed.as_secs_f64(),
         pct(&out.latencies, 0.50),
         pct(&out.latencies, 0.99),
@@ -543,6 +598,10 @@ async fn run(args: Args) {
     );
     println!("             {}", wal_report(wal_before, wal_after));
     if std::env::var("INGEST_BENCH_TIMELINE").is_ok() {
+        println!(
+            "  open loop started at {} (UTC, to line up with the server log)",
+            open_started.format("%H:%M:%S%.3f")
+        );
         // Max latency per 250 ms of the open loop, to line up with flushes in the log.
         let mut windows = std::collections::BTreeMap::<u32, u32>::new();
         for (ms, us) in &out.timeline {
@@ -558,9 +617,6 @@ async fn run(args: Args) {
             line.join(" ")
         );
     }
-    println!(
-        "  (open-loop latency is measured from each request's scheduled send time and includes up to ~1 ms of timer slack in the load generator)"
-    );
 }
 
 /// Latency of the same requests sent directly to the app and through hookscope's

@@ -14,6 +14,7 @@
 //!   pruning. Filters are reported `Inexact`: DataFusion still applies them.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use arrow::datatypes::SchemaRef;
@@ -48,6 +49,9 @@ struct State {
 pub struct Catalog {
     lake: Lake,
     state: Mutex<State>,
+    /// The buffer's approximate bytes, updated under the lock whenever the buffer
+    /// changes, so that every request can check it without taking the lock.
+    buffered_bytes: AtomicUsize,
 }
 
 /// What a scan of one table reads.
@@ -64,6 +68,7 @@ impl Catalog {
                 manifest: Arc::new(manifest),
                 buffer: Buffer::default(),
             }),
+            buffered_bytes: AtomicUsize::new(0),
         })
     }
 
@@ -78,7 +83,17 @@ impl Catalog {
 
     /// Runs `f` on the buffer under the catalog lock (used by the WAL applier).
     pub fn with_buffer<R>(&self, f: impl FnOnce(&mut Buffer) -> R) -> R {
-        f(&mut self.state.lock().buffer)
+        let mut state = self.state.lock();
+        let out = f(&mut state.buffer);
+        self.buffered_bytes
+            .store(state.buffer.approx_bytes(), Ordering::Relaxed);
+        out
+    }
+
+    /// The buffer's approximate bytes, without taking the catalog lock (checked on
+    /// every append; the applier holds the lock while it applies a group).
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered_bytes.load(Ordering::Relaxed)
     }
 
     /// Committed files and buffered rows of `table`, consistent with each other.
@@ -104,7 +119,10 @@ impl Catalog {
         let mut state = self.state.lock();
         let through = manifest.wal_through;
         state.manifest = Arc::new(manifest);
-        state.buffer.drop_through(through, flush_started)
+        let dropped = state.buffer.drop_through(through, flush_started);
+        self.buffered_bytes
+            .store(state.buffer.approx_bytes(), Ordering::Relaxed);
+        dropped
     }
 
     /// (rows, approximate bytes, oldest row's arrival) of the buffer.

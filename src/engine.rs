@@ -138,6 +138,10 @@ pub struct FlushReport {
     pub rows: u64,
     pub bytes: u64,
     pub wal_through: u64,
+    /// Time spent encoding Parquet (on the low-priority flush thread).
+    pub encode: Duration,
+    /// Time spent writing, syncing and committing the files.
+    pub write: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -155,6 +159,7 @@ pub struct Engine {
     wal: Option<Wal<Applied>>,
     flush_lock: tokio::sync::Mutex<()>,
     flush_status: Mutex<FlushStatus>,
+    background: Background,
     replay: ReplaySummary,
     open_forwards: Arc<OpenForwards>,
     _lock: Option<File>,
@@ -402,6 +407,7 @@ impl Engine {
             wal,
             flush_lock: tokio::sync::Mutex::new(()),
             flush_status: Mutex::new(FlushStatus::default()),
+            background: Background::start()?,
             replay,
             open_forwards,
             _lock: lock,
@@ -486,7 +492,7 @@ impl Engine {
 
     async fn append(&self, entry: Entry) -> Result<Applied, IngestError> {
         let wal = self.wal.as_ref().ok_or(IngestError::ReadOnly)?;
-        let (_, bytes, _) = self.catalog.buffer_stats();
+        let bytes = self.catalog.buffered_bytes();
         if bytes > self.settings.flush_bytes.saturating_mul(4) {
             let reason = self
                 .flush_status
@@ -534,6 +540,8 @@ impl Engine {
                         rows = report.rows,
                         bytes = report.bytes,
                         ms = started.elapsed().as_millis() as u64,
+                        encode_ms = report.encode.as_millis() as u64,
+                        write_ms = report.write.as_millis() as u64,
                         "flushed buffer to Parquet"
                     );
                 }
@@ -575,7 +583,13 @@ impl Engine {
                 continue;
             }
             let level = self.settings.zstd_level;
-            let files = in_background(move || persist::encode(table, &batches, level)).await??;
+            let t = Instant::now();
+            let files = self
+                .background
+                .run(move || persist::encode(table, &batches, level))
+                .await??;
+            report.encode += t.elapsed();
+            let t = Instant::now();
             for f in files {
                 let path = format!(
                     "{}/{}/{}-{:012}.parquet",
@@ -612,6 +626,7 @@ impl Engine {
                     },
                 ));
             }
+            report.write += t.elapsed();
         }
         let paths: Vec<String> = added.iter().map(|(_, e)| e.path.clone()).collect();
         let next = manifest.with_files(added, through, next_file_seq);
@@ -623,7 +638,7 @@ impl Engine {
         let flushed = self.catalog.publish(next, started);
         // Free the flushed rows on the background thread, not under a lock or on a
         // request worker.
-        let _ = in_background(move || drop(flushed)).await;
+        let _ = self.background.run(move || drop(flushed)).await;
         // Segments holding a forward still waiting for its answer must stay.
         let releasable = match self.open_forwards.oldest() {
             Some(oldest) => through.min(oldest.saturating_sub(1)),
@@ -702,22 +717,45 @@ impl Engine {
     }
 }
 
-/// Runs CPU-heavy background work (Parquet encoding) on its own thread at a lower CPU
-/// priority ([`crate::sys::lower_thread_priority`]), so acknowledgements win the CPU
-/// while a flush encodes.
-async fn in_background<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, EngineError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("hookscope-flush".into())
-        .spawn(move || {
-            crate::sys::lower_thread_priority();
-            let _ = tx.send(work());
-        })
-        .map_err(|e| EngineError::Task(format!("cannot start the flush thread: {e}")))?;
-    rx.await
-        .map_err(|_| EngineError::Task("the flush thread stopped without a result".into()))
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The flush's CPU-heavy work (Parquet encoding, freeing flushed rows) runs on one
+/// long-lived thread at a lower CPU priority ([`crate::sys::lower_thread_priority`]),
+/// so acknowledgements win the CPU while a flush encodes. Long-lived, so its allocator
+/// heap is reused from flush to flush: a new thread per flush started from fresh
+/// pages (page faults, and more resident memory).
+struct Background {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl Background {
+    fn start() -> Result<Self, EngineError> {
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("hookscope-flush".into())
+            .spawn(move || {
+                crate::sys::lower_thread_priority();
+                for job in rx {
+                    job();
+                }
+            })
+            .map_err(|e| EngineError::Task(format!("cannot start the flush thread: {e}")))?;
+        Ok(Self { jobs })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = tx.send(work());
+            }))
+            .map_err(|_| EngineError::Task("the flush thread has stopped".into()))?;
+        rx.await
+            .map_err(|_| EngineError::Task("the flush thread stopped without a result".into()))
+    }
 }
 
 /// Crash tests: `HOOKSCOPE_CRASH_AT=<point>` aborts the process at that step of a
