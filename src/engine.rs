@@ -736,7 +736,9 @@ impl Background {
             .spawn(move || {
                 crate::sys::lower_thread_priority();
                 for job in rx {
-                    job();
+                    // A panicking job fails only its own flush (its result channel is
+                    // dropped); the thread lives on for the next one.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                 }
             })
             .map_err(|e| EngineError::Task(format!("cannot start the flush thread: {e}")))?;
@@ -856,4 +858,21 @@ async fn rebuild_dedup(
         tracing::info!(keys = rows.len(), "rebuilt the dedup index from the lake");
     }
     Ok(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_flush_job_fails_alone_and_the_thread_lives_on() {
+        let background = Background::start().unwrap();
+        assert_eq!(background.run(|| 1 + 1).await.unwrap(), 2);
+        let failed = background
+            .run(|| -> u32 { panic!("encoder bug") })
+            .await
+            .unwrap_err();
+        assert!(failed.to_string().contains("without a result"), "{failed}");
+        assert_eq!(background.run(|| 3).await.unwrap(), 3);
+    }
 }
