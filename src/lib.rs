@@ -9,6 +9,7 @@
 //! and [`cli`] are the two ways in. See ARCHITECTURE.md.
 
 pub mod api;
+pub mod body_json;
 pub mod buffer;
 pub mod catalog;
 pub mod cli;

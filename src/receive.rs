@@ -11,13 +11,15 @@
 //! - This module does no I/O and keeps no state; it knows request parts (`http`
 //!   types), not the server.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
 use axum::http::{HeaderMap, HeaderName};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+use crate::body_json::BodyJson;
 use crate::config::{Config, SourceConfig};
 use crate::model::{Delivery, SignatureStatus, StoredBody};
 use crate::providers::{self, Provider, RequestView, Verification};
@@ -178,7 +180,7 @@ impl Receiver {
         let content_type = header_str(req.headers, "content-type");
         let json_declared = content_type.as_deref().is_some_and(is_json_content_type);
         let json = if too_large.is_none() && (json_declared || looks_like_json(bytes)) {
-            match serde_json::from_slice::<serde_json::Value>(bytes) {
+            match BodyJson::parse(bytes) {
                 Ok(v) => Some(v),
                 Err(e) => {
                     if json_declared {
@@ -319,31 +321,15 @@ pub fn new_id(at_us: i64) -> String {
 }
 
 /// Event type from a JSON body's top-level `type`, `event_type` or `event`.
-pub fn generic_event_type(json: &serde_json::Value) -> Option<String> {
+pub fn generic_event_type(json: &BodyJson<'_>) -> Option<String> {
     ["type", "event_type", "event"]
         .iter()
-        .find_map(|k| json.get(k).and_then(|v| v.as_str()).map(str::to_string))
+        .find_map(|k| json.get(k).and_then(|v| v.string()))
 }
 
 /// True if a JSON value has a non-null value at a dot path (`data.object.id`).
-pub fn has_field(json: &serde_json::Value, path: &str) -> bool {
-    let mut cur = json;
-    for part in path.split('.') {
-        cur = match cur {
-            serde_json::Value::Object(m) => match m.get(part) {
-                Some(v) => v,
-                None => return false,
-            },
-            serde_json::Value::Array(a) => {
-                match part.parse::<usize>().ok().and_then(|i| a.get(i)) {
-                    Some(v) => v,
-                    None => return false,
-                }
-            }
-            _ => return false,
-        };
-    }
-    !cur.is_null()
+pub fn has_field(json: &BodyJson<'_>, path: &str) -> bool {
+    json.at(path).is_some_and(|v| !v.is_null())
 }
 
 /// A header's value as text (lossy for non-UTF-8 bytes).
@@ -373,25 +359,43 @@ fn looks_like_json(body: &[u8]) -> bool {
 
 /// The headers as a JSON object (lower-case names, repeated values joined by ", "),
 /// with the values of headers for which `redact` is true replaced.
+/// Names are sorted; written directly, without an intermediate map (every delivery
+/// pays for this).
 pub fn headers_json(headers: &HeaderMap, redact: impl Fn(&str) -> bool) -> String {
-    let mut map: BTreeMap<&str, String> = BTreeMap::new();
-    for (name, value) in headers {
-        let name = name.as_str();
-        let value = if redact(name) {
-            REDACTED.to_string()
+    let mut names: Vec<&HeaderName> = headers.keys().collect();
+    names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+    let mut out = Vec::with_capacity(2 + names.len() * 48);
+    out.push(b'{');
+    for (i, name) in names.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json_string(&mut out, name.as_str());
+        out.push(b':');
+        let values = headers.get_all(name);
+        let mut more = values.iter().skip(1).peekable();
+        if redact(name.as_str()) {
+            json_string(&mut out, REDACTED);
+        } else if more.peek().is_none() {
+            let value = values.iter().next().map(|v| v.as_bytes()).unwrap_or_default();
+            json_string(&mut out, &String::from_utf8_lossy(value));
         } else {
-            String::from_utf8_lossy(value.as_bytes()).into_owned()
-        };
-        map.entry(name)
-            .and_modify(|v| {
-                if v != REDACTED {
-                    v.push_str(", ");
-                    v.push_str(&value);
-                }
-            })
-            .or_insert(value);
+            let joined: Vec<Cow<'_, str>> = values
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()))
+                .collect();
+            json_string(&mut out, &joined.join(", "));
+        }
     }
-    serde_json::to_string(&map).unwrap_or_else(|_| "{}".into())
+    out.push(b'}');
+    // Only JSON text was written, from `str`s: valid UTF-8.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Appends `s` as a JSON string literal.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail, and a `str` always serializes.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// Integrity problems of one delivery.
@@ -504,6 +508,34 @@ mod tests {
         let h: serde_json::Value = serde_json::from_str(&d.headers_json).unwrap();
         assert_eq!(h["authorization"], REDACTED);
         assert_eq!(h["x-trace"], "keep-me");
+    }
+
+    #[test]
+    fn headers_json_sorts_joins_escapes_and_redacts() {
+        let mut map = HeaderMap::new();
+        for (k, v) in [
+            ("x-b", "2"),
+            ("accept", "text/html"),
+            ("x-b", "1"),
+            ("x-quote", r#"say "hi" \ now"#),
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+        ] {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map.append("x-bin", HeaderValue::from_bytes(b"ok\xff").unwrap());
+        let json = headers_json(&map, |n| n == "cookie");
+        assert_eq!(
+            json,
+            "{\"accept\":\"text/html\",\"cookie\":\"[redacted]\",\"x-b\":\"2, 1\",\
+             \"x-bin\":\"ok\u{fffd}\",\"x-quote\":\"say \\\"hi\\\" \\\\ now\"}"
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed["x-quote"], r#"say "hi" \ now"#);
+        assert_eq!(headers_json(&HeaderMap::new(), |_| false), "{}");
     }
 
     #[test]

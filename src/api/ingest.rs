@@ -137,21 +137,36 @@ pub async fn ingest(State(state): State<Arc<AppState>>, req: Request) -> Respons
                 .metrics
                 .deliveries
                 .inc(&[source, &provider, status_text, &status.to_string()]);
-            let mut answer = serde_json::json!({ "id": id, "duplicate": applied.duplicate });
-            if status == 413 {
-                answer["error"] =
-                    format!("body exceeds the {limit}-byte limit; recorded without its body")
-                        .into();
+            let error = if status == 413 {
+                Some(format!(
+                    "body exceeds the {limit}-byte limit; recorded without its body"
+                ))
             } else if received.rejected {
-                answer["error"] =
-                    format!("signature {status_text}; the delivery was recorded but not accepted")
-                        .into();
-            }
+                Some(format!(
+                    "signature {status_text}; the delivery was recorded but not accepted"
+                ))
+            } else {
+                None
+            };
+            let answer = Ack {
+                duplicate: applied.duplicate,
+                error,
+                id: &id,
+            };
             let code = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
             (code, Json(answer)).into_response()
         }
         Err(e) => ApiError::unavailable(e.to_string()).into_response(),
     }
+}
+
+/// The answer to a recorded delivery (keys in this order, as clients have seen them).
+#[derive(serde::Serialize)]
+struct Ack<'a> {
+    duplicate: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    id: &'a str,
 }
 
 /// The forwarding monitor: durable first, then the app, then its answer recorded and

@@ -24,6 +24,7 @@ mod twilio;
 
 use axum::http::HeaderMap;
 
+use crate::body_json::BodyJson;
 use crate::config::SourceConfig;
 use crate::model::SignatureStatus;
 
@@ -37,7 +38,7 @@ pub struct RequestView<'a> {
     /// The raw body bytes (empty when the body was not kept).
     pub body: &'a [u8],
     /// The body parsed as JSON, when it is JSON.
-    pub json: Option<&'a serde_json::Value>,
+    pub json: Option<&'a BodyJson<'a>>,
     /// `scheme://host` the sender addressed, when known.
     pub public_base: Option<&'a str>,
     pub received_at_us: i64,
@@ -51,10 +52,7 @@ impl RequestView<'_> {
 
     /// A top-level string field of a JSON body.
     pub fn json_str(&self, key: &str) -> Option<String> {
-        self.json
-            .and_then(|j| j.get(key))
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
+        self.json.and_then(|j| j.get(key)).and_then(|v| v.string())
     }
 }
 

@@ -41,19 +41,14 @@ impl Provider for Slack {
         let json = req.json;
         let event_type = match json {
             Some(j) => j
-                .get("event")
-                .and_then(|e| e.get("type"))
+                .at("event.type")
                 .or_else(|| j.get("type"))
-                .and_then(|v| v.as_str())
-                .map(str::to_string),
+                .and_then(|v| v.string()),
             None => form_event_type(req.body),
         };
         Identity {
             event_type,
-            event_id: json
-                .and_then(|j| j.get("event_id"))
-                .and_then(|v| v.as_str())
-                .map(str::to_string),
+            event_id: req.json_str("event_id"),
             delivery_id: None,
             sent_at_us: req
                 .header("x-slack-request-timestamp")

@@ -88,11 +88,8 @@ impl Provider for Twilio {
                 break;
             }
         } else if let Some(json) = req.json {
-            let first = json.as_array().and_then(|a| a.first()).unwrap_or(json);
-            event_type = first
-                .get("type")
-                .and_then(|t| t.as_str())
-                .map(str::to_string);
+            let first = json.index(0).unwrap_or_else(|| json.clone());
+            event_type = first.get("type").and_then(|t| t.string());
         }
         Identity {
             event_type,
