@@ -199,13 +199,11 @@ mod tests {
         let value: Value = serde_json::from_str(text).unwrap();
         let body = BodyJson::parse(text.as_bytes()).unwrap();
         for path in paths {
-            let v = path
-                .split('.')
-                .try_fold(&value, |cur, part| match cur {
-                    Value::Object(m) => m.get(part),
-                    Value::Array(a) => part.parse::<usize>().ok().and_then(|i| a.get(i)),
-                    _ => None,
-                });
+            let v = path.split('.').try_fold(&value, |cur, part| match cur {
+                Value::Object(m) => m.get(part),
+                Value::Array(a) => part.parse::<usize>().ok().and_then(|i| a.get(i)),
+                _ => None,
+            });
             let b = body.at(path);
             assert_eq!(v.is_some(), b.is_some(), "{path} in {text}");
             if let (Some(v), Some(b)) = (v, b) {
@@ -255,7 +253,10 @@ mod tests {
             &["type", "e"],
         );
         let b = BodyJson::parse(br#"{"k":"plain"}"#).unwrap();
-        assert!(matches!(b.get("k").unwrap().as_str(), Some(Cow::Borrowed("plain"))));
+        assert!(matches!(
+            b.get("k").unwrap().as_str(),
+            Some(Cow::Borrowed("plain"))
+        ));
     }
 
     #[test]

@@ -377,7 +377,11 @@ pub fn headers_json(headers: &HeaderMap, redact: impl Fn(&str) -> bool) -> Strin
         if redact(name.as_str()) {
             json_string(&mut out, REDACTED);
         } else if more.peek().is_none() {
-            let value = values.iter().next().map(|v| v.as_bytes()).unwrap_or_default();
+            let value = values
+                .iter()
+                .next()
+                .map(|v| v.as_bytes())
+                .unwrap_or_default();
             json_string(&mut out, &String::from_utf8_lossy(value));
         } else {
             let joined: Vec<Cow<'_, str>> = values
