@@ -636,9 +636,15 @@ impl Engine {
         }
         crash_point("after_manifest_commit");
         let flushed = self.catalog.publish(next, started);
-        // Free the flushed rows on the background thread, not under a lock or on a
-        // request worker.
-        let _ = self.background.run(move || drop(flushed)).await;
+        // Free the flushed rows, and return them and the encoder's memory to the OS,
+        // on the background thread: not under a lock or on a request worker.
+        let _ = self
+            .background
+            .run(move || {
+                drop(flushed);
+                crate::sys::return_free_memory();
+            })
+            .await;
         // Segments holding a forward still waiting for its answer must stay.
         let releasable = match self.open_forwards.oldest() {
             Some(oldest) => through.min(oldest.saturating_sub(1)),
