@@ -90,15 +90,21 @@ impl<'a> BodyJson<'a> {
 
     /// The value at a dot path (`data.object.id`; array elements by number).
     pub fn at(&self, path: &str) -> Option<BodyJson<'a>> {
-        let mut cur = self.clone();
-        for part in path.split('.') {
-            cur = match &cur.level {
-                Level::Object(_) => cur.get(part)?,
-                Level::Array(_) => cur.index(part.parse().ok()?)?,
-                Level::Scalar => return None,
-            };
+        let mut parts = path.split('.');
+        let mut cur = self.member(parts.next()?)?;
+        for part in parts {
+            cur = cur.member(part)?;
         }
         Some(cur)
+    }
+
+    /// One step of a dot path: an object's key or an array's index.
+    fn member(&self, part: &str) -> Option<BodyJson<'a>> {
+        match &self.level {
+            Level::Object(_) => self.get(part),
+            Level::Array(_) => self.index(part.parse().ok()?),
+            Level::Scalar => None,
+        }
     }
 
     /// The text of a string value (unescaped).

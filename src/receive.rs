@@ -11,7 +11,6 @@
 //! - This module does no I/O and keeps no state; it knows request parts (`http`
 //!   types), not the server.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
@@ -372,23 +371,25 @@ pub fn headers_json(headers: &HeaderMap, redact: impl Fn(&str) -> bool) -> Strin
         }
         json_string(&mut out, name.as_str());
         out.push(b':');
-        let values = headers.get_all(name);
-        let mut more = values.iter().skip(1).peekable();
         if redact(name.as_str()) {
             json_string(&mut out, REDACTED);
-        } else if more.peek().is_none() {
-            let value = values
-                .iter()
-                .next()
-                .map(|v| v.as_bytes())
-                .unwrap_or_default();
-            json_string(&mut out, &String::from_utf8_lossy(value));
-        } else {
-            let joined: Vec<Cow<'_, str>> = values
-                .iter()
-                .map(|v| String::from_utf8_lossy(v.as_bytes()))
-                .collect();
-            json_string(&mut out, &joined.join(", "));
+            continue;
+        }
+        let mut values = headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()));
+        let first = values.next().unwrap_or_default();
+        match values.next() {
+            None => json_string(&mut out, &first),
+            Some(second) => {
+                let mut joined = first.into_owned();
+                for value in std::iter::once(second).chain(values) {
+                    joined.push_str(", ");
+                    joined.push_str(&value);
+                }
+                json_string(&mut out, &joined);
+            }
         }
     }
     out.push(b'}');

@@ -31,10 +31,11 @@ impl Req {
                 HeaderValue::from_str(v).unwrap(),
             );
         }
+        let body = leak(body);
         Req {
             headers: map,
-            body: leak(body),
-            json: BodyJson::parse(leak(body)).ok(),
+            body,
+            json: BodyJson::parse(body).ok(),
             path: "/webhook/x",
             query: "",
             base: None,
