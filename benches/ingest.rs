@@ -22,8 +22,14 @@
 //! Phases, per target: closed loop (each of `--connections` connections sends its next
 //! request as soon as the answer arrives) for throughput; then, for hookscope, an open
 //! loop at half the closed-loop rate for acknowledgement latency, measured from each
-//! request's scheduled send time (no coordinated omission). hookscope's resident
-//! memory is sampled throughout.
+//! request's scheduled send time (no coordinated omission), repeated `--rounds` times.
+//! hookscope's resident memory is sampled throughout.
+//!
+//! Each phase also reports the machine's "host steal": the share of CPU time the
+//! hypervisor gave to other tenants (from `/proc/stat`). On a shared VM it comes and
+//! goes by the minute and can halve a phase's rate, so besides the medians over all
+//! rounds the summary gives the medians over quiet rounds (steal ≤ 5% in every phase
+//! that counts), and every round's numbers are printed.
 //!
 //! The load generator speaks HTTP/1.1 over keep-alive TCP with pre-built requests, so
 //! it spends as little of the machine's CPU as it can; it runs on the same cores as
@@ -374,6 +380,38 @@ fn cpu_seconds(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The machine's CPU time so far, from the first line of `/proc/stat`: (stolen by the
+/// hypervisor, total), in ticks. (0, 0) where there is no such file.
+fn host_ticks() -> (u64, u64) {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let f: Vec<u64> = s
+                .lines()
+                .next()?
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal (guest time is in user).
+            Some((*f.get(7)?, f.iter().take(8).sum()))
+        })
+        .unwrap_or((0, 0))
+}
+
+/// Share of the machine's CPU time the hypervisor gave to other tenants ("steal")
+/// between two `host_ticks` readings, in percent.
+fn steal_pct(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let total = after.1.saturating_sub(before.1);
+    if total == 0 {
+        return 0.0;
+    }
+    100.0 * after.0.saturating_sub(before.0) as f64 / total as f64
+}
+
+/// Rounds where the hypervisor took at most this share of the CPU count as quiet.
+const QUIET_STEAL_PCT: f64 = 5.0;
+
 fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -491,6 +529,7 @@ async fn run(args: Args) {
     }
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); phases.len()];
     let mut cpu_us: Vec<Vec<f64>> = vec![Vec::new(); phases.len()];
+    let mut steals: Vec<Vec<f64>> = vec![Vec::new(); phases.len()];
     for round in 0..args.rounds {
         for (t, (name, target, path, signed)) in phases.iter().enumerate() {
             let reqs = Arc::new(requests(target.addr, path, args.body, *signed, 20_000));
@@ -501,14 +540,16 @@ async fn run(args: Args) {
             let sampler = RssSampler::start(target.child.id());
             let wal_before = wal_counters(target.addr).await;
             let cpu_before = cpu_seconds(target.child.id());
+            let host_before = host_ticks();
             let out = load(target.addr, reqs, args.connections, args.seconds, None).await;
+            let steal = steal_pct(host_before, host_ticks());
             let cpu = cpu_seconds(target.child.id()) - cpu_before;
             let wal_after = wal_counters(target.addr).await;
             let rss = sampler.finish();
             let rate = out.ok as f64 / out.elapsed.as_secs_f64();
             let per_req = 1e6 * cpu / out.ok.max(1) as f64;
             println!(
-                "  round {round} {name:<10} closed loop: {:>7.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  server CPU {:>5.1} µs/req  errors {}  max RSS {:.0} MiB",
+                "  round {round} {name:<10} closed loop: {:>7.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  server CPU {:>5.1} µs/req  errors {}  max RSS {:.0} MiB  host steal {steal:.1}%",
                 rate,
                 pct(&out.latencies, 0.50),
                 pct(&out.latencies, 0.99),
@@ -521,12 +562,15 @@ async fn run(args: Args) {
             }
             rates[t].push(rate);
             cpu_us[t].push(per_req);
+            steals[t].push(steal);
         }
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
+    // Per-round rates, in round order (before the medians sort them).
+    let (null_rates, hookscope_rates) = (rates[0].clone(), rates[1].clone());
     let rate_m: Vec<f64> = rates.iter_mut().map(median).collect();
     let cpu_m: Vec<f64> = cpu_us.iter_mut().map(median).collect();
     let (ceiling, hookscope_rate) = (rate_m[0], rate_m[1]);
@@ -536,6 +580,28 @@ async fn run(args: Args) {
         cpu_m[1],
         100.0 * hookscope_rate / ceiling
     );
+    // The same ratio over the rounds in which neither phase lost more than
+    // QUIET_STEAL_PCT of the machine to other tenants: on a shared VM, steal comes and
+    // goes by the minute and falls unevenly on the phases of one round.
+    let quiet: Vec<f64> = (0..args.rounds)
+        .filter(|&r| steals[0][r] <= QUIET_STEAL_PCT && steals[1][r] <= QUIET_STEAL_PCT)
+        .map(|r| 100.0 * hookscope_rates[r] / null_rates[r])
+        .collect();
+    let all: Vec<String> = (0..args.rounds)
+        .map(|r| format!("{:.1}%", 100.0 * hookscope_rates[r] / null_rates[r]))
+        .collect();
+    println!("  per round: hookscope / null = {}", all.join(", "));
+    if quiet.is_empty() {
+        println!("  quiet rounds (host steal ≤ {QUIET_STEAL_PCT}% in both phases): none");
+    } else {
+        let mut q = quiet.clone();
+        println!(
+            "  quiet rounds (host steal ≤ {QUIET_STEAL_PCT}% in both phases): {} of {}, median {:.1}% of the ceiling",
+            quiet.len(),
+            args.rounds,
+            median(&mut q)
+        );
+    }
     if args.signed {
         println!(
             "  median: Stripe-signed {:.0} req/s ({:.1} µs CPU/req): {:.1}% of the unsigned rate, {:+.1} µs CPU/req",
@@ -555,17 +621,41 @@ async fn run(args: Args) {
         );
     }
     let rate = args.rate.unwrap_or((hookscope_rate / 2.0) as u64).max(1);
-    open_loop("hookscope", &hookscope, rate, &args).await;
-    if let Some(v) = &variant {
-        open_loop("variant", v, rate, &args).await;
+    let mut p99s = Vec::new();
+    let mut quiet_p99s = Vec::new();
+    for round in 0..args.rounds {
+        let (p99, steal) =
+            open_loop(&format!("round {round} hookscope"), &hookscope, rate, &args).await;
+        p99s.push(p99);
+        if steal <= QUIET_STEAL_PCT {
+            quiet_p99s.push(p99);
+        }
+        if let Some(v) = &variant {
+            open_loop(&format!("round {round} variant"), v, rate, &args).await;
+        }
     }
+    let quiet_rounds = quiet_p99s.len();
+    let quiet = if quiet_p99s.is_empty() {
+        "none".to_string()
+    } else {
+        format!(
+            "{quiet_rounds} of {}, median p99 {:.2} ms",
+            args.rounds,
+            median(&mut quiet_p99s)
+        )
+    };
+    println!(
+        "  open loop at {rate} req/s: median p99 {:.2} ms; quiet rounds (host steal ≤ {QUIET_STEAL_PCT}%): {quiet}",
+        median(&mut p99s)
+    );
     println!(
         "  (open-loop latency is measured from each request's scheduled send time and includes up to ~1 ms of timer slack in the load generator)"
     );
 }
 
-/// Acknowledgement latency at a fixed request rate (open loop).
-async fn open_loop(name: &str, target: &Target, rate: u64, args: &Args) {
+/// Acknowledgement latency at a fixed request rate (open loop). Returns the p99 (ms)
+/// and the host's steal during the phase (percent).
+async fn open_loop(name: &str, target: &Target, rate: u64, args: &Args) -> (f64, f64) {
     let reqs = Arc::new(requests(
         target.addr,
         "/webhook/bench",
@@ -576,6 +666,7 @@ async fn open_loop(name: &str, target: &Target, rate: u64, args: &Args) {
     let sampler = RssSampler::start(target.child.id());
     let wal_before = wal_counters(target.addr).await;
     let open_started = chrono::Utc::now();
+    let host_before = host_ticks();
     let out = load(
         target.addr,
         reqs,
@@ -584,10 +675,11 @@ async fn open_loop(name: &str, target: &Target, rate: u64, args: &Args) {
         Some(rate),
     )
     .await;
+    let steal = steal_pct(host_before, host_ticks());
     let wal_after = wal_counters(target.addr).await;
     let rss = sampler.finish();
     println!(
-        "  {name} open loop at {rate} req/s: achieved {:.0} req/s  ack latency p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  errors {}  max RSS {:.0} MiB",
+        "  {name} open loop at {rate} req/s: achieved {:.0} req/s  ack latency p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  errors {}  max RSS {:.0} MiB  host steal {steal:.1}%",
         out.ok as f64 / out.elapsed.as_secs_f64(),
         pct(&out.latencies, 0.50),
         pct(&out.latencies, 0.99),
@@ -617,6 +709,7 @@ async fn open_loop(name: &str, target: &Target, rate: u64, args: &Args) {
             line.join(" ")
         );
     }
+    (pct(&out.latencies, 0.99), steal)
 }
 
 /// Latency of the same requests sent directly to the app and through hookscope's

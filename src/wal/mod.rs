@@ -179,6 +179,9 @@ enum Request<T> {
     Tick,
 }
 
+/// A group commit taking this long is logged (at debug level) with where the time went.
+const SLOW_GROUP: Duration = Duration::from_millis(5);
+
 /// Health and counters shared with the rest of the server.
 #[derive(Debug, Default)]
 pub struct WalStatus {
@@ -763,10 +766,13 @@ impl<A: Applier> Writer<A> {
         group: &mut Vec<(u64, Entry)>,
         replies: &mut Vec<(AppendReply<A::Output>, Vec<u8>)>,
     ) {
+        let started = Instant::now();
+        let bytes = frames.len();
         let result = self.write_and_sync(frames);
         frames.clear();
         match result {
             Ok(()) => {
+                let synced = started.elapsed();
                 let last = group.last().map(|(s, _)| *s).unwrap_or(self.next_seq);
                 self.next_seq = last + 1;
                 self.status.groups.fetch_add(1, Ordering::Relaxed);
@@ -778,6 +784,8 @@ impl<A: Applier> Writer<A> {
                     seg.last_seq = last;
                 }
                 let outputs = self.applier.apply(group);
+                let applied_at = started.elapsed();
+                let records = group.len();
                 for (((seq, entry), (reply, payload)), applied) in
                     group.drain(..).zip(replies.drain(..)).zip(outputs)
                 {
@@ -787,6 +795,17 @@ impl<A: Applier> Writer<A> {
                         applied,
                         record,
                     }));
+                }
+                let took = started.elapsed();
+                if took >= SLOW_GROUP {
+                    tracing::debug!(
+                        records,
+                        bytes,
+                        write_sync_ms = synced.as_secs_f64() * 1e3,
+                        apply_ms = (applied_at - synced).as_secs_f64() * 1e3,
+                        reply_ms = (took - applied_at).as_secs_f64() * 1e3,
+                        "slow WAL group commit"
+                    );
                 }
                 if self.active.good >= self.config.segment_max_bytes
                     && let Err(e) = self.rotate()
