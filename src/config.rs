@@ -303,13 +303,20 @@ impl Default for DedupSection {
 pub struct ParquetSection {
     /// zstd level of lake files (1-22).
     pub zstd_level: i32,
+    /// Most of one core (percent, 1-100) that background flushes spend encoding;
+    /// they sleep between steps to stay under it, so acknowledgements find an idle
+    /// core. Flushes on shutdown run flat out.
+    pub flush_cpu_percent: u32,
 }
 
 impl Default for ParquetSection {
     fn default() -> Self {
         // Level 1 encodes ~1.3-1.5x faster than 3 for a few percent larger files; the
         // flush competes with acknowledgements for CPU on small machines.
-        Self { zstd_level: 1 }
+        Self {
+            zstd_level: 1,
+            flush_cpu_percent: 50,
+        }
     }
 }
 
@@ -463,6 +470,11 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
         "parquet.zstd_level",
         Kind::Int,
     ),
+    (
+        "HOOKSCOPE_PARQUET_FLUSH_CPU_PERCENT",
+        "parquet.flush_cpu_percent",
+        Kind::Int,
+    ),
 ];
 
 /// True for names that may be a source (`[A-Za-z0-9_.-]{1,64}`); also used for node ids.
@@ -609,6 +621,12 @@ impl Config {
             return Err(invalid(format!(
                 "parquet.zstd_level {} must be 1..=22",
                 self.parquet.zstd_level
+            )));
+        }
+        if !(1..=100).contains(&self.parquet.flush_cpu_percent) {
+            return Err(invalid(format!(
+                "parquet.flush_cpu_percent {} must be 1..=100 (percent of one core)",
+                self.parquet.flush_cpu_percent
             )));
         }
         let mut seen = HashSet::new();
@@ -804,10 +822,12 @@ kind = "log"
             "HOOKSCOPE_WAL_SYNC" => Some("none".to_string()),
             "HOOKSCOPE_WAL_COMMIT_DELAY" => Some("0".to_string()),
             "HOOKSCOPE_DATA_DIR" => Some("/tmp/lake".to_string()),
+            "HOOKSCOPE_PARQUET_FLUSH_CPU_PERCENT" => Some("30".to_string()),
             _ => None,
         };
         let c = Config::from_toml("[buffer]\nmax_rows = 7\n", "f", &env).unwrap();
         assert_eq!(c.buffer.max_rows, 42);
+        assert_eq!(c.parquet.flush_cpu_percent, 30);
         assert_eq!(c.wal.sync, SyncMode::None);
         assert_eq!(c.wal.commit_delay, Dur(Duration::ZERO));
         let file = Config::from_toml("[wal]\ncommit_delay = \"250us\"\n", "f", &no_env).unwrap();
@@ -819,6 +839,22 @@ kind = "log"
             err.contains("HOOKSCOPE_BUFFER_MAX_ROWS") && err.contains("integer"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn flush_cpu_percent_is_a_share_of_one_core() {
+        let c = Config::from_toml("", "f", &no_env).unwrap();
+        assert_eq!(c.parquet.flush_cpu_percent, 50);
+        for bad in ["0", "101"] {
+            let text = format!("[parquet]\nflush_cpu_percent = {bad}\n");
+            let err = Config::from_toml(&text, "f", &no_env)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("flush_cpu_percent") && err.contains("1..=100"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -90,6 +90,8 @@ pub struct EngineSettings {
     pub dedup_window: Duration,
     pub dedup_max_keys: usize,
     pub zstd_level: i32,
+    /// Share of one core the background flusher's encoding may use (0-1].
+    pub flush_cpu_share: f64,
 }
 
 impl EngineSettings {
@@ -111,6 +113,7 @@ impl EngineSettings {
             dedup_window: c.dedup.window.0,
             dedup_max_keys: c.dedup.max_keys,
             zstd_level: c.parquet.zstd_level,
+            flush_cpu_share: f64::from(c.parquet.flush_cpu_percent) / 100.0,
         }
     }
 }
@@ -520,12 +523,18 @@ impl Engine {
     /// the order of steps). A no-op when nothing is buffered or the engine is
     /// read-only.
     pub async fn flush(&self) -> Result<FlushReport, EngineError> {
+        self.flush_with(1.0).await
+    }
+
+    /// [`Engine::flush`], encoding with at most `cpu_share` of one core (see
+    /// [`persist::Pacer`]); the background flusher uses `[parquet] flush_cpu_percent`.
+    async fn flush_with(&self, cpu_share: f64) -> Result<FlushReport, EngineError> {
         let Some(wal) = &self.wal else {
             return Ok(FlushReport::default());
         };
         let _guard = self.flush_lock.lock().await;
         let started = Instant::now();
-        let result = self.flush_locked(wal, started).await;
+        let result = self.flush_locked(wal, started, cpu_share).await;
         let mut status = self.flush_status.lock();
         match &result {
             Ok(report) => {
@@ -561,6 +570,7 @@ impl Engine {
         &self,
         wal: &Wal<Applied>,
         started: Instant,
+        cpu_share: f64,
     ) -> Result<FlushReport, EngineError> {
         let through = wal.rotate().await?;
         let manifest = self.catalog.manifest();
@@ -586,7 +596,14 @@ impl Engine {
             let t = Instant::now();
             let files = self
                 .background
-                .run(move || persist::encode(table, &batches, level))
+                .run(move || {
+                    persist::encode_paced(
+                        table,
+                        &batches,
+                        level,
+                        &mut persist::Pacer::new(cpu_share),
+                    )
+                })
                 .await??;
             report.encode += t.elapsed();
             let t = Instant::now();
@@ -671,7 +688,7 @@ impl Engine {
                 if !engine.flush_due() {
                     continue;
                 }
-                backoff = match engine.flush().await {
+                backoff = match engine.flush_with(engine.settings.flush_cpu_share).await {
                     Ok(_) => Duration::from_millis(100),
                     Err(_) => (backoff * 2).min(Duration::from_secs(10)),
                 };

@@ -182,6 +182,14 @@ enum Request<T> {
 /// A group commit taking this long is logged (at debug level) with where the time went.
 const SLOW_GROUP: Duration = Duration::from_millis(5);
 
+/// Logs (at debug level) a writer step that held up group commits for long.
+fn log_slow(step: &'static str, started: Instant) {
+    let took = started.elapsed();
+    if took >= SLOW_GROUP {
+        tracing::debug!(step, ms = took.as_secs_f64() * 1e3, "slow WAL step");
+    }
+}
+
 /// Health and counters shared with the rest of the server.
 #[derive(Debug, Default)]
 pub struct WalStatus {
@@ -724,18 +732,24 @@ impl<A: Applier> Writer<A> {
                 self.commit_group(&mut frames, &mut group, &mut replies);
             }
             match deferred.take() {
-                Some(Request::Rotate { reply }) => match self.rotate() {
-                    Ok(through) => {
-                        self.applier.cut(through);
-                        let _ = reply.send(Ok(through));
+                Some(Request::Rotate { reply }) => {
+                    let started = Instant::now();
+                    match self.rotate() {
+                        Ok(through) => {
+                            self.applier.cut(through);
+                            let _ = reply.send(Ok(through));
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
                     }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
-                },
+                    log_slow("rotate", started);
+                }
                 Some(Request::Release { through, reply }) => {
+                    let started = Instant::now();
                     self.release(through);
                     let _ = reply.send(());
+                    log_slow("release", started);
                 }
                 Some(Request::Shutdown { reply }) => {
                     self.sync_if_needed(true);
@@ -807,10 +821,12 @@ impl<A: Applier> Writer<A> {
                         "slow WAL group commit"
                     );
                 }
-                if self.active.good >= self.config.segment_max_bytes
-                    && let Err(e) = self.rotate()
-                {
-                    tracing::warn!(error = %e, "WAL segment rotation failed; continuing in the current segment");
+                if self.active.good >= self.config.segment_max_bytes {
+                    let started = Instant::now();
+                    if let Err(e) = self.rotate() {
+                        tracing::warn!(error = %e, "WAL segment rotation failed; continuing in the current segment");
+                    }
+                    log_slow("segment full: rotate", started);
                 }
                 if self.active.good >= self.config.segment_max_bytes / PREPARE_AHEAD_AT {
                     self.spares.prepare_ahead();
@@ -972,7 +988,7 @@ impl<A: Applier> Writer<A> {
             }
         }
         if removed {
-            let _ = sync_dir(&self.config.dir);
+            self.spares.sync_dir_later();
         }
         self.status
             .segments
