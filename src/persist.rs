@@ -112,8 +112,8 @@ pub fn writer_properties(table: Table, zstd_level: i32) -> Result<WriterProperti
 /// deliveries) leaves no idle core, and every wake-up on the acknowledgement path
 /// (request workers, the WAL writer) then queues behind something. The ingest
 /// benchmark's open loop showed the WAL writer waiting 3–7 ms for a CPU per group
-/// commit during flushes, and acks 20–50 ms late. A lower CPU priority alone does not
-/// prevent it (the scheduler lets a running task finish its slice).
+/// commit during flushes, and acks 20–50 ms late, although the flush thread already
+/// runs at nice 10.
 #[derive(Debug)]
 pub struct Pacer {
     share: f64,
