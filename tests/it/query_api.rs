@@ -173,33 +173,6 @@ async fn large_results_stream_and_the_size_limit_gives_413() {
 async fn time_filters_prune_parquet_files_in_explain() {
     let (server, _dir) =
         Server::start(Options::default().env("HOOKSCOPE_BUFFER_FLUSH_INTERVAL", "50ms"));
-    let wait_for_files = |n: usize| {
-        let lake = server.lake();
-        async move {
-            for _ in 0..100 {
-                if parquet_files(&lake.join("deliveries")).len() >= n {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            panic!("flush did not write {n} files");
-        }
-    };
-    for i in 0..5 {
-        server.post_json("prune", &json!({"first": i})).await;
-    }
-    wait_for_files(1).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let mid = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    for i in 0..3 {
-        server.post_json("prune", &json!({"second": i})).await;
-    }
-    wait_for_files(2).await;
-    let files = parquet_files(&server.lake().join("deliveries"));
-    let name = |p: &std::path::PathBuf| p.file_name().unwrap().to_string_lossy().to_string();
-    let (first, second) = (name(&files[0]), name(&files[1]));
-
     let explain = |sql: String| {
         let server = &server;
         async move {
@@ -211,17 +184,56 @@ async fn time_filters_prune_parquet_files_in_explain() {
                 .to_string()
         }
     };
-    let all = explain("SELECT count(*) FROM deliveries".into()).await;
-    assert!(all.contains(&first) && all.contains(&second), "{all}");
+    let name = |p: &std::path::PathBuf| p.file_name().unwrap().to_string_lossy().to_string();
+    // Waits until `n` rows are in Parquet files (a flush may split a batch of posts over
+    // several files) and the catalog lists every one of those files; returns their names.
+    let flushed = |n: usize| {
+        let lake = server.lake();
+        let explain = &explain;
+        async move {
+            for _ in 0..200 {
+                let files = parquet_files(&lake.join("deliveries"));
+                let rows: usize = files.iter().map(|f| parquet_rows(f)).sum();
+                let names: Vec<String> = files.iter().map(name).collect();
+                if rows == n {
+                    let all = explain("SELECT count(*) FROM deliveries".into()).await;
+                    if names.iter().all(|f| all.contains(f)) {
+                        return names;
+                    }
+                }
+                assert!(rows <= n, "{rows} rows flushed, expected {n}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("flush did not write {n} rows");
+        }
+    };
+    for i in 0..5 {
+        server.post_json("prune", &json!({"first": i})).await;
+    }
+    let first = flushed(5).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mid = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for i in 0..3 {
+        server.post_json("prune", &json!({"second": i})).await;
+    }
+    let second: Vec<String> = flushed(8)
+        .await
+        .into_iter()
+        .filter(|f| !first.contains(f))
+        .collect();
+    assert!(!first.is_empty() && !second.is_empty());
+
     let recent = explain(format!(
         "SELECT count(*) FROM deliveries WHERE received_at > '{mid}'"
     ))
     .await;
-    assert!(recent.contains(&second), "{recent}");
-    assert!(
-        !recent.contains(&first),
-        "the older file should be pruned:\n{recent}"
-    );
+    for f in &second {
+        assert!(recent.contains(f), "{f} should be scanned:\n{recent}");
+    }
+    for f in &first {
+        assert!(!recent.contains(f), "{f} should be pruned:\n{recent}");
+    }
     let rows = server
         .query(&format!(
             "SELECT count(*) AS n FROM deliveries WHERE received_at > '{mid}'"
@@ -232,7 +244,20 @@ async fn time_filters_prune_parquet_files_in_explain() {
         "SELECT * FROM deliveries WHERE received_at <= '{mid}'"
     ))
     .await;
-    assert!(old.contains(&first) && !old.contains(&second), "{old}");
+    for f in &first {
+        assert!(old.contains(f), "{f} should be scanned:\n{old}");
+    }
+    for f in &second {
+        assert!(!old.contains(f), "{f} should be pruned:\n{old}");
+    }
+}
+
+/// Rows in one Parquet file, from its footer.
+fn parquet_rows(path: &std::path::Path) -> usize {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = std::fs::File::open(path).unwrap();
+    let reader = SerializedFileReader::new(file).unwrap();
+    reader.metadata().file_metadata().num_rows() as usize
 }
 
 #[tokio::test(flavor = "multi_thread")]
