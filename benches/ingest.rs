@@ -651,6 +651,71 @@ async fn run(args: Args) {
     println!(
         "  (open-loop latency is measured from each request's scheduled send time and includes up to ~1 ms of timer slack in the load generator)"
     );
+    disk_probe(dir.path());
+}
+
+/// The disk's own sync latency, with no server running: 16 KiB `pwrite` + `fdatasync`
+/// back to back for 5 s into a file whose blocks are already written (as a recycled
+/// WAL segment), on the filesystem the lakes were on. Every acknowledgement waits for
+/// one such sync, so its stalls are a floor under the open loop's tail latency.
+fn disk_probe(dir: &std::path::Path) {
+    use std::os::unix::fs::FileExt;
+    const FILE: u64 = 64 << 20;
+    const WRITE: usize = 16 << 10;
+    let path = dir.join("disk-probe.bin");
+    let file = match std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            println!("  disk alone: cannot create {}: {e}", path.display());
+            return;
+        }
+    };
+    let zeros = vec![0u8; 1 << 20];
+    let ready = (0..FILE / (1 << 20))
+        .try_for_each(|i| file.write_all_at(&zeros, i << 20))
+        .and_then(|_| file.sync_all());
+    if let Err(e) = ready {
+        println!("  disk alone: cannot prepare {}: {e}", path.display());
+        return;
+    }
+    let data = vec![7u8; WRITE];
+    let mut lat_us: Vec<u32> = Vec::new();
+    let steal_before = host_ticks();
+    let start = Instant::now();
+    let mut offset = 0;
+    while start.elapsed() < Duration::from_secs(5) {
+        let t = Instant::now();
+        if file
+            .write_all_at(&data, offset)
+            .and_then(|_| file.sync_data())
+            .is_err()
+        {
+            println!("  disk alone: write or sync failed");
+            return;
+        }
+        lat_us.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        offset = (offset + WRITE as u64) % FILE;
+    }
+    lat_us.sort_unstable();
+    let secs = start.elapsed().as_secs_f64();
+    let steal = steal_pct(steal_before, host_ticks());
+    let _ = std::fs::remove_file(&path);
+    let slow = lat_us.iter().filter(|&&us| us > 5_000).count();
+    println!(
+        "  disk alone (16 KiB pwrite + fdatasync, back to back): {:.0} syncs/s  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  over 5 ms: {slow} ({:.1}/s)  host steal {steal:.1}%",
+        lat_us.len() as f64 / secs,
+        pct(&lat_us, 0.5),
+        pct(&lat_us, 0.99),
+        pct(&lat_us, 0.999),
+        pct(&lat_us, 1.0),
+        slow as f64 / secs,
+    );
 }
 
 /// Acknowledgement latency at a fixed request rate (open loop). Returns the p99 (ms)
