@@ -126,7 +126,6 @@ fn receive(c: &mut Criterion) {
         query: "",
         headers: &headers,
         peer: Some("127.0.0.1:5000".parse().expect("addr")),
-        public_base: Some("http://127.0.0.1:8080".into()),
         received_at_us: 1_795_000_000_000_000,
     };
     let mut group = c.benchmark_group("receive");

@@ -60,8 +60,6 @@ pub struct RequestParts<'a> {
     pub query: &'a str,
     pub headers: &'a HeaderMap,
     pub peer: Option<SocketAddr>,
-    /// Scheme + host the request reached, as the sender saw it (for URL signatures).
-    pub public_base: Option<String>,
     pub received_at_us: i64,
 }
 
@@ -203,6 +201,10 @@ impl Receiver {
         let provider = source
             .and_then(|s| s.provider)
             .unwrap_or_else(|| providers::detect(req.headers));
+        let base = provider
+            .signs_the_url()
+            .then(|| public_base(req.headers))
+            .flatten();
         let view = RequestView {
             method: req.method,
             path: req.path,
@@ -210,7 +212,7 @@ impl Receiver {
             headers: req.headers,
             body: bytes,
             json: json.as_ref(),
-            public_base: req.public_base.as_deref(),
+            public_base: base.as_deref(),
             received_at_us: req.received_at_us,
         };
         let identity = provider.identify(&view);
@@ -311,6 +313,14 @@ impl Receiver {
         }
         req.peer.map(|p| p.to_string())
     }
+}
+
+/// `scheme://host` as the sender addressed it (X-Forwarded-Proto/Host, then Host).
+fn public_base(headers: &HeaderMap) -> Option<String> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let host = get("x-forwarded-host").or_else(|| get("host"))?;
+    let proto = get("x-forwarded-proto").unwrap_or("http");
+    Some(format!("{proto}://{host}"))
 }
 
 /// A new ULID whose time part is `at_us`.
@@ -442,11 +452,44 @@ mod tests {
             query: "",
             headers: &map,
             peer: Some("127.0.0.1:4000".parse().unwrap()),
-            public_base: None,
             received_at_us: 1_700_000_000_000_000,
         };
         r.receive(&req, &BodyRead::Complete(Bytes::copy_from_slice(body)))
             .delivery
+    }
+
+    #[test]
+    fn a_url_signature_is_checked_against_the_address_the_sender_used() {
+        use crate::providers::sig::{Algo, hmac};
+        use base64::Engine as _;
+        let r = receiver("[[sources]]\nname = \"src\"\nprovider = \"twilio\"\nsecret = \"tok\"\n");
+        let body = b"Body=hi&From=%2B15550001";
+        // Twilio signs the full URL it posted to, then the sorted form parameters.
+        let url = "https://hooks.example.com/webhook/src";
+        let mac = hmac(
+            Algo::Sha1,
+            b"tok",
+            &[url.as_bytes(), b"Bodyhi", b"From+15550001"],
+        );
+        let signature = base64::engine::general_purpose::STANDARD.encode(mac);
+        let form = ("content-type", "application/x-www-form-urlencoded");
+        let behind_proxy = [
+            form,
+            ("host", "10.0.0.5:8080"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "hooks.example.com"),
+            ("x-twilio-signature", signature.as_str()),
+        ];
+        let d = receive(&r, &behind_proxy, body);
+        assert_eq!(d.signature_status, SignatureStatus::Valid);
+        // Without the forwarded headers the server's own address does not match.
+        let direct = [
+            form,
+            ("host", "10.0.0.5:8080"),
+            ("x-twilio-signature", signature.as_str()),
+        ];
+        let d = receive(&r, &direct, body);
+        assert_eq!(d.signature_status, SignatureStatus::Invalid);
     }
 
     #[test]
@@ -554,7 +597,6 @@ mod tests {
             query: "",
             headers: &map,
             peer: None,
-            public_base: None,
             received_at_us: 0,
         };
         let got = r.receive(

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -109,7 +109,6 @@ pub async fn ingest(State(state): State<Arc<AppState>>, req: Request) -> Respons
         query: parts.uri.query().unwrap_or(""),
         headers: &parts.headers,
         peer,
-        public_base: public_base(&parts.headers),
         received_at_us,
     };
     let received = state.receiver.receive(&request, &body);
@@ -148,13 +147,8 @@ pub async fn ingest(State(state): State<Arc<AppState>>, req: Request) -> Respons
             } else {
                 None
             };
-            let answer = Ack {
-                duplicate: applied.duplicate,
-                error,
-                id: &id,
-            };
             let code = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
-            (code, Json(answer)).into_response()
+            ack(code, applied.duplicate, error, &id)
         }
         Err(e) => ApiError::unavailable(e.to_string()).into_response(),
     }
@@ -167,6 +161,23 @@ struct Ack<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     id: &'a str,
+}
+
+/// The ack response. The common answer (no error, an id that needs no escaping) is
+/// written directly; anything else goes through serde.
+fn ack(code: StatusCode, duplicate: bool, error: Option<String>, id: &str) -> Response {
+    let plain = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_');
+    if error.is_none() && id.bytes().all(|c| plain(&c)) {
+        let body = format!("{{\"duplicate\":{duplicate},\"id\":\"{id}\"}}");
+        let json = HeaderValue::from_static("application/json");
+        return (code, [(header::CONTENT_TYPE, json)], body).into_response();
+    }
+    let answer = Ack {
+        duplicate,
+        error,
+        id,
+    };
+    (code, Json(answer)).into_response()
 }
 
 /// The forwarding monitor: durable first, then the app, then its answer recorded and
@@ -234,14 +245,6 @@ async fn forward(
     resp
 }
 
-/// `scheme://host` as the sender addressed it (X-Forwarded-Proto/Host, then Host).
-fn public_base(headers: &HeaderMap) -> Option<String> {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let host = get("x-forwarded-host").or_else(|| get("host"))?;
-    let proto = get("x-forwarded-proto").unwrap_or("http");
-    Some(format!("{proto}://{host}"))
-}
-
 /// Reads the body, stopping past `limit` bytes.
 async fn read_body(body: Body, declared: Option<u64>, limit: u64) -> Result<BodyRead, axum::Error> {
     if declared.is_some_and(|n| n > limit) {
@@ -276,4 +279,49 @@ async fn read_body(body: Body, declared: Option<u64>, limit: u64) -> Result<Body
         }
     }
     Ok(BodyRead::Complete(first.unwrap_or_else(|| rest.freeze())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(resp: Response) -> (StatusCode, String, serde_json::Value) {
+        let code = resp.status();
+        let ct = resp.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 10)
+            .await
+            .unwrap();
+        (code, ct, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_direct_ack_says_the_same_as_the_serde_one() {
+        let id = "01JBZ8Y1ZK3V9Q7W6X5T4S3R2P";
+        for duplicate in [false, true] {
+            let direct = body_of(ack(StatusCode::OK, duplicate, None, id)).await;
+            let answer = Ack {
+                duplicate,
+                error: None,
+                id,
+            };
+            let serde = body_of((StatusCode::OK, Json(answer)).into_response()).await;
+            assert_eq!(direct, serde);
+        }
+        // An error message or an id needing escapes goes through serde.
+        let (code, _, v) = body_of(ack(
+            StatusCode::UNAUTHORIZED,
+            false,
+            Some("bad \"sig\"".into()),
+            "a\"b",
+        ))
+        .await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            v,
+            serde_json::json!({"duplicate": false, "error": "bad \"sig\"", "id": "a\"b"})
+        );
+    }
 }

@@ -126,6 +126,11 @@ pub trait Provider: Sync + Send {
     fn secret_headers(&self, _source: Option<&SourceConfig>) -> Vec<String> {
         Vec::new()
     }
+    /// True if verifying needs the URL the sender addressed
+    /// ([`RequestView::public_base`]); only then is it worked out from the headers.
+    fn signs_the_url(&self) -> bool {
+        false
+    }
 }
 
 /// Every provider, in detection order; `generic` is the fallback. `token` and `hmac`

@@ -74,6 +74,10 @@ impl Provider for Twilio {
         headers.contains_key("x-twilio-signature")
     }
 
+    fn signs_the_url(&self) -> bool {
+        true
+    }
+
     fn identify(&self, req: &RequestView<'_>) -> Identity {
         let mut event_type = None;
         if is_form(req) {
