@@ -166,8 +166,8 @@ struct Ack<'a> {
 /// The ack response. The common answer (no error, an id that needs no escaping) is
 /// written directly; anything else goes through serde.
 fn ack(code: StatusCode, duplicate: bool, error: Option<String>, id: &str) -> Response {
-    let plain = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_');
-    if error.is_none() && id.bytes().all(|c| plain(&c)) {
+    let plain = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_');
+    if error.is_none() && id.bytes().all(plain) {
         let body = format!("{{\"duplicate\":{duplicate},\"id\":\"{id}\"}}");
         let json = HeaderValue::from_static("application/json");
         return (code, [(header::CONTENT_TYPE, json)], body).into_response();
