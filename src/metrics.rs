@@ -2,9 +2,11 @@
 //! fixed-bucket histograms built on atomics, cheap enough for the ingest hot path.
 //!
 //! Invariant: recording never blocks on I/O and never allocates after a label set has
-//! been seen once.
+//! been seen once; a labelled counter holds at most [`MAX_LABEL_SETS`] label sets
+//! (plus one overflow set), whatever names clients make up.
 
 use std::fmt::Write as _;
+use std::hash::BuildHasher as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
@@ -90,27 +92,77 @@ impl Histogram {
     }
 }
 
-/// Counters keyed by label values. Label sets are few (sources × statuses), so a
-/// linear scan finds them without allocating.
+/// Distinct label sets one counter keeps. Source names come from request paths, so a
+/// client posting to ever new names must not grow `/metrics` (or the lookup) without
+/// bound: label sets first seen after this many are counted under [`OVERFLOW_LABEL`].
+pub const MAX_LABEL_SETS: usize = 1000;
+
+/// The value of every label of the set that counts what came after [`MAX_LABEL_SETS`].
+pub const OVERFLOW_LABEL: &str = "_other";
+
+/// Counters keyed by label values, found by hash without allocating once a label set
+/// has been seen; at most [`MAX_LABEL_SETS`] sets plus the overflow set.
 #[derive(Debug, Default)]
 pub struct LabeledCounter {
-    values: Mutex<Vec<(Vec<String>, u64)>>,
+    sets: Mutex<LabelSets>,
+}
+
+#[derive(Debug, Default)]
+struct LabelSets {
+    hasher: std::hash::RandomState,
+    /// Hash of the label values → indices into `values` with that hash.
+    index: std::collections::HashMap<u64, Vec<usize>>,
+    values: Vec<(Vec<String>, u64)>,
+}
+
+impl LabelSets {
+    fn find(&self, hash: u64, labels: &[&str]) -> Option<usize> {
+        self.index.get(&hash)?.iter().copied().find(|&i| {
+            self.values[i]
+                .0
+                .iter()
+                .map(String::as_str)
+                .eq(labels.iter().copied())
+        })
+    }
+
+    fn insert(&mut self, hash: u64, labels: &[&str], n: u64) {
+        self.index.entry(hash).or_default().push(self.values.len());
+        self.values
+            .push((labels.iter().map(|s| s.to_string()).collect(), n));
+    }
 }
 
 impl LabeledCounter {
+    /// Adds one to the counter of `labels`.
     pub fn inc(&self, labels: &[&str]) {
-        let mut values = self.values.lock();
-        let found = values
-            .iter_mut()
-            .find(|(k, _)| k.iter().map(String::as_str).eq(labels.iter().copied()));
-        match found {
-            Some((_, n)) => *n += 1,
-            None => values.push((labels.iter().map(|s| s.to_string()).collect(), 1)),
+        let mut sets = self.sets.lock();
+        let hash = sets.hasher.hash_one(labels);
+        if let Some(i) = sets.find(hash, labels) {
+            sets.values[i].1 += 1;
+            return;
+        }
+        if sets.values.len() < MAX_LABEL_SETS {
+            sets.insert(hash, labels, 1);
+            return;
+        }
+        let overflow = vec![OVERFLOW_LABEL; labels.len()];
+        let hash = sets.hasher.hash_one(&overflow[..]);
+        match sets.find(hash, &overflow) {
+            Some(i) => sets.values[i].1 += 1,
+            None => {
+                tracing::warn!(
+                    limit = MAX_LABEL_SETS,
+                    "more distinct metric label sets than the limit (many source names?); \
+                     new ones are counted under {OVERFLOW_LABEL:?}"
+                );
+                sets.insert(hash, &overflow, 1);
+            }
         }
     }
 
     fn render(&self, out: &mut String, name: &str, keys: &[&str]) {
-        let mut values = self.values.lock().clone();
+        let mut values = self.sets.lock().values.clone();
         values.sort();
         for (values, n) in values {
             let labels: Vec<String> = keys
@@ -283,5 +335,25 @@ mod tests {
         ));
         assert!(text.contains("status_code=\"401\"} 1"));
         assert!(text.contains("# TYPE hookscope_ack_duration_seconds histogram"));
+    }
+
+    #[test]
+    fn label_sets_are_bounded_and_the_rest_counted_as_other() {
+        let c = LabeledCounter::default();
+        for i in 0..MAX_LABEL_SETS + 500 {
+            c.inc(&[&format!("src{i}"), "200"]);
+        }
+        // A set seen before the limit still counts on its own.
+        c.inc(&["src7", "200"]);
+        let mut out = String::new();
+        c.render(&mut out, "x", &["source", "status_code"]);
+        assert_eq!(out.lines().count(), MAX_LABEL_SETS + 1, "{out}");
+        assert!(out.contains("x{source=\"src7\",status_code=\"200\"} 2"));
+        assert!(out.contains("x{source=\"_other\",status_code=\"_other\"} 500"));
+        let total: u64 = out
+            .lines()
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        assert_eq!(total, MAX_LABEL_SETS as u64 + 501);
     }
 }

@@ -132,10 +132,11 @@ pub async fn ingest(State(state): State<Arc<AppState>>, req: Request) -> Respons
     match state.engine.ingest(received.delivery).await {
         Ok(applied) => {
             state.metrics.ack.observe(arrived.elapsed().as_secs_f64());
+            let code = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
             state
                 .metrics
                 .deliveries
-                .inc(&[source, &provider, status_text, &status.to_string()]);
+                .inc(&[source, &provider, status_text, code.as_str()]);
             let error = if status == 413 {
                 Some(format!(
                     "body exceeds the {limit}-byte limit; recorded without its body"
@@ -147,7 +148,6 @@ pub async fn ingest(State(state): State<Arc<AppState>>, req: Request) -> Respons
             } else {
                 None
             };
-            let code = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
             ack(code, applied.duplicate, error, &id)
         }
         Err(e) => ApiError::unavailable(e.to_string()).into_response(),
@@ -168,9 +168,15 @@ struct Ack<'a> {
 fn ack(code: StatusCode, duplicate: bool, error: Option<String>, id: &str) -> Response {
     let plain = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_');
     if error.is_none() && id.bytes().all(plain) {
-        let body = format!("{{\"duplicate\":{duplicate},\"id\":\"{id}\"}}");
-        let json = HeaderValue::from_static("application/json");
-        return (code, [(header::CONTENT_TYPE, json)], body).into_response();
+        let duplicate = if duplicate { "true" } else { "false" };
+        let body = [r#"{"duplicate":"#, duplicate, r#","id":""#, id, r#""}"#].concat();
+        let mut response = Response::new(Body::from(body));
+        *response.status_mut() = code;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return response;
     }
     let answer = Ack {
         duplicate,
