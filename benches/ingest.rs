@@ -382,9 +382,18 @@ fn cpu_seconds(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The machine's CPU time so far, from the first line of `/proc/stat`: (stolen by the
-/// hypervisor, total), in ticks. (0, 0) where there is no such file.
-fn host_ticks() -> (u64, u64) {
+/// The machine's CPU time so far, from the first line of `/proc/stat`, in ticks.
+#[derive(Clone, Copy, Default)]
+struct HostTicks {
+    /// Given by the hypervisor to other tenants.
+    steal: u64,
+    /// Idle, including waiting for I/O.
+    idle: u64,
+    total: u64,
+}
+
+/// All zero where there is no `/proc/stat`.
+fn host_ticks() -> HostTicks {
     std::fs::read_to_string("/proc/stat")
         .ok()
         .and_then(|s| {
@@ -396,19 +405,28 @@ fn host_ticks() -> (u64, u64) {
                 .filter_map(|v| v.parse().ok())
                 .collect();
             // user nice system idle iowait irq softirq steal (guest time is in user).
-            Some((*f.get(7)?, f.iter().take(8).sum()))
+            Some(HostTicks {
+                steal: *f.get(7)?,
+                idle: f.get(3)? + f.get(4)?,
+                total: f.iter().take(8).sum(),
+            })
         })
-        .unwrap_or((0, 0))
+        .unwrap_or_default()
+}
+
+/// Share of the machine's CPU time between two readings that `part` picks, in percent.
+fn host_pct(before: HostTicks, after: HostTicks, part: fn(HostTicks) -> u64) -> f64 {
+    let total = after.total.saturating_sub(before.total);
+    if total == 0 {
+        return 0.0;
+    }
+    100.0 * part(after).saturating_sub(part(before)) as f64 / total as f64
 }
 
 /// Share of the machine's CPU time the hypervisor gave to other tenants ("steal")
 /// between two `host_ticks` readings, in percent.
-fn steal_pct(before: (u64, u64), after: (u64, u64)) -> f64 {
-    let total = after.1.saturating_sub(before.1);
-    if total == 0 {
-        return 0.0;
-    }
-    100.0 * after.0.saturating_sub(before.0) as f64 / total as f64
+fn steal_pct(before: HostTicks, after: HostTicks) -> f64 {
+    host_pct(before, after, |t| t.steal)
 }
 
 /// Rounds where the hypervisor took at most this share of the CPU count as quiet.
@@ -552,9 +570,13 @@ async fn run(args: Args) {
             let sampler = RssSampler::start(target.child.id());
             let wal_before = wal_counters(target.addr).await;
             let cpu_before = cpu_seconds(target.child.id());
+            let loadgen_before = cpu_seconds(std::process::id());
             let host_before = host_ticks();
             let out = load(target.addr, reqs, args.connections, args.seconds, None).await;
-            let steal = steal_pct(host_before, host_ticks());
+            let host_after = host_ticks();
+            let steal = steal_pct(host_before, host_after);
+            let idle = host_pct(host_before, host_after, |t| t.idle);
+            let loadgen = cpu_seconds(std::process::id()) - loadgen_before;
             let cpu = cpu_seconds(target.child.id()) - cpu_before;
             let wal_after = wal_counters(target.addr).await;
             let rss = sampler.finish();
@@ -568,6 +590,12 @@ async fn run(args: Args) {
                 per_req,
                 out.errors,
                 rss
+            );
+            // Idle CPU in a closed loop means the rate is bound by latency (the WAL's
+            // group commits), not by CPU.
+            println!(
+                "             load generator CPU {:.1} µs/req, machine idle {idle:.1}%",
+                1e6 * loadgen / out.ok.max(1) as f64
             );
             if t > 0 {
                 println!("             {}", wal_report(wal_before, wal_after));

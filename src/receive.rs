@@ -16,7 +16,6 @@ use std::net::SocketAddr;
 
 use axum::http::{HeaderMap, HeaderName};
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 
 use crate::body_json::BodyJson;
 use crate::config::{Config, SourceConfig};
@@ -237,12 +236,12 @@ impl Receiver {
         let payload_sha256 = if too_large.is_some() {
             String::new()
         } else {
-            hex::encode(Sha256::digest(bytes))
+            providers::sig::sha256_hex(bytes)
         };
         let dedup_key = match &identity.event_id {
             Some(id) => id.clone(),
             None if too_large.is_some() => format!("oversize:{}", too_large.unwrap_or(0)),
-            None => format!("sha256:{payload_sha256}"),
+            None => ["sha256:", &payload_sha256].concat(),
         };
         let stored = if too_large.is_some() {
             StoredBody::Omitted
@@ -311,8 +310,40 @@ impl Receiver {
         {
             return Some(first.to_string());
         }
-        req.peer.map(|p| p.to_string())
+        req.peer.map(socket_addr_text)
     }
+}
+
+/// `ip:port`, as `SocketAddr`'s `Display` writes it; IPv4 without the formatting
+/// machinery (every delivery pays for this).
+fn socket_addr_text(addr: SocketAddr) -> String {
+    let SocketAddr::V4(v4) = addr else {
+        return addr.to_string();
+    };
+    let mut out = String::with_capacity(21);
+    for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        push_decimal(&mut out, u32::from(octet));
+    }
+    out.push(':');
+    push_decimal(&mut out, u32::from(v4.port()));
+    out
+}
+
+fn push_decimal(out: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&d| char::from(d)));
 }
 
 /// `scheme://host` as the sender addressed it (X-Forwarded-Proto/Host, then Host).
@@ -343,9 +374,10 @@ pub fn has_field(json: &BodyJson<'_>, path: &str) -> bool {
 
 /// A header's value as text (lossy for non-UTF-8 bytes).
 pub fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get(name)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    headers.get(name).map(|v| match v.to_str() {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+    })
 }
 
 /// `application/json`, `text/json` and `application/*+json`.
@@ -431,6 +463,22 @@ impl Issues {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for text in [
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.0.12.3:80",
+            "127.0.0.1:54321",
+            "[::1]:8080",
+            "[2001:db8::1]:443",
+        ] {
+            let addr: SocketAddr = text.parse().unwrap();
+            assert_eq!(socket_addr_text(addr), addr.to_string());
+            assert_eq!(socket_addr_text(addr), text);
+        }
+    }
 
     fn receiver(toml: &str) -> Receiver {
         let config = Config::from_toml(toml, "test", &|_| None).unwrap();

@@ -15,8 +15,8 @@ impl Provider for GitHub {
         "github"
     }
 
-    fn detect(&self, headers: &axum::http::HeaderMap) -> bool {
-        headers.contains_key("x-github-event")
+    fn detect_headers(&self) -> &[&'static str] {
+        &["x-github-event"]
     }
 
     fn identify(&self, req: &RequestView<'_>) -> Identity {

@@ -22,7 +22,7 @@ mod svix;
 mod token;
 mod twilio;
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
 
 use crate::body_json::BodyJson;
 use crate::config::SourceConfig;
@@ -110,9 +110,10 @@ impl Verification {
 pub trait Provider: Sync + Send {
     /// The `provider` column value and config name.
     fn name(&self) -> &'static str;
-    /// True if the headers show this provider sent the request.
-    fn detect(&self, _headers: &HeaderMap) -> bool {
-        false
+    /// Headers that, all present, show this provider sent the request (lower case);
+    /// empty for providers that are never detected, only configured.
+    fn detect_headers(&self) -> &[&'static str] {
+        &[]
     }
     /// Event identity from headers and body.
     fn identify(&self, req: &RequestView<'_>) -> Identity;
@@ -162,10 +163,24 @@ pub fn by_name(name: &str) -> Option<&'static dyn Provider> {
 
 /// The provider whose headers these are; `generic` when none matches.
 pub fn detect(headers: &HeaderMap) -> &'static dyn Provider {
+    // One pass over the request's few header names first: most deliveries to a
+    // generic source carry no identifying header, and a lookup by name per provider
+    // costs more (every delivery pays for this).
+    let identifying = |name: &HeaderName| {
+        REGISTRY
+            .iter()
+            .any(|p| p.detect_headers().contains(&name.as_str()))
+    };
+    if !headers.keys().any(identifying) {
+        return &generic::Generic;
+    }
     REGISTRY
         .iter()
         .copied()
-        .find(|p| p.detect(headers))
+        .find(|p| {
+            let names = p.detect_headers();
+            !names.is_empty() && names.iter().all(|n| headers.contains_key(*n))
+        })
         .unwrap_or(&generic::Generic)
 }
 

@@ -15,8 +15,8 @@ impl Provider for PayPal {
         "paypal"
     }
 
-    fn detect(&self, headers: &axum::http::HeaderMap) -> bool {
-        headers.contains_key("paypal-transmission-id")
+    fn detect_headers(&self) -> &[&'static str] {
+        &["paypal-transmission-id"]
     }
 
     fn identify(&self, req: &RequestView<'_>) -> Identity {

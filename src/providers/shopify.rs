@@ -14,8 +14,8 @@ impl Provider for Shopify {
         "shopify"
     }
 
-    fn detect(&self, headers: &axum::http::HeaderMap) -> bool {
-        headers.contains_key("x-shopify-topic")
+    fn detect_headers(&self) -> &[&'static str] {
+        &["x-shopify-topic"]
     }
 
     fn identify(&self, req: &RequestView<'_>) -> Identity {

@@ -49,6 +49,19 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
+/// The SHA-256 of `bytes` as 64 lower-case hex digits. (`hex::encode` goes through a
+/// `char` iterator; every delivery pays for this.)
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(bytes);
+    let mut out = [0u8; 64];
+    // 32 bytes always fit 64 digits, and hex digits are ASCII: neither step can fail.
+    let _ = hex::encode_to_slice(digest, &mut out);
+    std::str::from_utf8(&out)
+        .map(str::to_owned)
+        .unwrap_or_default()
+}
+
 pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
     hex::decode(s.trim()).ok()
 }
@@ -115,6 +128,15 @@ mod tests {
             hex::encode(mac),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn sha256_hex_is_the_lower_case_digest() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(sha256_hex(b"").len(), 64);
     }
 
     #[test]

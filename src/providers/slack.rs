@@ -33,8 +33,8 @@ impl Provider for Slack {
         "slack"
     }
 
-    fn detect(&self, headers: &axum::http::HeaderMap) -> bool {
-        headers.contains_key("x-slack-signature")
+    fn detect_headers(&self) -> &[&'static str] {
+        &["x-slack-signature"]
     }
 
     fn identify(&self, req: &RequestView<'_>) -> Identity {

@@ -16,6 +16,8 @@ pub struct Scheme {
     pub id: &'static str,
     pub timestamp: &'static str,
     pub signature: &'static str,
+    /// `id` and `signature`: both present identify the scheme.
+    pub detect: [&'static str; 2],
 }
 
 impl Scheme {
@@ -24,12 +26,14 @@ impl Scheme {
         id: "webhook-id",
         timestamp: "webhook-timestamp",
         signature: "webhook-signature",
+        detect: ["webhook-id", "webhook-signature"],
     };
     pub const SVIX: Scheme = Scheme {
         name: "svix",
         id: "svix-id",
         timestamp: "svix-timestamp",
         signature: "svix-signature",
+        detect: ["svix-id", "svix-signature"],
     };
 }
 
@@ -45,8 +49,8 @@ impl Provider for Scheme {
         self.name
     }
 
-    fn detect(&self, headers: &axum::http::HeaderMap) -> bool {
-        headers.contains_key(self.id) && headers.contains_key(self.signature)
+    fn detect_headers(&self) -> &[&'static str] {
+        &self.detect
     }
 
     fn identify(&self, req: &RequestView<'_>) -> Identity {

@@ -33,8 +33,8 @@ impl Provider for Stripe {
         "stripe"
     }
 
-    fn detect(&self, headers: &axum::http::HeaderMap) -> bool {
-        headers.contains_key("stripe-signature")
+    fn detect_headers(&self) -> &[&'static str] {
+        &["stripe-signature"]
     }
 
     fn identify(&self, req: &RequestView<'_>) -> Identity {

@@ -7,8 +7,6 @@
 //! `X-Forwarded-Proto`/`Host` and the path. Like Twilio's own libraries, the URL is
 //! tried with and without the scheme's default port.
 
-use sha2::{Digest, Sha256};
-
 use super::sig::{self, Algo};
 use super::{Identity, Provider, RequestView, Verification};
 use crate::config::SourceConfig;
@@ -70,8 +68,8 @@ impl Provider for Twilio {
         "twilio"
     }
 
-    fn detect(&self, headers: &axum::http::HeaderMap) -> bool {
-        headers.contains_key("x-twilio-signature")
+    fn detect_headers(&self) -> &[&'static str] {
+        &["x-twilio-signature"]
     }
 
     fn signs_the_url(&self) -> bool {
@@ -119,7 +117,7 @@ impl Provider for Twilio {
             let declared = form_urlencoded::parse(req.query.as_bytes())
                 .find(|(k, _)| k == "bodySHA256")
                 .map(|(_, v)| v.into_owned());
-            let actual = hex::encode(Sha256::digest(req.body));
+            let actual = sig::sha256_hex(req.body);
             declared
                 .is_some_and(|d| sig::ct_eq(d.to_ascii_lowercase().as_bytes(), actual.as_bytes()))
                 || (req.body.is_empty()
