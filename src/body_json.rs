@@ -45,7 +45,21 @@ impl fmt::Debug for BodyJson<'_> {
 
 impl<'a> BodyJson<'a> {
     /// Validates `bytes` as one JSON value and indexes its top level.
+    ///
+    /// An object or array is validated and indexed in one pass over the text (every
+    /// delivery pays for this); anything else goes through `serde_json`'s `RawValue`,
+    /// whose errors it then reports.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, serde_json::Error> {
+        const WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            let value = text.trim_matches(WHITESPACE);
+            if let Some(b'{' | b'[') = value.as_bytes().first() {
+                // Members are `RawValue`s: validated, not recursed into; trailing
+                // characters are refused.
+                let level = serde_json::from_str::<LevelDe<'a>>(text)?.0;
+                return Ok(Self { raw: value, level });
+            }
+        }
         let raw: &'a RawValue = serde_json::from_slice(bytes)?;
         Ok(Self::of(raw))
     }
@@ -276,9 +290,21 @@ mod tests {
             b"{\"a\":\"\xff\"}",
             b"nul",
             b"{\"type\": oops",
+            b"{\"a\":[1,}",
+            b"[1] [2]",
+            b"{\"a\":{\"b\":\"\xc3\"}}",
+            b"\xef\xbb\xbf{}",
         ] {
             assert!(serde_json::from_slice::<Value>(text).is_err());
             assert!(BodyJson::parse(text).is_err(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_top_level_text_is_the_value_without_surrounding_whitespace() {
+        for text in [" \r\n\t{\"a\": [1, 2]}\n ", "[ ]", "\"s\" ", " 12"] {
+            let raw: &RawValue = serde_json::from_str(text).unwrap();
+            assert_eq!(BodyJson::parse(text.as_bytes()).unwrap().raw(), raw.get());
         }
     }
 
