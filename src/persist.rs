@@ -18,7 +18,7 @@ use arrow::datatypes::TimestampMicrosecondType;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
@@ -69,13 +69,34 @@ fn bulky_columns(table: Table) -> &'static [&'static str] {
     }
 }
 
-/// Unique per row but short: no dictionary; statistics kept (ULIDs sort by time, so
-/// min/max prune lookups by id).
+/// (Nearly) unique per row but short: no dictionary (interning values that never
+/// repeat cost ~10% of a flush's CPU and made files larger); statistics kept (ULIDs
+/// sort by time, so min/max prune lookups by id).
 fn unique_columns(table: Table) -> &'static [&'static str] {
     match table {
-        Table::Deliveries => &["id", "payload_sha256", "dedup_key"],
-        Table::Outcomes => &["id"],
+        Table::Deliveries => &[
+            "id",
+            "event_id",
+            "delivery_id",
+            "payload_sha256",
+            "dedup_key",
+            "remote_addr",
+            "retry_gap_ms",
+            "delivery_lag_ms",
+            "upstream_latency_ms",
+        ],
+        Table::Outcomes => &["id", "delivery_id", "event_id", "processing_time_ms"],
         Table::Alerts => &[],
+    }
+}
+
+/// Timestamps: no dictionary, delta-encoded (rows are sorted by the time column, so
+/// its deltas are small; files ~8% smaller than dictionary or plain).
+fn time_columns(table: Table) -> &'static [&'static str] {
+    match table {
+        Table::Deliveries => &["received_at", "sent_at"],
+        Table::Outcomes => &["reported_at"],
+        Table::Alerts => &["fired_at", "resolved_at"],
     }
 }
 
@@ -93,6 +114,11 @@ pub fn writer_properties(table: Table, zstd_level: i32) -> Result<WriterProperti
     }
     for col in unique_columns(table) {
         builder = builder.set_column_dictionary_enabled(ColumnPath::from(*col), false);
+    }
+    for col in time_columns(table) {
+        builder = builder
+            .set_column_dictionary_enabled(ColumnPath::from(*col), false)
+            .set_column_encoding(ColumnPath::from(*col), Encoding::DELTA_BINARY_PACKED);
     }
     Ok(builder
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(zstd_level)?))
@@ -317,5 +343,36 @@ mod tests {
         assert_eq!(ts, vec![base + 1, base + 3, base + 5]);
         let cc = meta.row_group(0).column(0);
         assert!(matches!(cc.compression(), Compression::ZSTD(_)));
+
+        // Column settings: the time column delta-encoded, unique columns without a
+        // dictionary, repeated short values (source) with one.
+        let column = |name: &str| {
+            let i = Table::Deliveries.schema().index_of(name).unwrap();
+            meta.row_group(0).column(i).clone()
+        };
+        let encodings = |name: &str| column(name).encodings().collect::<Vec<_>>();
+        assert!(encodings("received_at").contains(&Encoding::DELTA_BINARY_PACKED));
+        assert!(column("received_at").dictionary_page_offset().is_none());
+        assert!(column("event_id").dictionary_page_offset().is_none());
+        assert!(column("source").dictionary_page_offset().is_some());
+    }
+
+    #[test]
+    fn column_settings_name_real_columns() {
+        // A misspelt name would silently keep the default settings.
+        for table in [Table::Deliveries, Table::Outcomes, Table::Alerts] {
+            let schema = table.schema();
+            for col in bulky_columns(table)
+                .iter()
+                .chain(unique_columns(table))
+                .chain(time_columns(table))
+            {
+                assert!(
+                    schema.index_of(col).is_ok(),
+                    "{} has no {col}",
+                    table.name()
+                );
+            }
+        }
     }
 }
