@@ -113,6 +113,8 @@ struct LabelSets {
     /// Hash of the label values → indices into `values` with that hash.
     index: std::collections::HashMap<u64, Vec<usize>>,
     values: Vec<(Vec<String>, u64)>,
+    /// Where in `values` the overflow set is, once there is one.
+    overflow: Option<usize>,
 }
 
 impl LabelSets {
@@ -146,9 +148,7 @@ impl LabeledCounter {
             sets.insert(hash, labels, 1);
             return;
         }
-        let overflow = vec![OVERFLOW_LABEL; labels.len()];
-        let hash = sets.hasher.hash_one(&overflow[..]);
-        match sets.find(hash, &overflow) {
+        match sets.overflow {
             Some(i) => sets.values[i].1 += 1,
             None => {
                 tracing::warn!(
@@ -156,6 +156,9 @@ impl LabeledCounter {
                     "more distinct metric label sets than the limit (many source names?); \
                      new ones are counted under {OVERFLOW_LABEL:?}"
                 );
+                let overflow = vec![OVERFLOW_LABEL; labels.len()];
+                let hash = sets.hasher.hash_one(&overflow[..]);
+                sets.overflow = Some(sets.values.len());
                 sets.insert(hash, &overflow, 1);
             }
         }

@@ -21,20 +21,28 @@ pub struct Scheme {
 }
 
 impl Scheme {
-    pub const STANDARD: Scheme = Scheme {
-        name: "standard",
-        id: "webhook-id",
-        timestamp: "webhook-timestamp",
-        signature: "webhook-signature",
-        detect: ["webhook-id", "webhook-signature"],
-    };
-    pub const SVIX: Scheme = Scheme {
-        name: "svix",
-        id: "svix-id",
-        timestamp: "svix-timestamp",
-        signature: "svix-signature",
-        detect: ["svix-id", "svix-signature"],
-    };
+    pub const STANDARD: Scheme = Scheme::new(
+        "standard",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    );
+    pub const SVIX: Scheme = Scheme::new("svix", "svix-id", "svix-timestamp", "svix-signature");
+
+    const fn new(
+        name: &'static str,
+        id: &'static str,
+        timestamp: &'static str,
+        signature: &'static str,
+    ) -> Scheme {
+        Scheme {
+            name,
+            id,
+            timestamp,
+            signature,
+            detect: [id, signature],
+        }
+    }
 }
 
 /// The signing key of a secret: base64 after an optional `whsec_` prefix; a secret
