@@ -11,7 +11,7 @@
 //! - This module does no I/O and keeps no state; it knows request parts (`http`
 //!   types), not the server.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use axum::http::{HeaderMap, HeaderName};
@@ -66,13 +66,15 @@ pub struct RequestParts<'a> {
 struct Source {
     config: SourceConfig,
     provider: Option<&'static dyn Provider>,
-    redact: HashSet<String>,
+    /// Lower-case header names. A handful, so a scan beats hashing each header name.
+    redact: Vec<String>,
 }
 
 /// Builds delivery records. Cheap to share; holds only configuration.
 pub struct Receiver {
     sources: HashMap<String, Source>,
-    redact: HashSet<String>,
+    /// Lower-case header names always redacted.
+    redact: Vec<String>,
     remote_addr_header: Option<HeaderName>,
 }
 
@@ -110,14 +112,14 @@ impl Receiver {
                     s.name
                 ));
             }
-            let mut redact: HashSet<String> = s
+            let mut redact: Vec<String> = s
                 .redact_headers
                 .iter()
+                .chain(&s.token_header)
                 .map(|h| h.to_ascii_lowercase())
                 .collect();
-            if let Some(h) = &s.token_header {
-                redact.insert(h.to_ascii_lowercase());
-            }
+            redact.sort_unstable();
+            redact.dedup();
             sources.insert(
                 s.name.clone(),
                 Source {
@@ -255,8 +257,8 @@ impl Receiver {
         let mut extra_provider = provider.secret_headers(source.map(|s| &s.config));
         extra_provider.retain(|h| !h.is_empty());
         let headers_json = headers_json(req.headers, |name| {
-            self.redact.contains(name)
-                || extra_redact.is_some_and(|r| r.contains(name))
+            self.redact.iter().any(|h| h == name)
+                || extra_redact.is_some_and(|r| r.iter().any(|h| h == name))
                 || extra_provider.iter().any(|h| h.eq_ignore_ascii_case(name))
         });
         let required = source.is_some_and(|s| s.config.require_signature);
@@ -439,8 +441,17 @@ pub fn headers_json(headers: &HeaderMap, redact: impl Fn(&str) -> bool) -> Strin
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-/// Appends `s` as a JSON string literal.
+/// Appends `s` as a JSON string literal, exactly as `serde_json` writes it.
 fn json_string(out: &mut Vec<u8>, s: &str) {
+    // Most header names and values need no escape (serde_json escapes only `"`, `\`
+    // and control characters); those are copied between quotes.
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // Writing to a Vec cannot fail, and a `str` always serializes.
     let _ = serde_json::to_writer(&mut *out, s);
 }
@@ -463,6 +474,21 @@ impl Issues {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[test]
+    fn json_strings_are_written_as_serde_json_writes_them() {
+        for text in [
+            "",
+            "plain text/html; q=0.9",
+            "quote \" and backslash \\",
+            "tab\tnewline\n\u{1}",
+            "del \u{7f} and é ü 日本",
+        ] {
+            let mut out = Vec::new();
+            json_string(&mut out, text);
+            assert_eq!(out, serde_json::to_vec(text).unwrap(), "{text:?}");
+        }
+    }
 
     #[test]
     fn addresses_are_written_as_display_writes_them() {
