@@ -6,6 +6,8 @@
 //! cargo bench --bench ingest -- --seconds 20 --connections 64 --body 1024
 //! cargo bench --bench ingest -- --signed           # Stripe-signed bodies, verified
 //! cargo bench --bench ingest -- --sync none        # hookscope with [wal] sync = "none"
+//! cargo bench --bench ingest -- --open-only --rate 17000   # open loop only
+//! cargo bench --bench ingest -- --arrivals uniform  # open loop evenly spaced, not Poisson
 //! cargo bench --bench ingest -- --forward          # forwarding overhead vs a direct call
 //! cargo bench --bench ingest -- --ab HOOKSCOPE_WAL_COMMIT_DELAY=1ms   # paired A/B
 //! ```
@@ -58,6 +60,10 @@ struct Args {
     body: usize,
     signed: bool,
     forward: bool,
+    /// `--open-only` (with `--rate`): skip the closed loops.
+    open_only: bool,
+    /// Open-loop arrivals: Poisson (default) or evenly spaced (`--arrivals uniform`).
+    poisson: bool,
     sync: String,
     rate: Option<u64>,
     /// `--ab KEY=VALUE` (repeatable): a second hookscope with these environment
@@ -73,6 +79,8 @@ fn parse_args() -> Args {
         body: 1024,
         signed: false,
         forward: false,
+        open_only: false,
+        poisson: true,
         sync: "always".into(),
         rate: None,
         ab: Vec::new(),
@@ -114,10 +122,23 @@ fn parse_args() -> Args {
             }
             "--signed" => a.signed = true,
             "--forward" => a.forward = true,
+            "--open-only" => a.open_only = true,
+            "--arrivals" => {
+                a.poisson = match next(i).as_str() {
+                    "poisson" => true,
+                    "uniform" => false,
+                    other => panic!("--arrivals poisson|uniform, not {other:?}"),
+                };
+                i += 1;
+            }
             _ => {} // cargo passes --bench
         }
         i += 1;
     }
+    assert!(
+        !a.open_only || a.rate.is_some(),
+        "--open-only needs --rate N (the closed loop that would set the rate is skipped)"
+    );
     a
 }
 
@@ -283,6 +304,84 @@ struct Outcome {
     latencies: Vec<u32>,
     /// (milliseconds since start, latency µs) of every request, for timelines.
     timeline: Vec<(u32, u32)>,
+    /// Open loop: how late (µs) the load generator started a request whose connection
+    /// was idle at its scheduled time (the pacer's and the runtime's wake-up). Part of
+    /// every measured latency, but the generator's, not the server's.
+    wake_late: Vec<u32>,
+}
+
+/// When each request of an open loop is due, as offsets from its start.
+///
+/// Poisson arrivals by default (exponential gaps, as from many independent senders;
+/// seeded, so every run and every server sees the same schedule), or evenly spaced
+/// with `--arrivals uniform`.
+struct Schedule(Vec<Duration>);
+
+impl Schedule {
+    fn new(rate: u64, seconds: u64, poisson: bool) -> Self {
+        let n = (rate * seconds) as usize;
+        if !poisson {
+            return Self(
+                (0..n as u64)
+                    .map(|k| Duration::from_nanos(k * 1_000_000_000 / rate))
+                    .collect(),
+            );
+        }
+        // xorshift64*: a fixed seed, no dependency.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut t = 0f64;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            let u =
+                ((x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            t += -u.ln() / rate as f64;
+            out.push(Duration::from_secs_f64(t));
+        }
+        Self(out)
+    }
+
+    /// The offset of request `k`, or `None` past the end of the phase.
+    fn at(&self, k: u64) -> Option<Duration> {
+        self.0.get(k as usize).copied()
+    }
+}
+
+/// The open loop's pacer wakes at most this often. Waking for every request (every
+/// 59 µs at 17k/s) cost the pacer 38% of a core in a scheduler trace, which the server
+/// then lacked; at this tick it releases ~3 requests per wake-up at that rate.
+const PACE_TICK: Duration = Duration::from_micros(200);
+
+/// Releases one permit per request when it is due (to within [`PACE_TICK`]) until
+/// `end`, then closes `permits`. A plain thread sleeping on the kernel's
+/// high-resolution timer: with Tokio's timer, which rounds deadlines up to whole
+/// milliseconds, requests went out 0.94 ms late at the median (p99 2.1 ms), in bursts
+/// of a millisecond's worth.
+fn pace(permits: &tokio::sync::Semaphore, schedule: &Schedule, start: Instant, end: Instant) {
+    let mut released = 0u64;
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        let elapsed = now - start;
+        let mut due = released;
+        while schedule.at(due).is_some_and(|at| at <= elapsed) {
+            due += 1;
+        }
+        if due > released {
+            permits.add_permits((due - released) as usize);
+            released = due;
+        }
+        let Some(next) = schedule.at(released) else {
+            break;
+        };
+        let next = (start + next).max(now + PACE_TICK);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    permits.close();
 }
 
 /// Closed loop (`rate` None) or open loop at `rate` requests/s for `seconds`.
@@ -292,29 +391,63 @@ async fn load(
     connections: usize,
     seconds: u64,
     rate: Option<u64>,
+    poisson: bool,
 ) -> Outcome {
     let next = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let end = start + Duration::from_secs(seconds);
+    // Open loop: one permit per request, released at its scheduled time by a pacer
+    // thread (see `pace`); a connection takes the next permit when it is free.
+    let permits = Arc::new(tokio::sync::Semaphore::new(0));
+    let schedule = Arc::new(Schedule::new(rate.unwrap_or(0), seconds, poisson));
+    let pacer = rate.map(|_| {
+        let (permits, schedule) = (Arc::clone(&permits), Arc::clone(&schedule));
+        std::thread::Builder::new()
+            .name("pacer".into())
+            .spawn(move || pace(&permits, &schedule, start, end))
+            .expect("pacer thread")
+    });
     let mut tasks = Vec::new();
     for _ in 0..connections {
         let (reqs, next, stop) = (Arc::clone(&reqs), Arc::clone(&next), Arc::clone(&stop));
+        let (permits, schedule) = (Arc::clone(&permits), Arc::clone(&schedule));
         tasks.push(tokio::spawn(async move {
             let mut conn = TcpStream::connect(addr).await.expect("connect");
             conn.set_nodelay(true).expect("nodelay");
             let mut buf = Vec::with_capacity(1024);
             let (mut ok, mut errors, mut lat) = (0u64, 0u64, Vec::with_capacity(1 << 16));
             let mut timeline = Vec::with_capacity(1 << 16);
+            let mut wake_late = Vec::with_capacity(1 << 16);
             while !stop.load(Ordering::Relaxed) {
+                let waited = match rate {
+                    Some(_) => match permits.try_acquire() {
+                        Ok(p) => {
+                            p.forget();
+                            false
+                        }
+                        Err(_) => match permits.acquire().await {
+                            Ok(p) => {
+                                p.forget();
+                                true
+                            }
+                            Err(_) => break, // the pacer is done
+                        },
+                    },
+                    None => false,
+                };
                 let k = next.fetch_add(1, Ordering::Relaxed);
                 let scheduled = match rate {
-                    Some(r) => {
-                        let at = start + Duration::from_nanos(k * 1_000_000_000 / r);
+                    Some(_) => {
+                        let Some(at) = schedule.at(k).map(|at| start + at) else {
+                            break;
+                        };
                         if at >= end {
                             break;
                         }
-                        tokio::time::sleep_until(at.into()).await;
+                        if waited {
+                            wake_late.push(at.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        }
                         at
                     }
                     None => Instant::now(),
@@ -337,7 +470,7 @@ async fn load(
                     }
                 }
             }
-            (ok, errors, lat, timeline)
+            (ok, errors, lat, timeline, wake_late)
         }));
     }
     let mut out = Outcome {
@@ -346,17 +479,23 @@ async fn load(
         elapsed: Duration::ZERO,
         latencies: Vec::new(),
         timeline: Vec::new(),
+        wake_late: Vec::new(),
     };
     for t in tasks {
-        let (ok, errors, lat, timeline) = t.await.expect("task");
+        let (ok, errors, lat, timeline, wake_late) = t.await.expect("task");
+        out.wake_late.extend(wake_late);
         out.ok += ok;
         out.errors += errors;
         out.latencies.extend(lat);
         out.timeline.extend(timeline);
     }
     stop.store(true, Ordering::Relaxed);
+    if let Some(p) = pacer {
+        p.join().expect("pacer");
+    }
     out.elapsed = start.elapsed().min(Duration::from_secs(seconds));
     out.latencies.sort_unstable();
+    out.wake_late.sort_unstable();
     out
 }
 
@@ -443,11 +582,16 @@ fn rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// Samples a process's RSS every 100 ms until dropped; reports the maximum.
+/// Samples a process's RSS and the host's steal time every 100 ms until finished;
+/// reports the maximum RSS and the steal (ms, both CPUs together) per 100 ms since
+/// the start.
 struct RssSampler {
     stop: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<f64>,
+    handle: std::thread::JoinHandle<(f64, Vec<(u32, u64)>)>,
 }
+
+/// `/proc/stat` counts in USER_HZ ticks, 100 per second on Linux.
+const MS_PER_TICK: u64 = 10;
 
 impl RssSampler {
     fn start(pid: u32) -> Self {
@@ -455,17 +599,30 @@ impl RssSampler {
         let s = Arc::clone(&stop);
         let handle = std::thread::spawn(move || {
             let mut max: f64 = 0.0;
+            let mut steal = Vec::new();
+            let start = Instant::now();
+            let mut last = host_ticks();
             while !s.load(Ordering::Relaxed) {
                 max = max.max(rss_mib(pid));
                 std::thread::sleep(Duration::from_millis(100));
+                let now = host_ticks();
+                let stolen = now.steal.saturating_sub(last.steal) * MS_PER_TICK;
+                if stolen > 0 {
+                    steal.push((start.elapsed().as_millis() as u32, stolen));
+                }
+                last = now;
             }
-            max
+            (max, steal)
         });
         Self { stop, handle }
     }
-    fn finish(self) -> f64 {
+    /// The maximum RSS (MiB) and the steal samples.
+    fn finish_with_steal(self) -> (f64, Vec<(u32, u64)>) {
         self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().unwrap_or(0.0)
+        self.handle.join().unwrap_or_default()
+    }
+    fn finish(self) -> f64 {
+        self.finish_with_steal().0
     }
 }
 
@@ -532,17 +689,91 @@ async fn run(args: Args) {
         return;
     }
     println!(
-        "ingest benchmark: {} s per phase, {} connections, {}-byte JSON bodies, signed: {}, wal sync: {}",
-        args.seconds, args.connections, args.body, args.signed, args.sync
+        "ingest benchmark: {} s per phase, {} connections, {}-byte JSON bodies, signed: {}, wal sync: {}, open-loop arrivals: {}",
+        args.seconds,
+        args.connections,
+        args.body,
+        args.signed,
+        args.sync,
+        if args.poisson { "poisson" } else { "uniform" }
     );
+    let hookscope_rate = if args.open_only {
+        // Warm up (connections, allocator, page cache) as the closed loop would.
+        for target in std::iter::once(&hookscope).chain(variant.as_ref()) {
+            let reqs = Arc::new(requests(
+                target.addr,
+                "/webhook/bench",
+                args.body,
+                false,
+                20_000,
+            ));
+            load(target.addr, reqs, args.connections, 2, None, false).await;
+        }
+        0.0
+    } else {
+        closed_loops(&args, &null, &hookscope, variant.as_ref(), &variant_name).await
+    };
+    let rate = args.rate.unwrap_or((hookscope_rate / 2.0) as u64).max(1);
+    let mut p99s = Vec::new();
+    let mut quiet_p99s = Vec::new();
+    for round in 0..args.rounds {
+        let variant_first = round % 2 == 1;
+        if let Some(v) = variant.as_ref().filter(|_| variant_first) {
+            open_loop(&format!("round {round} variant"), v, rate, &args).await;
+        }
+        let (p99, steal) =
+            open_loop(&format!("round {round} hookscope"), &hookscope, rate, &args).await;
+        p99s.push(p99);
+        if steal <= QUIET_STEAL_PCT {
+            quiet_p99s.push(p99);
+        }
+        if let Some(v) = variant.as_ref().filter(|_| !variant_first) {
+            open_loop(&format!("round {round} variant"), v, rate, &args).await;
+        }
+    }
+    let quiet_rounds = quiet_p99s.len();
+    let quiet = if quiet_p99s.is_empty() {
+        "none".to_string()
+    } else {
+        format!(
+            "{quiet_rounds} of {}, median p99 {:.2} ms",
+            args.rounds,
+            median(&mut quiet_p99s)
+        )
+    };
+    println!(
+        "  open loop at {rate} req/s: median p99 {:.2} ms; quiet rounds (host steal ≤ {QUIET_STEAL_PCT}%): {quiet}",
+        median(&mut p99s)
+    );
+    println!(
+        "  (open-loop latency is measured from each request's scheduled send time, so it includes the load generator's own lateness)"
+    );
+    disk_probe(dir.path());
+}
+
+/// The median of `v` (sorts it).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The closed-loop phases, round by round; prints each and the medians, and returns
+/// hookscope's median rate.
+async fn closed_loops(
+    args: &Args,
+    null: &Target,
+    hookscope: &Target,
+    variant: Option<&Target>,
+    variant_name: &str,
+) -> f64 {
     // Closed loop, alternating targets round by round so that noise from other
     // tenants of the machine falls on all alike; medians are reported.
     let mut phases: Vec<(&str, &Target, &str, bool)> = vec![
-        ("null axum", &null, "/webhook/bench", false),
-        ("hookscope", &hookscope, "/webhook/bench", false),
+        ("null axum", null, "/webhook/bench", false),
+        ("hookscope", hookscope, "/webhook/bench", false),
     ];
     if args.signed {
-        phases.push(("hs signed", &hookscope, "/webhook/signed", true));
+        phases.push(("hs signed", hookscope, "/webhook/signed", true));
     }
     if let Some(v) = &variant {
         phases.push(("variant", v, "/webhook/bench", false));
@@ -565,14 +796,30 @@ async fn run(args: Args) {
             let reqs = Arc::new(requests(target.addr, path, args.body, *signed, 20_000));
             if round == 0 {
                 // Warm up: connections, allocator, page cache.
-                load(target.addr, Arc::clone(&reqs), args.connections, 2, None).await;
+                load(
+                    target.addr,
+                    Arc::clone(&reqs),
+                    args.connections,
+                    2,
+                    None,
+                    false,
+                )
+                .await;
             }
             let sampler = RssSampler::start(target.child.id());
             let wal_before = wal_counters(target.addr).await;
             let cpu_before = cpu_seconds(target.child.id());
             let loadgen_before = cpu_seconds(std::process::id());
             let host_before = host_ticks();
-            let out = load(target.addr, reqs, args.connections, args.seconds, None).await;
+            let out = load(
+                target.addr,
+                reqs,
+                args.connections,
+                args.seconds,
+                None,
+                false,
+            )
+            .await;
             let host_after = host_ticks();
             let steal = steal_pct(host_before, host_after);
             let idle = host_pct(host_before, host_after, |t| t.idle);
@@ -605,15 +852,11 @@ async fn run(args: Args) {
             steals[t].push(steal);
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     // Per-round rates, in round order (before the medians sort them).
     let (null_rates, hookscope_rates) = (rates[0].clone(), rates[1].clone());
     let variant_rates = variant.as_ref().map(|_| rates[phases.len() - 1].clone());
-    let rate_m: Vec<f64> = rates.iter_mut().map(median).collect();
-    let cpu_m: Vec<f64> = cpu_us.iter_mut().map(median).collect();
+    let rate_m: Vec<f64> = rates.iter_mut().map(|v| median(v)).collect();
+    let cpu_m: Vec<f64> = cpu_us.iter_mut().map(|v| median(v)).collect();
     let (ceiling, hookscope_rate) = (rate_m[0], rate_m[1]);
     println!(
         "  median: null {ceiling:.0} req/s ({:.1} µs CPU/req), hookscope {hookscope_rate:.0} req/s ({:.1} µs CPU/req): {:.1}% of the ceiling",
@@ -677,42 +920,7 @@ async fn run(args: Args) {
             .collect();
         println!("  per round: variant / hookscope = {}", ratios.join(", "));
     }
-    let rate = args.rate.unwrap_or((hookscope_rate / 2.0) as u64).max(1);
-    let mut p99s = Vec::new();
-    let mut quiet_p99s = Vec::new();
-    for round in 0..args.rounds {
-        let variant_first = round % 2 == 1;
-        if let Some(v) = variant.as_ref().filter(|_| variant_first) {
-            open_loop(&format!("round {round} variant"), v, rate, &args).await;
-        }
-        let (p99, steal) =
-            open_loop(&format!("round {round} hookscope"), &hookscope, rate, &args).await;
-        p99s.push(p99);
-        if steal <= QUIET_STEAL_PCT {
-            quiet_p99s.push(p99);
-        }
-        if let Some(v) = variant.as_ref().filter(|_| !variant_first) {
-            open_loop(&format!("round {round} variant"), v, rate, &args).await;
-        }
-    }
-    let quiet_rounds = quiet_p99s.len();
-    let quiet = if quiet_p99s.is_empty() {
-        "none".to_string()
-    } else {
-        format!(
-            "{quiet_rounds} of {}, median p99 {:.2} ms",
-            args.rounds,
-            median(&mut quiet_p99s)
-        )
-    };
-    println!(
-        "  open loop at {rate} req/s: median p99 {:.2} ms; quiet rounds (host steal ≤ {QUIET_STEAL_PCT}%): {quiet}",
-        median(&mut p99s)
-    );
-    println!(
-        "  (open-loop latency is measured from each request's scheduled send time and includes up to ~1 ms of timer slack in the load generator)"
-    );
-    disk_probe(dir.path());
+    hookscope_rate
 }
 
 /// The disk's own sync latency, with no server running: 16 KiB `pwrite` + `fdatasync`
@@ -793,17 +1001,24 @@ async fn open_loop(name: &str, target: &Target, rate: u64, args: &Args) -> (f64,
     let wal_before = wal_counters(target.addr).await;
     let open_started = chrono::Utc::now();
     let host_before = host_ticks();
+    let cpu_before = cpu_seconds(target.child.id());
+    let loadgen_before = cpu_seconds(std::process::id());
     let out = load(
         target.addr,
         reqs,
         args.connections,
         args.seconds,
         Some(rate),
+        args.poisson,
     )
     .await;
-    let steal = steal_pct(host_before, host_ticks());
+    let host_after = host_ticks();
+    let cpu = cpu_seconds(target.child.id()) - cpu_before;
+    let loadgen = cpu_seconds(std::process::id()) - loadgen_before;
+    let steal = steal_pct(host_before, host_after);
+    let idle = host_pct(host_before, host_after, |t| t.idle);
     let wal_after = wal_counters(target.addr).await;
-    let rss = sampler.finish();
+    let (rss, steal_samples) = sampler.finish_with_steal();
     println!(
         "  {name} open loop at {rate} req/s: achieved {:.0} req/s  ack latency p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  errors {}  max RSS {:.0} MiB  host steal {steal:.1}%",
         out.ok as f64 / out.elapsed.as_secs_f64(),
@@ -815,24 +1030,47 @@ async fn open_loop(name: &str, target: &Target, rate: u64, args: &Args) -> (f64,
         rss
     );
     println!("             {}", wal_report(wal_before, wal_after));
+    let per_req = |secs: f64| 1e6 * secs / out.ok.max(1) as f64;
+    println!(
+        "             server CPU {:.1} µs/req, load generator CPU {:.1} µs/req, machine idle {idle:.1}%",
+        per_req(cpu),
+        per_req(loadgen)
+    );
+    println!(
+        "             load generator late (idle connection) by p50 {:.2} ms, p99 {:.2} ms (included in the latencies above)",
+        pct(&out.wake_late, 0.50),
+        pct(&out.wake_late, 0.99)
+    );
     if std::env::var("INGEST_BENCH_TIMELINE").is_ok() {
         println!(
             "  open loop started at {} (UTC, to line up with the server log)",
             open_started.format("%H:%M:%S%.3f")
         );
-        // Max latency per 250 ms of the open loop, to line up with flushes in the log.
-        let mut windows = std::collections::BTreeMap::<u32, u32>::new();
+        // Per 100 ms of the open loop: the worst ack and how many acks took over 5 ms,
+        // to line up with flushes in the server log. Windows without a slow ack are
+        // left out.
+        let mut windows = std::collections::BTreeMap::<u32, (u32, u32)>::new();
         for (ms, us) in &out.timeline {
-            let w = windows.entry(ms / 250).or_default();
-            *w = (*w).max(*us);
+            let w = windows.entry(ms / 100).or_default();
+            w.0 = w.0.max(*us);
+            w.1 += u32::from(*us > 5_000);
         }
         let line: Vec<String> = windows
             .iter()
-            .map(|(w, us)| format!("{}:{:.0}", w * 250, *us as f64 / 1000.0))
+            .filter(|(_, (_, slow))| *slow > 0)
+            .map(|(w, (us, slow))| format!("{}:{:.0}/{slow}", w * 100, *us as f64 / 1000.0))
             .collect();
         println!(
-            "  timeline (ms since start: max ack ms): {}",
+            "  timeline (ms since start: max ack ms/acks over 5 ms, windows of 100 ms with any): {}",
             line.join(" ")
+        );
+        let steal: Vec<String> = steal_samples
+            .iter()
+            .map(|(ms, stolen)| format!("{}:{stolen}", ms / 100 * 100))
+            .collect();
+        println!(
+            "  host steal (ms since start: ms stolen from both CPUs in the 100 ms before): {}",
+            steal.join(" ")
         );
     }
     (pct(&out.latencies, 0.99), steal)
@@ -852,8 +1090,8 @@ async fn forward_overhead(args: &Args, app: &Target, hookscope: &Target) {
             ("through hookscope", hookscope.addr, "/webhook/app"),
         ] {
             let reqs = Arc::new(requests(addr, path, args.body, false, 20_000));
-            load(addr, Arc::clone(&reqs), connections, 2, None).await;
-            let out = load(addr, reqs, connections, args.seconds, None).await;
+            load(addr, Arc::clone(&reqs), connections, 2, None, false).await;
+            let out = load(addr, reqs, connections, args.seconds, None, false).await;
             let p50 = pct(&out.latencies, 0.50);
             println!(
                 "  {connections:>3} conn  {name:<18} {:>8.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  errors {}",
