@@ -977,8 +977,8 @@ impl<A: Applier> Writer<A> {
             keep
         });
         for path in released {
-            // Keep a few as spares (the largest): rewriting allocated blocks makes
-            // fdatasync cheap.
+            // Kept as spares (as many as the next cycle will likely need): rewriting
+            // allocated blocks makes fdatasync cheap.
             let outcome = self.spares.keep(&path);
             match outcome {
                 Ok(()) => removed = true,
@@ -990,6 +990,7 @@ impl<A: Applier> Writer<A> {
         if removed {
             self.spares.sync_dir_later();
         }
+        self.spares.released();
         self.status
             .segments
             .store(self.segments.len() as u64, Ordering::Relaxed);
@@ -998,7 +999,7 @@ impl<A: Applier> Writer<A> {
 
 #[cfg(test)]
 mod tests {
-    use super::spares::{MAX_SPARES, file_len, list_spares};
+    use super::spares::{MIN_SPARES, file_len, list_spares};
     use super::*;
     use crate::model::tests::sample_delivery;
 
@@ -1201,7 +1202,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_largest_released_segments_are_kept_and_reused_first() {
+    async fn released_segments_are_kept_for_the_next_cycle_and_the_largest_reused_first() {
         let dir = tempfile::tempdir().unwrap();
         let (wal, _) = Wal::open(config(dir.path()), 0, Collect::default()).unwrap();
         let mut i = 0;
@@ -1223,14 +1224,22 @@ mod tests {
         let mut sizes = sorted_sizes(segments.into_iter().map(|(_, p)| p).collect());
         wal.release(through).await.unwrap();
         let spare_sizes = sorted_sizes(list_spares(dir.path()));
-        // Five released (plus the empty active one, kept): the three largest stay.
+        // Five released (plus the empty active one, kept): the WAL started more
+        // segments than that since it opened, so all five stay for the next cycle.
         sizes.retain(|&n| n > (MAGIC.len() + TERMINATOR.len()) as u64);
-        assert_eq!(spare_sizes, sizes[sizes.len() - MAX_SPARES..].to_vec());
+        assert_eq!(spare_sizes, sizes);
         // The next segment reuses the largest.
         wal.append(Pending::new(entry(i))).await.unwrap();
-        wal.rotate().await.unwrap();
+        i += 1;
+        through = wal.rotate().await.unwrap();
         let left = sorted_sizes(list_spares(dir.path()));
-        assert_eq!(left, spare_sizes[..MAX_SPARES - 1].to_vec());
+        assert_eq!(left, spare_sizes[..spare_sizes.len() - 1].to_vec());
+        // A cycle that started one segment keeps only the minimum (the smallest go).
+        wal.append(Pending::new(entry(i))).await.unwrap();
+        wal.release(through).await.unwrap();
+        let kept = sorted_sizes(list_spares(dir.path()));
+        assert_eq!(kept.len(), MIN_SPARES);
+        assert_eq!(kept, left[left.len() - MIN_SPARES..].to_vec());
     }
 
     #[tokio::test]
