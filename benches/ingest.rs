@@ -553,6 +553,25 @@ fn host_ticks() -> HostTicks {
         .unwrap_or_default()
 }
 
+/// Bytes written to the machine's block devices so far (`/sys/block/*/stat`, loop and
+/// zram devices left out); zero where there is no such file.
+fn disk_written_bytes() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/sys/block") else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter(|d| {
+            let name = d.file_name();
+            let name = name.to_string_lossy();
+            !name.starts_with("loop") && !name.starts_with("zram")
+        })
+        .filter_map(|d| std::fs::read_to_string(d.path().join("stat")).ok())
+        // Field 7: sectors written, 512 bytes each.
+        .filter_map(|stat| stat.split_whitespace().nth(6)?.parse::<u64>().ok())
+        .map(|sectors| sectors * 512)
+        .sum()
+}
+
 /// Share of the machine's CPU time between two readings that `part` picks, in percent.
 fn host_pct(before: HostTicks, after: HostTicks, part: fn(HostTicks) -> u64) -> f64 {
     let total = after.total.saturating_sub(before.total);
@@ -1003,6 +1022,7 @@ async fn open_loop(name: &str, target: &Target, rate: u64, args: &Args) -> (f64,
     let host_before = host_ticks();
     let cpu_before = cpu_seconds(target.child.id());
     let loadgen_before = cpu_seconds(std::process::id());
+    let disk_before = disk_written_bytes();
     let out = load(
         target.addr,
         reqs,
@@ -1013,6 +1033,7 @@ async fn open_loop(name: &str, target: &Target, rate: u64, args: &Args) -> (f64,
     )
     .await;
     let host_after = host_ticks();
+    let disk = disk_written_bytes().saturating_sub(disk_before);
     let cpu = cpu_seconds(target.child.id()) - cpu_before;
     let loadgen = cpu_seconds(std::process::id()) - loadgen_before;
     let steal = steal_pct(host_before, host_after);
@@ -1032,9 +1053,11 @@ async fn open_loop(name: &str, target: &Target, rate: u64, args: &Args) -> (f64,
     println!("             {}", wal_report(wal_before, wal_after));
     let per_req = |secs: f64| 1e6 * secs / out.ok.max(1) as f64;
     println!(
-        "             server CPU {:.1} µs/req, load generator CPU {:.1} µs/req, machine idle {idle:.1}%",
+        "             server CPU {:.1} µs/req, load generator CPU {:.1} µs/req, machine idle {idle:.1}%, device writes {:.0} MiB ({:.1} KiB/req)",
         per_req(cpu),
-        per_req(loadgen)
+        per_req(loadgen),
+        disk as f64 / (1 << 20) as f64,
+        disk as f64 / 1024.0 / out.ok.max(1) as f64
     );
     println!(
         "             load generator late (idle connection) by p50 {:.2} ms, p99 {:.2} ms (included in the latencies above)",
