@@ -719,13 +719,7 @@ async fn run(args: Args) {
     let hookscope_rate = if args.open_only {
         // Warm up (connections, allocator, page cache) as the closed loop would.
         for target in std::iter::once(&hookscope).chain(variant.as_ref()) {
-            let reqs = Arc::new(requests(
-                target.addr,
-                "/webhook/bench",
-                args.body,
-                false,
-                20_000,
-            ));
+            let reqs = unsigned_requests(target, args.body);
             load(target.addr, reqs, args.connections, 2, None, false).await;
         }
         0.0
@@ -1006,16 +1000,15 @@ fn disk_probe(dir: &std::path::Path) {
     );
 }
 
+/// The open loop's requests: unsigned, to the `bench` source.
+fn unsigned_requests(target: &Target, body: usize) -> Arc<Vec<Vec<u8>>> {
+    Arc::new(requests(target.addr, "/webhook/bench", body, false, 20_000))
+}
+
 /// Acknowledgement latency at a fixed request rate (open loop). Returns the p99 (ms)
 /// and the host's steal during the phase (percent).
 async fn open_loop(name: &str, target: &Target, rate: u64, args: &Args) -> (f64, f64) {
-    let reqs = Arc::new(requests(
-        target.addr,
-        "/webhook/bench",
-        args.body,
-        false,
-        20_000,
-    ));
+    let reqs = unsigned_requests(target, args.body);
     let sampler = RssSampler::start(target.child.id());
     let wal_before = wal_counters(target.addr).await;
     let open_started = chrono::Utc::now();
