@@ -420,37 +420,35 @@ async fn load(
             let mut timeline = Vec::with_capacity(1 << 16);
             let mut wake_late = Vec::with_capacity(1 << 16);
             while !stop.load(Ordering::Relaxed) {
-                let waited = match rate {
-                    Some(_) => match permits.try_acquire() {
-                        Ok(p) => {
-                            p.forget();
-                            false
-                        }
-                        Err(_) => match permits.acquire().await {
+                let (k, scheduled) = match rate {
+                    None => (next.fetch_add(1, Ordering::Relaxed), Instant::now()),
+                    Some(_) => {
+                        // A permit waiting already means this connection is behind
+                        // schedule (the server's doing); waiting for one, the
+                        // generator's lateness is measured.
+                        let waited = match permits.try_acquire() {
                             Ok(p) => {
                                 p.forget();
-                                true
+                                false
                             }
-                            Err(_) => break, // the pacer is done
-                        },
-                    },
-                    None => false,
-                };
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                let scheduled = match rate {
-                    Some(_) => {
-                        let Some(at) = schedule.at(k).map(|at| start + at) else {
+                            Err(_) => match permits.acquire().await {
+                                Ok(p) => {
+                                    p.forget();
+                                    true
+                                }
+                                Err(_) => break, // the pacer is done
+                            },
+                        };
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(at) = schedule.at(k).map(|at| start + at).filter(|&at| at < end)
+                        else {
                             break;
                         };
-                        if at >= end {
-                            break;
-                        }
                         if waited {
                             wake_late.push(at.elapsed().as_micros().min(u32::MAX as u128) as u32);
                         }
-                        at
+                        (k, at)
                     }
-                    None => Instant::now(),
                 };
                 if Instant::now() >= end {
                     break;
