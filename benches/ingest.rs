@@ -37,7 +37,9 @@
 //!
 //! The load generator speaks HTTP/1.1 over keep-alive TCP with pre-built requests, so
 //! it spends as little of the machine's CPU as it can; it runs on the same cores as
-//! the server, for both targets alike.
+//! the server, for both targets alike. The closed loop runs on a one-worker Tokio
+//! runtime; the open loop on one thread of its own with `epoll` and a `timerfd`
+//! (`ingest/paced.rs`), which both paces and sends.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -50,6 +52,9 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+#[path = "ingest/paced.rs"]
+mod paced;
 
 const STRIPE_SECRET: &str = "whsec_benchmark_secret_0123456789";
 
@@ -269,22 +274,8 @@ async fn exchange(conn: &mut TcpStream, req: &[u8], buf: &mut Vec<u8>) -> std::i
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = std::str::from_utf8(&buf[..end]).unwrap_or("");
-            let status: u16 = head
-                .split(' ')
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .unwrap_or(0);
-            while buf.len() < end + 4 + len {
+        if let Some((status, len)) = response_len(buf) {
+            while buf.len() < len {
                 let n = conn.read(&mut chunk).await?;
                 if n == 0 {
                     return Err(std::io::ErrorKind::UnexpectedEof.into());
@@ -296,170 +287,70 @@ async fn exchange(conn: &mut TcpStream, req: &[u8], buf: &mut Vec<u8>) -> std::i
     }
 }
 
+/// Once `buf` holds a response's head: its status and the response's whole length
+/// (head and `Content-Length` body).
+fn response_len(buf: &[u8]) -> Option<(u16, usize)> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&buf[..end]).unwrap_or("");
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    Some((status, end + 4 + len))
+}
+
 struct Outcome {
     ok: u64,
     errors: u64,
     elapsed: Duration,
     /// Microseconds, from scheduled (open loop) or actual (closed loop) send time.
     latencies: Vec<u32>,
-    /// (milliseconds since start, latency µs) of every request, for timelines.
+    /// Open loop: (milliseconds since start, latency µs) of every request, for
+    /// timelines.
     timeline: Vec<(u32, u32)>,
-    /// Open loop: how late (µs) the load generator started a request whose connection
-    /// was idle at its scheduled time (the pacer's and the runtime's wake-up). Part of
-    /// every measured latency, but the generator's, not the server's.
+    /// Open loop: how late (µs) the load generator sent a request that found an idle
+    /// connection when it fell due (the generator's wake-up). Part of every measured
+    /// latency, but the generator's, not the server's.
     wake_late: Vec<u32>,
 }
 
-/// When each request of an open loop is due, as offsets from its start.
-///
-/// Poisson arrivals by default (exponential gaps, as from many independent senders;
-/// seeded, so every run and every server sees the same schedule), or evenly spaced
-/// with `--arrivals uniform`.
-struct Schedule(Vec<Duration>);
-
-impl Schedule {
-    fn new(rate: u64, seconds: u64, poisson: bool) -> Self {
-        let n = (rate * seconds) as usize;
-        if !poisson {
-            return Self(
-                (0..n as u64)
-                    .map(|k| Duration::from_nanos(k * 1_000_000_000 / rate))
-                    .collect(),
-            );
-        }
-        // xorshift64*: a fixed seed, no dependency.
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut t = 0f64;
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            let u =
-                ((x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-            t += -u.ln() / rate as f64;
-            out.push(Duration::from_secs_f64(t));
-        }
-        Self(out)
-    }
-
-    /// The offset of request `k`, or `None` past the end of the phase.
-    fn at(&self, k: u64) -> Option<Duration> {
-        self.0.get(k as usize).copied()
-    }
-}
-
-/// The open loop's pacer wakes at most this often. Waking for every request (every
-/// 59 µs at 17k/s) cost the pacer 38% of a core in a scheduler trace, which the server
-/// then lacked; at this tick it releases ~3 requests per wake-up at that rate.
-const PACE_TICK: Duration = Duration::from_micros(200);
-
-/// Releases one permit per request when it is due (to within [`PACE_TICK`]) until
-/// `end`, then closes `permits`. A plain thread sleeping on the kernel's
-/// high-resolution timer: with Tokio's timer, which rounds deadlines up to whole
-/// milliseconds, requests went out 0.94 ms late at the median (p99 2.1 ms), in bursts
-/// of a millisecond's worth.
-fn pace(permits: &tokio::sync::Semaphore, schedule: &Schedule, start: Instant, end: Instant) {
-    let mut released = 0u64;
-    loop {
-        let now = Instant::now();
-        if now >= end {
-            break;
-        }
-        let elapsed = now - start;
-        let mut due = released;
-        while schedule.at(due).is_some_and(|at| at <= elapsed) {
-            due += 1;
-        }
-        if due > released {
-            permits.add_permits((due - released) as usize);
-            released = due;
-        }
-        let Some(next) = schedule.at(released) else {
-            break;
-        };
-        let next = (start + next).max(now + PACE_TICK);
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
-    }
-    permits.close();
-}
-
-/// Closed loop (`rate` None) or open loop at `rate` requests/s for `seconds`.
+/// Closed loop for `seconds`: each connection sends its next request as soon as the
+/// answer to the last one arrives. (The open loop is [`paced::run`].)
 async fn load(
     addr: SocketAddr,
     reqs: Arc<Vec<Vec<u8>>>,
     connections: usize,
     seconds: u64,
-    rate: Option<u64>,
-    poisson: bool,
 ) -> Outcome {
     let next = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let end = start + Duration::from_secs(seconds);
-    // Open loop: one permit per request, released at its scheduled time by a pacer
-    // thread (see `pace`); a connection takes the next permit when it is free.
-    let permits = Arc::new(tokio::sync::Semaphore::new(0));
-    let schedule = Arc::new(Schedule::new(rate.unwrap_or(0), seconds, poisson));
-    let pacer = rate.map(|_| {
-        let (permits, schedule) = (Arc::clone(&permits), Arc::clone(&schedule));
-        std::thread::Builder::new()
-            .name("pacer".into())
-            .spawn(move || pace(&permits, &schedule, start, end))
-            .expect("pacer thread")
-    });
     let mut tasks = Vec::new();
     for _ in 0..connections {
         let (reqs, next, stop) = (Arc::clone(&reqs), Arc::clone(&next), Arc::clone(&stop));
-        let (permits, schedule) = (Arc::clone(&permits), Arc::clone(&schedule));
         tasks.push(tokio::spawn(async move {
             let mut conn = TcpStream::connect(addr).await.expect("connect");
             conn.set_nodelay(true).expect("nodelay");
             let mut buf = Vec::with_capacity(1024);
             let (mut ok, mut errors, mut lat) = (0u64, 0u64, Vec::with_capacity(1 << 16));
-            let mut timeline = Vec::with_capacity(1 << 16);
-            let mut wake_late = Vec::with_capacity(1 << 16);
-            while !stop.load(Ordering::Relaxed) {
-                let (k, scheduled) = match rate {
-                    None => (next.fetch_add(1, Ordering::Relaxed), Instant::now()),
-                    Some(_) => {
-                        // A permit waiting already means this connection is behind
-                        // schedule (the server's doing); waiting for one, the
-                        // generator's lateness is measured.
-                        let waited = match permits.try_acquire() {
-                            Ok(p) => {
-                                p.forget();
-                                false
-                            }
-                            Err(_) => match permits.acquire().await {
-                                Ok(p) => {
-                                    p.forget();
-                                    true
-                                }
-                                Err(_) => break, // the pacer is done
-                            },
-                        };
-                        let k = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(at) = schedule.at(k).map(|at| start + at).filter(|&at| at < end)
-                        else {
-                            break;
-                        };
-                        if waited {
-                            wake_late.push(at.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                        }
-                        (k, at)
-                    }
-                };
-                if Instant::now() >= end {
-                    break;
-                }
+            while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let sent = Instant::now();
                 let req = &reqs[(k as usize) % reqs.len()];
                 match exchange(&mut conn, req, &mut buf).await {
                     Ok(200) => {
                         ok += 1;
-                        let us = scheduled.elapsed().as_micros().min(u32::MAX as u128) as u32;
-                        lat.push(us);
-                        timeline.push(((scheduled - start).as_millis() as u32, us));
+                        lat.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
                     }
                     Ok(_) => errors += 1,
                     Err(_) => {
@@ -468,7 +359,7 @@ async fn load(
                     }
                 }
             }
-            (ok, errors, lat, timeline, wake_late)
+            (ok, errors, lat)
         }));
     }
     let mut out = Outcome {
@@ -480,20 +371,14 @@ async fn load(
         wake_late: Vec::new(),
     };
     for t in tasks {
-        let (ok, errors, lat, timeline, wake_late) = t.await.expect("task");
-        out.wake_late.extend(wake_late);
+        let (ok, errors, lat) = t.await.expect("task");
         out.ok += ok;
         out.errors += errors;
         out.latencies.extend(lat);
-        out.timeline.extend(timeline);
     }
     stop.store(true, Ordering::Relaxed);
-    if let Some(p) = pacer {
-        p.join().expect("pacer");
-    }
     out.elapsed = start.elapsed().min(Duration::from_secs(seconds));
     out.latencies.sort_unstable();
-    out.wake_late.sort_unstable();
     out
 }
 
@@ -718,7 +603,7 @@ async fn run(args: Args) {
         // Warm up (connections, allocator, page cache) as the closed loop would.
         for target in std::iter::once(&hookscope).chain(variant.as_ref()) {
             let reqs = unsigned_requests(target, args.body);
-            load(target.addr, reqs, args.connections, 2, None, false).await;
+            load(target.addr, reqs, args.connections, 2).await;
         }
         0.0
     } else {
@@ -807,30 +692,14 @@ async fn closed_loops(
             let reqs = Arc::new(requests(target.addr, path, args.body, *signed, 20_000));
             if round == 0 {
                 // Warm up: connections, allocator, page cache.
-                load(
-                    target.addr,
-                    Arc::clone(&reqs),
-                    args.connections,
-                    2,
-                    None,
-                    false,
-                )
-                .await;
+                load(target.addr, Arc::clone(&reqs), args.connections, 2).await;
             }
             let sampler = RssSampler::start(target.child.id());
             let wal_before = wal_counters(target.addr).await;
             let cpu_before = cpu_seconds(target.child.id());
             let loadgen_before = cpu_seconds(std::process::id());
             let host_before = host_ticks();
-            let out = load(
-                target.addr,
-                reqs,
-                args.connections,
-                args.seconds,
-                None,
-                false,
-            )
-            .await;
+            let out = load(target.addr, reqs, args.connections, args.seconds).await;
             let host_after = host_ticks();
             let steal = steal_pct(host_before, host_after);
             let idle = host_pct(host_before, host_after, |t| t.idle);
@@ -1014,15 +883,13 @@ async fn open_loop(name: &str, target: &Target, rate: u64, args: &Args) -> (f64,
     let cpu_before = cpu_seconds(target.child.id());
     let loadgen_before = cpu_seconds(std::process::id());
     let disk_before = disk_written_bytes();
-    let out = load(
-        target.addr,
-        reqs,
-        args.connections,
-        args.seconds,
-        Some(rate),
-        args.poisson,
-    )
-    .await;
+    let (addr, connections, seconds, poisson) =
+        (target.addr, args.connections, args.seconds, args.poisson);
+    let out = tokio::task::spawn_blocking(move || {
+        paced::run(addr, &reqs, connections, seconds, rate, poisson)
+    })
+    .await
+    .expect("open loop");
     let host_after = host_ticks();
     let disk = disk_written_bytes().saturating_sub(disk_before);
     let cpu = cpu_seconds(target.child.id()) - cpu_before;
@@ -1104,8 +971,8 @@ async fn forward_overhead(args: &Args, app: &Target, hookscope: &Target) {
             ("through hookscope", hookscope.addr, "/webhook/app"),
         ] {
             let reqs = Arc::new(requests(addr, path, args.body, false, 20_000));
-            load(addr, Arc::clone(&reqs), connections, 2, None, false).await;
-            let out = load(addr, reqs, connections, args.seconds, None, false).await;
+            load(addr, Arc::clone(&reqs), connections, 2).await;
+            let out = load(addr, reqs, connections, args.seconds).await;
             let p50 = pct(&out.latencies, 0.50);
             println!(
                 "  {connections:>3} conn  {name:<18} {:>8.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  errors {}",
