@@ -254,10 +254,10 @@ pub fn run(
             }
             let c = token as usize;
             let conn = &mut conns[c];
-            if ev.events & libc::EPOLLOUT as u32 != 0 {
-                if let Some((k, at, _)) = conn.busy {
-                    send(&poller, conn, reqs, k, at);
-                }
+            if ev.events & libc::EPOLLOUT as u32 != 0
+                && let Some((k, at, _)) = conn.busy
+            {
+                send(&poller, conn, reqs, k, at);
             }
             if ev.events & (libc::EPOLLIN | libc::EPOLLERR | libc::EPOLLHUP) as u32 == 0 {
                 continue;
