@@ -218,21 +218,18 @@ pub fn run(
     loop {
         let now = Instant::now();
         // Release every request now due: onto an idle connection at once (its
-        // lateness is the generator's), or behind the others waiting for one.
+        // lateness is the generator's), or behind the others waiting for one. (Until
+        // the end, a connection is idle only while no request waits.)
         while let Some(at) = schedule.at(due).map(|d| start + d).filter(|&at| at <= now) {
             if at >= end {
                 due = usize::MAX;
                 break;
             }
             match idle.pop() {
-                Some(c) if waiting.is_empty() => {
+                Some(c) => {
                     out.wake_late.push(micros(now - at));
                     send(&poller, &mut conns[c], reqs, due, at);
                     in_flight += 1;
-                }
-                Some(c) => {
-                    idle.push(c);
-                    waiting.push_back((due, at));
                 }
                 None => waiting.push_back((due, at)),
             }
