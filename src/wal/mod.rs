@@ -67,9 +67,10 @@ const MAX_FRAME: usize = 1 << 30;
 const MAX_GROUP: usize = 4096;
 /// Under concurrent load, a group is written no sooner than this after the previous
 /// group's write began (see [`Writer::commit_delay`]). Off by default: groups form by
-/// themselves from the appends that arrive during the previous sync, and in paired
-/// benchmark rounds (2026-11-23) no delay beat 150 µs and 500 µs by 5–19% in
-/// closed-loop throughput.
+/// themselves from the appends that arrive during the previous sync. In paired
+/// benchmark runs (2026-11-23) 300 µs tripled the records per group and saved ~10%
+/// of the CPU per request in the open loop, but did not lower its p99, raised its
+/// p50 by ~0.2 ms and cost 14% of the closed-loop rate (`benches/RESULTS.md`).
 pub const DEFAULT_COMMIT_DELAY: Duration = Duration::ZERO;
 /// The commit delay applies only when the previous group had at least this many
 /// records (a lone client never waits)…
