@@ -350,7 +350,7 @@ async fn load(
                 match exchange(&mut conn, req, &mut buf).await {
                     Ok(200) => {
                         ok += 1;
-                        lat.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        lat.push(paced::micros(sent.elapsed()));
                     }
                     Ok(_) => errors += 1,
                     Err(_) => {
@@ -848,7 +848,7 @@ fn disk_probe(dir: &std::path::Path) {
             println!("  disk alone: write or sync failed");
             return;
         }
-        lat_us.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        lat_us.push(paced::micros(t.elapsed()));
         offset = (offset + WRITE as u64) % FILE;
     }
     lat_us.sort_unstable();

@@ -346,6 +346,7 @@ fn send(poller: &Poller, conn: &mut Conn, reqs: &[Vec<u8>], k: usize, at: Instan
     }
 }
 
-fn micros(d: Duration) -> u32 {
+/// A duration in whole microseconds, saturating at `u32::MAX` (~71 minutes).
+pub fn micros(d: Duration) -> u32 {
     d.as_micros().min(u32::MAX as u128) as u32
 }
