@@ -8,6 +8,7 @@
 
 use std::fs::File;
 use std::io;
+use std::path::Path;
 
 unsafe extern "C" {
     // Part of the mimalloc C library linked by the `mimalloc` crate (the binary's
@@ -77,5 +78,54 @@ pub fn lower_thread_priority() {
     unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
         libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
+
+/// fsyncs a directory, so that the names created, renamed or removed in it are durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` and any missing parents, and fsyncs the parent of every directory it
+/// creates: a new directory's name lives in its parent, and without that sync a power
+/// loss can take the directory (and every file later made durable inside it) away.
+pub fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        if d.as_os_str().is_empty() || d.is_dir() {
+            break;
+        }
+        missing.push(d);
+        cur = d.parent();
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    for d in missing.iter().rev() {
+        let parent = match d.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_directories_are_created_with_their_parents() {
+        let tmp = tempfile::tempdir().unwrap();
+        let deep = tmp.path().join("a/b/c");
+        create_dir_all_durable(&deep).unwrap();
+        assert!(deep.is_dir());
+        // Existing directories are fine, and a file in the way is an error.
+        create_dir_all_durable(&deep).unwrap();
+        std::fs::write(tmp.path().join("f"), b"x").unwrap();
+        assert!(create_dir_all_durable(&tmp.path().join("f/g")).is_err());
     }
 }

@@ -48,7 +48,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Histogram;
-use crate::model::Entry;
+use crate::model::{DecodeError, Entry};
 
 mod spares;
 use spares::Spares;
@@ -108,6 +108,20 @@ pub enum WalError {
     Io { path: PathBuf, message: String },
     #[error("{path} is not a hookscope WAL segment (bad magic); move it out of the wal directory")]
     BadMagic { path: PathBuf },
+    #[error(
+        "WAL record {seq} in {path} (offset {offset}) passes its checksum but this build cannot decode it: {reason}. Nothing was cut; {advice}"
+    )]
+    Undecodable {
+        path: PathBuf,
+        seq: u64,
+        offset: usize,
+        reason: String,
+        advice: &'static str,
+    },
+    #[error(
+        "the write-ahead log stopped after an internal error ({0}); records already acknowledged are safe in the WAL; restart hookscope"
+    )]
+    Fatal(String),
     #[error("the write-ahead log is shut down")]
     Closed,
 }
@@ -193,6 +207,8 @@ fn log_slow(step: &'static str, started: Instant) {
 #[derive(Debug, Default)]
 pub struct WalStatus {
     degraded: AtomicBool,
+    /// Set once the applier failed: the WAL accepts nothing more until a restart.
+    fatal: Mutex<Option<String>>,
     last_error: Mutex<Option<String>>,
     last_seq: AtomicU64,
     syncs: AtomicU64,
@@ -208,6 +224,11 @@ impl WalStatus {
     /// True while the last write or sync failed and none has succeeded since.
     pub fn is_degraded(&self) -> bool {
         self.degraded.load(Ordering::Relaxed)
+    }
+    /// Why the WAL stopped for good (until a restart), if it did: the applier failed
+    /// on a durable record, so the records after it could not be applied in order.
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().clone()
     }
     /// The last I/O error, if the WAL is degraded.
     pub fn last_error(&self) -> Option<String> {
@@ -287,11 +308,25 @@ impl<T: Send + 'static> Wal<T> {
     where
         A: Applier<Output = T>,
     {
-        fs::create_dir_all(&config.dir).map_err(|e| WalError::io(&config.dir, e))?;
-        let (summary, mut segments) = read_dir_records(&config.dir, true, &mut |seq, entry| {
-            applier.replay(seq, entry)
-        })?;
-        applier.replay_done();
+        crate::sys::create_dir_all_durable(&config.dir).map_err(|e| WalError::io(&config.dir, e))?;
+        let mut replaying = 0;
+        let replayed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let result = read_dir_records(&config.dir, true, &mut |seq, entry| {
+                replaying = seq;
+                applier.replay(seq, entry)
+            });
+            applier.replay_done();
+            result
+        }));
+        let (summary, mut segments) = match replayed {
+            Ok(result) => result?,
+            Err(panic) => {
+                return Err(WalError::Fatal(format!(
+                    "replaying WAL record {replaying} failed: {}",
+                    panic_message(&*panic)
+                )));
+            }
+        };
         let status = Arc::new(WalStatus::default());
         let used_through = segments
             .iter()
@@ -443,8 +478,9 @@ fn read_dir_records(
         File::open(&path)
             .and_then(|mut file| file.read_to_end(&mut data))
             .map_err(|e| WalError::io(&path, e))?;
-        if data.len() < MAGIC.len() {
-            // A segment created right before a crash, magic not yet durable.
+        if data.len() < MAGIC.len() || data.iter().all(|b| *b == 0) {
+            // A segment created right before a crash, magic not yet durable; or a
+            // zero-filled spare renamed into place whose header write failed.
             if repair {
                 rewrite_magic(&path)?;
             }
@@ -480,18 +516,30 @@ fn read_dir_records(
                         problem = Some(format!("sequence gap: expected {expected}, found {seq}"));
                         break;
                     }
-                    match Entry::decode(kind, payload) {
-                        Ok(entry) => {
-                            f(seq, entry);
-                            summary.records += 1;
-                            summary.last_seq = seq;
-                            last_seq = seq;
+                    // A frame that passes its checksum was written whole: failing to
+                    // decode it is never a torn write, and cutting it would destroy
+                    // acknowledged records. Stop and say why.
+                    let entry = Entry::decode(kind, payload).map_err(|e| {
+                        let advice = match e {
+                            DecodeError::UnknownKind(_) => {
+                                "start the hookscope version that wrote it (a newer one)"
+                            }
+                            _ => {
+                                "start the hookscope version that wrote it, and report this as a bug with the segment file"
+                            }
+                        };
+                        WalError::Undecodable {
+                            path: path.clone(),
+                            seq,
+                            offset: pos,
+                            reason: e.to_string(),
+                            advice,
                         }
-                        Err(e) => {
-                            problem = Some(e.to_string());
-                            break;
-                        }
-                    }
+                    })?;
+                    f(seq, entry);
+                    summary.records += 1;
+                    summary.last_seq = seq;
+                    last_seq = seq;
                     pos += len;
                 }
                 Frame::End => {
@@ -548,6 +596,15 @@ fn read_dir_records(
         });
     }
     Ok((summary, segments))
+}
+
+/// The text of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 fn rewrite_magic(path: &Path) -> Result<(), WalError> {
@@ -621,10 +678,6 @@ fn encode_frame(out: &mut Vec<u8>, seq: u64, kind: u8, payload: &[u8]) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 struct ActiveSegment {
     file: File,
     path: PathBuf,
@@ -655,10 +708,13 @@ impl ActiveSegment {
             .map_err(|e| WalError::io(&path, e))?;
         let mut head = MAGIC.to_vec();
         head.extend_from_slice(&TERMINATOR);
-        file.write_all_at(&head, 0)
-            .and_then(|_| file.sync_all())
-            .and_then(|_| sync_dir(dir))
-            .map_err(|e| WalError::io(&path, e))?;
+        if let Err(e) = file.write_all_at(&head, 0).and_then(|_| file.sync_all()) {
+            // Best effort: a file under a segment's name without a header is read as
+            // an empty segment at the next start; better not to leave it at all.
+            let _ = fs::remove_file(&path);
+            return Err(WalError::io(&path, e));
+        }
+        crate::sys::sync_dir(dir).map_err(|e| WalError::io(&path, e))?;
         Ok(Self {
             file,
             path,
@@ -736,10 +792,21 @@ impl<A: Applier> Writer<A> {
             match deferred.take() {
                 Some(Request::Rotate { reply }) => {
                     let started = Instant::now();
-                    match self.rotate() {
+                    let result = self.check_fatal().and_then(|()| self.rotate());
+                    match result {
                         Ok(through) => {
-                            self.applier.cut(through);
-                            let _ = reply.send(Ok(through));
+                            let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                                || self.applier.cut(through),
+                            ));
+                            match cut {
+                                Ok(()) => {
+                                    let _ = reply.send(Ok(through));
+                                }
+                                Err(panic) => {
+                                    let err = self.stop_for_good("cutting the buffer", &*panic);
+                                    let _ = reply.send(Err(err));
+                                }
+                            }
                         }
                         Err(e) => {
                             let _ = reply.send(Err(e));
@@ -749,7 +816,11 @@ impl<A: Applier> Writer<A> {
                 }
                 Some(Request::Release { through, reply }) => {
                     let started = Instant::now();
-                    self.release(through);
+                    // Once stopped for good, nothing leaves the WAL: it is what the
+                    // next start recovers from.
+                    if self.check_fatal().is_ok() {
+                        self.release(through);
+                    }
                     let _ = reply.send(());
                     log_slow("release", started);
                 }
@@ -785,7 +856,7 @@ impl<A: Applier> Writer<A> {
         let started = Instant::now();
         self.last_write = started;
         let bytes = frames.len();
-        let result = self.write_and_sync(frames);
+        let result = self.check_fatal().and_then(|()| self.write_and_sync(frames));
         frames.clear();
         match result {
             Ok(()) => {
@@ -800,7 +871,23 @@ impl<A: Applier> Writer<A> {
                 if let Some(seg) = self.segments.last_mut() {
                     seg.last_seq = last;
                 }
-                let outputs = self.applier.apply(group);
+                let applied =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.applier.apply(group)
+                    }));
+                let outputs = match applied {
+                    Ok(outputs) => outputs,
+                    Err(panic) => {
+                        // The group is durable but not applied; applying later records
+                        // out of order would derive wrong values. Stop accepting.
+                        let err = self.stop_for_good("applying a durable group", &*panic);
+                        for (reply, _) in replies.drain(..) {
+                            let _ = reply.send(Err(err.clone()));
+                        }
+                        group.clear();
+                        return;
+                    }
+                };
                 let applied_at = started.elapsed();
                 let records = group.len();
                 for (((seq, entry), (reply, payload)), applied) in
@@ -936,6 +1023,27 @@ impl<A: Applier> Writer<A> {
         }
         std::thread::sleep(left);
         rx.try_recv().ok()
+    }
+
+    /// `Err(Fatal)` once the WAL has stopped for good.
+    fn check_fatal(&self) -> Result<(), WalError> {
+        match self.status.fatal() {
+            Some(why) => Err(WalError::Fatal(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// The applier panicked: from now on every append, rotation and release is
+    /// refused (readiness reports it), so nothing is applied out of order and nothing
+    /// is released; the durable records are recovered by the next start.
+    fn stop_for_good(&mut self, step: &str, panic: &(dyn std::any::Any + Send)) -> WalError {
+        let why = format!("{step} failed: {}", panic_message(panic));
+        tracing::error!(
+            reason = %why,
+            "the write-ahead log stopped accepting records after an internal error; acknowledged records are safe; restart hookscope (and report this as a bug)"
+        );
+        *self.status.fatal.lock() = Some(why.clone());
+        WalError::Fatal(why)
     }
 
     fn fail(&mut self, err: io::Error) -> WalError {
@@ -1181,6 +1289,108 @@ mod tests {
             "segment cut back to the last good frame"
         );
         assert_eq!(wal.append(Pending::new(entry(6))).await.unwrap().seq, 6);
+    }
+
+    #[tokio::test]
+    async fn a_whole_record_this_build_cannot_decode_stops_the_open_and_cuts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(config(dir.path()), 0, Collect::default()).unwrap();
+        for i in 0..3 {
+            wal.append(Pending::new(entry(i))).await.unwrap();
+        }
+        wal.shutdown().await;
+        // A newer build's record kind, written whole (valid checksum) and followed by
+        // more acknowledged records, as that build would have left the segment.
+        let (_, seg) = list_segments(dir.path()).unwrap().pop().unwrap();
+        let good = fs::metadata(&seg).unwrap().len() - TERMINATOR.len() as u64;
+        let mut frames = Vec::new();
+        encode_frame(&mut frames, 4, 99, b"a record from the future");
+        encode_frame(&mut frames, 5, entry(5).kind(), &entry(5).encode());
+        frames.extend_from_slice(&TERMINATOR);
+        let file = OpenOptions::new().write(true).open(&seg).unwrap();
+        file.write_all_at(&frames, good).unwrap();
+        drop(file);
+        let before = fs::read(&seg).unwrap();
+
+        let err = Wal::open(config(dir.path()), 0, Collect::default())
+            .err()
+            .expect("the open must refuse the segment");
+        assert!(
+            matches!(err, WalError::Undecodable { seq: 4, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("newer"), "{err}");
+        assert_eq!(fs::read(&seg).unwrap(), before, "nothing was cut");
+        assert!(read_only_replay(dir.path(), |_, _| {}).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_all_zero_segment_left_by_a_failed_header_write_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(config(dir.path()), 0, Collect::default()).unwrap();
+        for i in 0..3 {
+            wal.append(Pending::new(entry(i))).await.unwrap();
+        }
+        wal.shutdown().await;
+        // A prepared (zero-filled) spare renamed into place, its header never written.
+        fs::write(dir.path().join(format!("{:020}.wal", 4)), vec![0u8; 64 << 10]).unwrap();
+        let collect = Collect::default();
+        let (wal, summary) = Wal::open(config(dir.path()), 0, collect.clone()).unwrap();
+        assert_eq!(collect.0.lock().len(), 3);
+        assert!(summary.corrupt.is_empty(), "{:?}", summary.corrupt);
+        assert_eq!(wal.append(Pending::new(entry(3))).await.unwrap().seq, 4);
+        wal.shutdown().await;
+        let (seen, _) = replayed(dir.path());
+        assert_eq!(seen.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    }
+
+    /// Panics when it is asked to apply the record with the given sequence number.
+    struct PanicAt(u64);
+    impl Applier for PanicAt {
+        type Output = u64;
+        fn apply(&mut self, records: &[(u64, Entry)]) -> Vec<u64> {
+            records
+                .iter()
+                .map(|(s, _)| {
+                    assert_ne!(*s, self.0, "applier bug");
+                    *s
+                })
+                .collect()
+        }
+        fn replay(&mut self, seq: u64, _entry: Entry) {
+            assert_ne!(seq, self.0, "applier bug");
+        }
+        fn cut(&mut self, _through: u64) {}
+    }
+
+    #[tokio::test]
+    async fn a_panicking_applier_stops_the_wal_visibly_and_releases_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(config(dir.path()), 0, PanicAt(3)).unwrap();
+        for i in 0..2 {
+            wal.append(Pending::new(entry(i))).await.unwrap();
+        }
+        let through = wal.rotate().await.unwrap();
+        let err = wal.append(Pending::new(entry(2))).await.err().unwrap();
+        assert!(matches!(err, WalError::Fatal(_)), "{err}");
+        assert!(wal.status().fatal().unwrap().contains("applier bug"));
+        // Every later request is refused, nothing is released, and nothing hangs.
+        assert!(matches!(
+            wal.append(Pending::new(entry(3))).await,
+            Err(WalError::Fatal(_))
+        ));
+        assert!(matches!(wal.rotate().await, Err(WalError::Fatal(_))));
+        wal.release(through).await.unwrap();
+        wal.shutdown().await;
+        let (seen, _) = replayed(dir.path());
+        assert_eq!(
+            seen.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![1, 2, 3],
+            "the durable record stays for the next start"
+        );
+        // Replaying the same record with the same bug is an error, not a crash.
+        let err = Wal::open(config(dir.path()), 0, PanicAt(3)).err().unwrap();
+        assert!(err.to_string().contains("replaying WAL record 3"), "{err}");
     }
 
     #[tokio::test]
