@@ -16,7 +16,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray};
@@ -628,7 +628,7 @@ impl Engine {
                     .await;
                     return Err(e.into());
                 }
-                crash_point("after_parquet_write");
+                crate::failpoint::crash("after_parquet_write");
                 report.files += 1;
                 report.rows += f.rows;
                 report.bytes += size;
@@ -648,10 +648,14 @@ impl Engine {
         let paths: Vec<String> = added.iter().map(|(_, e)| e.path.clone()).collect();
         let next = manifest.with_files(added, through, next_file_seq);
         if let Err(e) = next.commit(&lake).await {
-            discard(&lake, paths.iter().map(String::as_str)).await;
+            // A version renamed into place may be the committed state after a crash:
+            // its files stay (the next start removes them if it is not).
+            if !Manifest::keeps_files(&e) {
+                discard(&lake, paths.iter().map(String::as_str)).await;
+            }
             return Err(e.into());
         }
-        crash_point("after_manifest_commit");
+        crate::failpoint::crash("after_manifest_commit");
         let flushed = self.catalog.publish(next, started);
         // Free the flushed rows, and return them and the encoder's memory to the OS,
         // on the background thread: not under a lock or on a request worker.
@@ -668,7 +672,7 @@ impl Engine {
             None => through,
         };
         wal.release(releasable).await?;
-        crash_point("after_wal_release");
+        crate::failpoint::crash("after_wal_release");
         Ok(report)
     }
 
@@ -699,6 +703,11 @@ impl Engine {
     /// Problems that make the server not ready (WAL failing, flushes failing).
     pub fn readiness_problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if let Some(why) = self.wal.as_ref().and_then(|w| w.status().fatal()) {
+            problems.push(format!(
+                "write-ahead log stopped after an internal error ({why}); acknowledged records are safe; restart hookscope"
+            ));
+        }
         if let Some(wal) = &self.wal
             && wal.status().is_degraded()
         {
@@ -780,20 +789,6 @@ impl Background {
             .map_err(|_| EngineError::Task("the flush thread has stopped".into()))?;
         rx.await
             .map_err(|_| EngineError::Task("the flush thread stopped without a result".into()))
-    }
-}
-
-/// Crash tests: `HOOKSCOPE_CRASH_AT=<point>` aborts the process at that step of a
-/// flush, so tests can kill the real server at an exact point instead of by luck.
-fn crash_point(point: &str) {
-    static AT: OnceLock<Option<String>> = OnceLock::new();
-    if AT
-        .get_or_init(|| std::env::var("HOOKSCOPE_CRASH_AT").ok())
-        .as_deref()
-        == Some(point)
-    {
-        eprintln!("HOOKSCOPE_CRASH_AT={point}: aborting the process (crash test)");
-        std::process::abort();
     }
 }
 

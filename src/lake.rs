@@ -67,7 +67,7 @@ pub struct Lake {
 impl Lake {
     /// A lake in a local directory (created if missing).
     pub fn local(dir: &Path) -> Result<Self, LakeError> {
-        std::fs::create_dir_all(dir).map_err(|source| LakeError::DataDir {
+        crate::sys::create_dir_all_durable(dir).map_err(|source| LakeError::DataDir {
             path: dir.to_path_buf(),
             source,
         })?;
@@ -122,6 +122,14 @@ impl Lake {
                 source,
             })?;
         if let Some(root) = &self.local_root {
+            // Tests inject a failed sync after the rename (`lake_sync:<top folder>`).
+            let top = rel.split('/').next().unwrap_or(rel);
+            crate::failpoint::error(&format!("lake_sync:{top}")).map_err(|source| {
+                LakeError::Sync {
+                    path: root.join(rel),
+                    source,
+                }
+            })?;
             let root = root.clone();
             let rel = rel.to_string();
             tokio::task::spawn_blocking(move || sync_local(&root, &rel))

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod dedup;
 pub mod engine;
+pub mod failpoint;
 pub mod forward;
 pub mod lake;
 pub mod manifest;

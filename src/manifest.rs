@@ -34,9 +34,17 @@ pub enum ManifestError {
     #[error(transparent)]
     Lake(#[from] LakeError),
     #[error(
-        "manifest {path} was written by a newer hookscope (format {found}, this build reads {FORMAT})"
+        "manifest {path} was written by a newer hookscope (format {found}, this build reads {FORMAT}); start that version or a newer one"
     )]
-    TooNew { path: String, found: u32 },
+    TooNew { path: String, found: u64 },
+    #[error(
+        "manifest {path} is whole JSON but not a manifest this build understands ({reason}); it was not torn by a crash, so nothing falls back past it: restore it from a backup, or move it aside to start from the previous version"
+    )]
+    Corrupt { path: String, reason: String },
+    #[error(
+        "the new manifest {path} is in place but could not be confirmed durable ({source}); its files are kept, and the next flush writes it again"
+    )]
+    Unconfirmed { path: String, source: LakeError },
     #[error("could not encode the manifest: {0}")]
     Encode(#[from] serde_json::Error),
 }
@@ -75,26 +83,58 @@ impl Manifest {
             .unwrap_or(&[])
     }
 
-    /// Loads the newest readable manifest; an empty one if the lake is new.
+    /// Loads the newest manifest; an empty one if the lake is new.
+    ///
+    /// Only the newest version may be torn (not JSON at all: a crash before its
+    /// bytes were durable; its flush was never acknowledged, so the previous version
+    /// is the committed state). A version that is whole JSON is never skipped: a newer
+    /// format or a manifest this build cannot read stops the open, because falling
+    /// back would drop the files it names.
     pub async fn load(lake: &Lake) -> Result<Manifest, ManifestError> {
         let mut versions = list_versions(lake).await?;
         versions.sort_by_key(|v| std::cmp::Reverse(v.0));
-        for (version, path) in versions {
+        for (i, (version, path)) in versions.into_iter().enumerate() {
             let Some(bytes) = lake.get(&path).await? else {
                 continue;
             };
-            match serde_json::from_slice::<Manifest>(&bytes) {
-                Ok(m) if m.format > FORMAT => {
-                    return Err(ManifestError::TooNew {
+            let value = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                Ok(v) => v,
+                Err(e) if i == 0 => {
+                    tracing::warn!(manifest = %path, error = %e, "skipping the newest manifest version: it was torn by a crash before it was durable; using the previous one");
+                    continue;
+                }
+                Err(e) => {
+                    return Err(ManifestError::Corrupt {
                         path,
-                        found: m.format,
+                        reason: format!("not JSON ({e}), and a newer version exists"),
                     });
                 }
-                Ok(m) if m.version == version => return Ok(m),
-                Ok(_) | Err(_) => {
-                    tracing::warn!(manifest = %path, "skipping an unreadable manifest version (torn by a crash); using the previous one");
+            };
+            let format = value.get("format").and_then(serde_json::Value::as_u64);
+            match format {
+                Some(f) if f > u64::from(FORMAT) => {
+                    return Err(ManifestError::TooNew { path, found: f });
+                }
+                Some(_) => {}
+                None => {
+                    return Err(ManifestError::Corrupt {
+                        path,
+                        reason: "no format number".into(),
+                    });
                 }
             }
+            let manifest: Manifest =
+                serde_json::from_value(value).map_err(|e| ManifestError::Corrupt {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            if manifest.version != version {
+                return Err(ManifestError::Corrupt {
+                    reason: format!("it says version {}", manifest.version),
+                    path,
+                });
+            }
+            return Ok(manifest);
         }
         Ok(Manifest {
             format: FORMAT,
@@ -125,19 +165,43 @@ impl Manifest {
     }
 
     /// Makes this version durable: **when this returns `Ok`, it is the committed
-    /// state.** Then deletes versions older than the previous one.
+    /// state.** Then deletes versions older than the previous one (best effort).
+    ///
+    /// On [`ManifestError::Unconfirmed`] the version was renamed into place but not
+    /// confirmed durable: it may be the committed state after a crash, so the files
+    /// it names must stay. Any other error means it never replaced anything.
     pub async fn commit(&self, lake: &Lake) -> Result<(), ManifestError> {
         let body = serde_json::to_vec_pretty(self)?;
-        lake.put_durable(&version_path(self.version), Bytes::from(body))
-            .await?;
-        for (version, path) in list_versions(lake).await? {
-            if version + 1 < self.version
-                && let Err(e) = lake.delete(&path).await
-            {
-                tracing::warn!(manifest = %path, error = %e, "could not delete an old manifest version");
+        let path = version_path(self.version);
+        match lake.put_durable(&path, Bytes::from(body)).await {
+            Ok(()) => {}
+            Err(source @ LakeError::Sync { .. }) => {
+                return Err(ManifestError::Unconfirmed { path, source });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // Committed. Cleaning up older versions is housekeeping: a failure here
+        // must not make the flush look failed (it would discard committed files).
+        match list_versions(lake).await {
+            Ok(versions) => {
+                for (version, path) in versions {
+                    if version + 1 < self.version
+                        && let Err(e) = lake.delete(&path).await
+                    {
+                        tracing::warn!(manifest = %path, error = %e, "could not delete an old manifest version");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list old manifest versions to delete them");
             }
         }
         Ok(())
+    }
+
+    /// True when a failed commit must keep the files the version names.
+    pub fn keeps_files(err: &ManifestError) -> bool {
+        matches!(err, ManifestError::Unconfirmed { .. })
     }
 
     /// Every committed file path, over all tables.
@@ -216,5 +280,31 @@ mod tests {
         m1.commit(&lake).await.unwrap();
         std::fs::write(dir.path().join(version_path(2)), b"{\"format\":1,\"vers").unwrap();
         assert_eq!(Manifest::load(&lake).await.unwrap(), m1);
+        // Zeros (a rename made durable before the data) are torn too.
+        std::fs::write(dir.path().join(version_path(2)), [0u8; 64]).unwrap();
+        assert_eq!(Manifest::load(&lake).await.unwrap(), m1);
+    }
+
+    #[tokio::test]
+    async fn a_newer_or_unreadable_whole_manifest_stops_the_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::local(dir.path()).unwrap();
+        let m1 = Manifest::load(&lake).await.unwrap().with_files(
+            vec![(Table::Outcomes, entry("outcomes/a.parquet"))],
+            5,
+            2,
+        );
+        m1.commit(&lake).await.unwrap();
+        // A newer build's manifest, with fields this build does not know.
+        let newer = r#"{"format": 2, "version": 2, "tables": {"deliveries": [{"path": "deliveries/b.parquet", "rows": 1}]}, "partitions": {}}"#;
+        std::fs::write(dir.path().join(version_path(2)), newer).unwrap();
+        let err = Manifest::load(&lake).await.unwrap_err();
+        assert!(matches!(err, ManifestError::TooNew { found: 2, .. }), "{err}");
+        assert!(err.to_string().contains("newer hookscope"), "{err}");
+        // Whole JSON of this format that is not a manifest: corrupt, not torn.
+        std::fs::write(dir.path().join(version_path(2)), r#"{"format": 1, "version": "x"}"#)
+            .unwrap();
+        let err = Manifest::load(&lake).await.unwrap_err();
+        assert!(matches!(err, ManifestError::Corrupt { .. }), "{err}");
     }
 }

@@ -53,33 +53,14 @@ impl Server {
 
     /// Starts a server whose data directory is `dir/lake` (logs in `dir/server.log`).
     pub fn start_in(dir: &Path, options: Options) -> Server {
-        let mut cmd = Command::new(binary());
-        cmd.current_dir(dir)
-            .arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(dir.join("lake"))
-            .args(&options.args)
-            .env_remove("HOOKSCOPE_TOKEN")
-            .env_remove("HOOKSCOPE_CONFIG")
-            .env("HOOKSCOPE_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(dir.join("server.log"))
-                    .expect("log file"),
-            ));
-        if let Some(toml) = &options.config {
-            let path = dir.join("hookscope.toml");
-            std::fs::write(&path, toml).expect("write config");
-            cmd.arg("--config").arg(path);
-        }
-        for (k, v) in &options.env {
-            cmd.env(k, v);
-        }
+        let mut cmd = serve_command(dir, &options);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("server.log"))
+                .expect("log file"),
+        ));
         let mut child = cmd.spawn().expect("start hookscope");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
@@ -258,6 +239,55 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `hookscope serve` on `dir/lake`, on an ephemeral port, with `options`.
+fn serve_command(dir: &Path, options: &Options) -> Command {
+    let mut cmd = Command::new(binary());
+    cmd.current_dir(dir)
+        .arg("serve")
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(dir.join("lake"))
+        .args(&options.args)
+        .env_remove("HOOKSCOPE_TOKEN")
+        .env_remove("HOOKSCOPE_CONFIG")
+        .env("HOOKSCOPE_LOG", "info");
+    if let Some(toml) = &options.config {
+        let path = dir.join("hookscope.toml");
+        std::fs::write(&path, toml).expect("write config");
+        cmd.arg("--config").arg(path);
+    }
+    for (k, v) in &options.env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Starts `hookscope serve` on `dir/lake` expecting it to refuse to start; returns
+/// what it printed on stderr.
+pub fn start_fails(dir: &Path, options: &Options) -> String {
+    let mut child = serve_command(dir, options)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run hookscope");
+    for _ in 0..1200 {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(!status.success(), "the server exited successfully");
+            let mut err = String::new();
+            if let Some(mut stderr) = child.stderr.take() {
+                use std::io::Read;
+                let _ = stderr.read_to_string(&mut err);
+            }
+            return err;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("the server started (still running after 60 s) although it should refuse to");
 }
 
 /// Every Parquet file under `dir`, recursively.

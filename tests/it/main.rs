@@ -6,3 +6,4 @@ mod harness;
 mod ingest;
 mod providers;
 mod query_api;
+mod recovery;

@@ -1,0 +1,118 @@
+//! Recovery from faults the write path cannot avoid: a manifest that could not be
+//! confirmed durable, a manifest from a newer build, and crash loops under mixed load.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::harness::{Options, Server, parquet_files, start_fails};
+
+/// Waits until the server's log contains `text`.
+async fn wait_for_log(server: &Server, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.log().contains(text) {
+        assert!(Instant::now() < deadline, "the log never said {text:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn ids_of(server: &Server, table: &str) -> Vec<String> {
+    server
+        .query(&format!("SELECT id FROM {table}"))
+        .await
+        .iter()
+        .map(|r| r["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+/// Every id of `acked` appears exactly once in `table`, and nothing else does.
+async fn assert_exactly(server: &Server, table: &str, acked: &HashSet<String>, when: &str) {
+    let got = ids_of(server, table).await;
+    let unique: HashSet<String> = got.iter().cloned().collect();
+    assert_eq!(unique.len(), got.len(), "{when}: a row of {table} is counted twice");
+    assert_eq!(&unique, acked, "{when}: {table} rows differ from those acknowledged");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_whose_sync_failed_keeps_its_files_and_the_lake_restarts_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options::default()
+        .env("HOOKSCOPE_BUFFER_FLUSH_INTERVAL", "1h")
+        .env("HOOKSCOPE_BUFFER_MAX_ROWS", 20);
+    // Every manifest is renamed into place and then its fsync fails.
+    let mut server = Server::start_in(
+        dir.path(),
+        options
+            .clone()
+            .env("HOOKSCOPE_FAILPOINTS", "lake_sync:_manifest=error"),
+    );
+    let mut deliveries = HashSet::new();
+    for i in 0..10 {
+        deliveries.insert(server.post_json("sync", &json!({"i": i})).await);
+    }
+    let reports: Vec<_> = (0..10)
+        .map(|i| json!({"event_id": format!("e{i}"), "status": "success"}))
+        .collect();
+    let answer = server
+        .client
+        .post(format!("{}/report/sync", server.url))
+        .header("content-type", "application/json")
+        .body(serde_json::Value::from(reports).to_string())
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    let outcomes: HashSet<String> = answer["ids"]
+        .as_array()
+        .expect("report ids")
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    wait_for_log(&server, "could not be confirmed durable").await;
+    server.kill();
+
+    let server = Server::start_in(dir.path(), options);
+    assert!(!parquet_files(&server.lake()).is_empty(), "the files stayed");
+    assert_exactly(&server, "deliveries", &deliveries, "after the restart").await;
+    assert_exactly(&server, "outcomes", &outcomes, "after the restart").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_from_a_newer_build_stops_the_start_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(dir.path(), Options::default());
+    for i in 0..5 {
+        server.post_json("future", &json!({"i": i})).await;
+    }
+    assert!(server.terminate().success());
+    let files = parquet_files(&server.lake());
+    assert!(!files.is_empty());
+    // A newer build flushed once more (a file, and manifest version 2 in its format).
+    let future = files[0].with_file_name("node-1-future.parquet");
+    std::fs::copy(&files[0], &future).unwrap();
+    let rel = future
+        .strip_prefix(server.lake())
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let manifest = json!({
+        "format": 2, "version": 2, "wal_through": 99, "next_file_seq": 3,
+        "tables": {"deliveries": [{"path": rel, "rows": 5}]}, "checkpoint": "x",
+    });
+    std::fs::write(
+        server.lake().join(format!("_manifest/{:020}.json", 2)),
+        manifest.to_string(),
+    )
+    .unwrap();
+
+    let err = start_fails(dir.path(), &Options::default());
+    assert!(err.contains("newer hookscope"), "{err}");
+    assert!(future.exists(), "the newer build's file was deleted");
+    for f in &files {
+        assert!(f.exists(), "{} was deleted", f.display());
+    }
+}
