@@ -165,7 +165,21 @@ pub struct Engine {
     background: Background,
     replay: ReplaySummary,
     open_forwards: Arc<OpenForwards>,
+    /// What the applier saw at the last WAL cut (read by the flush that asked for it).
+    last_cut: Arc<Mutex<Option<CutState>>>,
     _lock: Option<File>,
+}
+
+/// The state of the applier at a WAL cut: the flush that made the cut writes the rows
+/// up to `through` and may release the WAL only below `oldest_open_forward`.
+#[derive(Debug, Clone)]
+struct CutState {
+    through: u64,
+    /// The oldest forward start still waiting for its answer at the cut. Its row is
+    /// written with its answer, after the cut, so this flush does not commit it: the
+    /// segment holding the start must outlive this flush even if the answer arrives
+    /// while it runs.
+    oldest_open_forward: Option<u64>,
 }
 
 /// Forwarded deliveries whose start is durable and whose answer is not yet.
@@ -194,6 +208,7 @@ struct LakeApplier {
     /// Started forwards by delivery id, with the start's sequence number.
     forwards: std::collections::HashMap<String, (u64, Box<Delivery>)>,
     open: Arc<OpenForwards>,
+    last_cut: Arc<Mutex<Option<CutState>>>,
 }
 
 impl LakeApplier {
@@ -321,6 +336,10 @@ impl Applier for LakeApplier {
 
     fn cut(&mut self, through: u64) {
         self.catalog.with_buffer(|buf| buf.cut(through));
+        *self.last_cut.lock() = Some(CutState {
+            through,
+            oldest_open_forward: self.open.oldest(),
+        });
     }
 }
 
@@ -372,12 +391,14 @@ impl Engine {
         let query = QueryEngine::new(&catalog, settings.query.clone(), mode == Mode::Serve)?;
         let dedup = rebuild_dedup(&query, &settings).await?;
         let open_forwards = Arc::new(OpenForwards::default());
+        let last_cut = Arc::new(Mutex::new(None));
         let mut applier = LakeApplier {
             catalog: Arc::clone(&catalog),
             dedup,
             skip_through,
             forwards: std::collections::HashMap::new(),
             open: Arc::clone(&open_forwards),
+            last_cut: Arc::clone(&last_cut),
         };
         let wal_dir = root.join("wal");
         let (wal, replay) = match mode {
@@ -413,6 +434,7 @@ impl Engine {
             background: Background::start()?,
             replay,
             open_forwards,
+            last_cut,
             _lock: lock,
         });
         engine.resolve_interrupted_forwards().await?;
@@ -572,7 +594,37 @@ impl Engine {
         started: Instant,
         cpu_share: f64,
     ) -> Result<FlushReport, EngineError> {
+        let cut = self.cut(wal).await?;
+        self.write_cut(wal, cut, started, cpu_share).await
+    }
+
+    /// Closes the WAL segment and freezes the buffer at the same sequence number.
+    async fn cut(&self, wal: &Wal<Applied>) -> Result<CutState, EngineError> {
         let through = wal.rotate().await?;
+        let cut = self.last_cut.lock().take();
+        Ok(match cut {
+            Some(cut) if cut.through == through => cut,
+            _ => {
+                // Cannot happen (the applier records every cut before rotate
+                // answers); if it did, keep every open forward's segment.
+                tracing::warn!(through, "no applier state for this WAL cut");
+                CutState {
+                    through,
+                    oldest_open_forward: self.open_forwards.oldest().map(|s| s.min(through)),
+                }
+            }
+        })
+    }
+
+    /// Writes the rows up to `cut` to Parquet, commits them and releases the WAL.
+    async fn write_cut(
+        &self,
+        wal: &Wal<Applied>,
+        cut: CutState,
+        started: Instant,
+        cpu_share: f64,
+    ) -> Result<FlushReport, EngineError> {
+        let through = cut.through;
         let manifest = self.catalog.manifest();
         if through <= manifest.wal_through {
             return Ok(FlushReport {
@@ -666,8 +718,9 @@ impl Engine {
                 crate::sys::return_free_memory();
             })
             .await;
-        // Segments holding a forward still waiting for its answer must stay.
-        let releasable = match self.open_forwards.oldest() {
+        // Segments holding a forward that was still waiting for its answer at the
+        // cut must stay: its row is not in this flush, even if it was answered since.
+        let releasable = match cut.oldest_open_forward {
             Some(oldest) => through.min(oldest.saturating_sub(1)),
             None => through,
         };
@@ -881,6 +934,64 @@ async fn rebuild_dedup(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::tests::sample_delivery;
+
+    pub(crate) fn settings(dir: &Path) -> EngineSettings {
+        EngineSettings::from_config(&Config {
+            data_dir: dir.to_path_buf(),
+            ..Config::default()
+        })
+    }
+
+    fn delivery(id: &str) -> Delivery {
+        let mut d = sample_delivery();
+        d.id = id.to_string();
+        d.provider_attempt = None;
+        d
+    }
+
+    /// How many rows of `table` have `id`, as a fresh open of the directory (the
+    /// next start after a crash, read-only) sees them.
+    async fn rows_after_a_crash(dir: &Path, table: &str, id: &str) -> i64 {
+        let engine = Engine::open(settings(dir), Mode::ReadOnly).await.unwrap();
+        let (_, batches) = engine
+            .query()
+            .collect(&format!("SELECT count(*) FROM {table} WHERE id = '{id}'"))
+            .await
+            .unwrap();
+        batches[0]
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(0)
+    }
+
+    #[tokio::test]
+    async fn a_forward_answered_while_a_flush_runs_survives_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(settings(dir.path()), Mode::Serve).await.unwrap();
+        engine.begin_forward(delivery("fwd-1")).await.unwrap();
+        let wal = engine.wal.as_ref().unwrap();
+        // A flush cuts the WAL with the forward still open; the app answers while the
+        // flush encodes; the flush commits and releases.
+        let _flushing = engine.flush_lock.lock().await;
+        let cut = engine.cut(wal).await.unwrap();
+        let answer = ForwardResult {
+            id: "fwd-1".into(),
+            completed_at_us: 1_732_300_000_200_000,
+            status_code: 200,
+            upstream_status: Some(200),
+            upstream_latency_ms: Some(80.0),
+            upstream_error: None,
+        };
+        engine.finish_forward(answer).await.unwrap();
+        engine
+            .write_cut(wal, cut, Instant::now(), 1.0)
+            .await
+            .unwrap();
+        // The process dies before the next flush.
+        assert_eq!(rows_after_a_crash(dir.path(), "deliveries", "fwd-1").await, 1);
+        assert_eq!(rows_after_a_crash(dir.path(), "outcomes", "fwd-1").await, 1);
+    }
 
     #[tokio::test]
     async fn a_panicking_flush_job_fails_alone_and_the_thread_lives_on() {

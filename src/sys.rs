@@ -10,6 +10,10 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 
+// Links the mimalloc C library into every build of the library (its tests too), not
+// only into the binary that makes it the global allocator.
+use mimalloc as _;
+
 unsafe extern "C" {
     // Part of the mimalloc C library linked by the `mimalloc` crate (the binary's
     // global allocator).
