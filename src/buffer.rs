@@ -29,8 +29,11 @@ use base64::Engine as _;
 use crate::model::{Delivery, Outcome, StoredBody};
 use crate::tables::Table;
 
-/// Rows per chunk beyond which the active builders are frozen on their own.
+/// Rows per chunk beyond which the active builders are frozen on their own…
 const CHUNK_ROWS: usize = 8192;
+/// …or bytes. Arrow's string builders hold at most 2 GiB per column (32-bit offsets)
+/// and panic past it, so a chunk must never grow near that, whatever the bodies.
+pub(crate) const CHUNK_BYTES: usize = 32 << 20;
 /// Chunks smaller than this are merged with their predecessor on freeze.
 const SMALL_CHUNK: usize = 1024;
 
@@ -62,6 +65,8 @@ struct TableBuffer<C: Columns> {
     chunks: VecDeque<Chunk>,
     active: C,
     active_max_seq: u64,
+    /// Approximate bytes of the active rows.
+    active_bytes: usize,
     /// Sequence of the last cut; chunks after it may be merged, not across it.
     last_cut: u64,
     rows: usize,
@@ -75,6 +80,7 @@ impl<C: Columns> Default for TableBuffer<C> {
             chunks: VecDeque::new(),
             active: C::default(),
             active_max_seq: 0,
+            active_bytes: 0,
             last_cut: 0,
             rows: 0,
             approx_bytes: 0,
@@ -88,10 +94,11 @@ impl<C: Columns> TableBuffer<C> {
         self.active_max_seq = self.active_max_seq.max(seq);
         self.rows += 1;
         self.approx_bytes += bytes;
+        self.active_bytes += bytes;
         if self.oldest.is_none() {
             self.oldest = Some(Instant::now());
         }
-        if self.active.len() >= CHUNK_ROWS {
+        if self.active.len() >= CHUNK_ROWS || self.active_bytes >= CHUNK_BYTES {
             self.freeze();
         }
     }
@@ -100,6 +107,7 @@ impl<C: Columns> TableBuffer<C> {
         if self.active.len() == 0 {
             return;
         }
+        let bytes = std::mem::take(&mut self.active_bytes);
         let columns = self.active.finish();
         let batch = match RecordBatch::try_new(C::table().schema(), columns) {
             Ok(b) => b,
@@ -113,7 +121,8 @@ impl<C: Columns> TableBuffer<C> {
         if let Some(prev) = self.chunks.back_mut() {
             let mergeable = prev.max_seq > self.last_cut
                 && prev.batch.num_rows() < SMALL_CHUNK
-                && batch.num_rows() < SMALL_CHUNK;
+                && batch.num_rows() < SMALL_CHUNK
+                && prev.batch.get_array_memory_size() + bytes < CHUNK_BYTES;
             if mergeable && let Ok(merged) = concat_batches(&batch.schema(), [&prev.batch, &batch])
             {
                 prev.batch = merged;
@@ -258,7 +267,9 @@ fn reserve_for(bytes: usize, rows: usize) -> usize {
     if rows == 0 {
         return 0;
     }
-    (bytes / rows) * CHUNK_ROWS * 9 / 8
+    // A chunk is frozen at CHUNK_BYTES whatever its rows: never reserve past that
+    // (a few multi-megabyte bodies would otherwise ask for gigabytes).
+    ((bytes / rows) * CHUNK_ROWS).min(CHUNK_BYTES) * 9 / 8
 }
 
 fn string_builder(bytes: usize) -> StringBuilder {
@@ -514,6 +525,7 @@ impl Columns for OutcomeColumns {
 mod tests {
     use super::*;
     use crate::model::tests::sample_delivery;
+    use arrow::array::AsArray;
 
     const D: Derived = Derived {
         attempt: 1,
@@ -554,6 +566,28 @@ mod tests {
         let _ = buf.drop_through(6, Instant::now());
         assert_eq!(rows(&buf.snapshot(Table::Deliveries)), 2);
         assert_eq!(buf.rows(), 2);
+    }
+
+    #[test]
+    fn large_bodies_freeze_chunks_by_bytes_long_before_arrow_overflows() {
+        let mut buf = Buffer::default();
+        let mut d = sample_delivery();
+        d.body = StoredBody::Text("x".repeat(3 << 20));
+        for seq in 1..=40 {
+            buf.push_delivery(seq, &d, D);
+        }
+        // 120 MiB of bodies: frozen by bytes as they came, not held in one builder.
+        let chunks = &buf.deliveries.chunks;
+        assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+        for c in chunks {
+            let body = c.batch.column_by_name("body").unwrap();
+            let bytes = body.as_string::<i32>().value_data().len();
+            assert!(
+                bytes <= CHUNK_BYTES + (3 << 20),
+                "a chunk holds {bytes} bytes of bodies"
+            );
+        }
+        assert_eq!(rows(&buf.snapshot(Table::Deliveries)), 40);
     }
 
     #[test]

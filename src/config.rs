@@ -394,6 +394,10 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
+/// The largest `max_body_bytes` accepted: a body is one WAL record (at most 1 GiB)
+/// and one value of a string column (at most 2 GiB, and base64 adds a third).
+pub const MAX_BODY_LIMIT: u64 = 256 << 20;
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -613,6 +617,12 @@ impl Config {
             .is_some_and(|t| t.trim().is_empty())
         {
             self.auth.token = None;
+        }
+        if self.max_body_bytes.0 > MAX_BODY_LIMIT {
+            return Err(invalid(format!(
+                "max_body_bytes {} is above the most hookscope can record in one WAL record ({MAX_BODY_LIMIT} bytes, 256 MiB)",
+                self.max_body_bytes.0
+            )));
         }
         if self.buffer.max_rows == 0 {
             return Err(invalid("buffer.max_rows must be at least 1".into()));
@@ -855,6 +865,16 @@ kind = "log"
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn a_body_limit_past_what_a_record_can_hold_is_refused() {
+        let err = Config::from_toml("max_body_bytes = \"1GiB\"\n", "f", &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_body_bytes") && err.contains("256 MiB"), "{err}");
+        let ok = Config::from_toml("max_body_bytes = \"256MiB\"\n", "f", &no_env).unwrap();
+        assert_eq!(ok.max_body_bytes.0, MAX_BODY_LIMIT);
     }
 
     #[test]

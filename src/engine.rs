@@ -17,6 +17,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray};
@@ -68,9 +69,13 @@ pub enum IngestError {
     #[error("storage cannot make the delivery durable right now ({0}); retry shortly")]
     Wal(WalError),
     #[error(
-        "the buffer holds {bytes} bytes because flushes to Parquet are failing ({reason}); retry shortly"
+        "the buffer holds {bytes} bytes, its limit (4 × [buffer] max_bytes) is {limit}: flushes to Parquet are behind or failing ({reason}); retry shortly"
     )]
-    Overloaded { bytes: usize, reason: String },
+    Overloaded {
+        bytes: usize,
+        limit: usize,
+        reason: String,
+    },
     #[error("this engine was opened read-only")]
     ReadOnly,
 }
@@ -167,6 +172,8 @@ pub struct Engine {
     open_forwards: Arc<OpenForwards>,
     /// What the applier saw at the last WAL cut (read by the flush that asked for it).
     last_cut: Arc<Mutex<Option<CutState>>>,
+    /// Bytes reserved by appends on their way to the buffer (see [`Engine::reserve`]).
+    reserved: AtomicUsize,
     _lock: Option<File>,
 }
 
@@ -180,6 +187,19 @@ struct CutState {
     /// segment holding the start must outlive this flush even if the answer arrives
     /// while it runs.
     oldest_open_forward: Option<u64>,
+}
+
+/// Bytes of the buffer's budget held by a record on its way to the buffer; given back
+/// when dropped (also when the request is abandoned mid-way).
+struct Reservation<'a> {
+    counter: &'a AtomicUsize,
+    size: usize,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.size, Ordering::AcqRel);
+    }
 }
 
 /// Forwarded deliveries whose start is durable and whose answer is not yet.
@@ -217,6 +237,15 @@ impl LakeApplier {
             Entry::Delivery(d) => self.push_delivery(buf, seq, d),
             Entry::Outcome(o) => {
                 buf.push_outcome(seq, o);
+                Applied {
+                    attempt: 1,
+                    duplicate: false,
+                }
+            }
+            Entry::Outcomes(list) => {
+                for o in list {
+                    buf.push_outcome(seq, o);
+                }
                 Applied {
                     attempt: 1,
                     duplicate: false,
@@ -435,6 +464,7 @@ impl Engine {
             replay,
             open_forwards,
             last_cut,
+            reserved: AtomicUsize::new(0),
             _lock: lock,
         });
         engine.resolve_interrupted_forwards().await?;
@@ -494,11 +524,15 @@ impl Engine {
         self.append(Entry::Delivery(Box::new(delivery))).await
     }
 
-    /// Records a processing outcome. **Returns `Ok` only once it is durable.**
-    pub async fn report(&self, outcome: Outcome) -> Result<(), IngestError> {
-        self.append(Entry::Outcome(Box::new(outcome)))
-            .await
-            .map(|_| ())
+    /// Records processing outcomes, all or nothing: a batch is one WAL record.
+    /// **Returns `Ok` only once they are durable.**
+    pub async fn report(&self, mut outcomes: Vec<Outcome>) -> Result<(), IngestError> {
+        let entry = match outcomes.len() {
+            0 => return Ok(()),
+            1 => Entry::Outcome(Box::new(outcomes.remove(0))),
+            _ => Entry::Outcomes(outcomes),
+        };
+        self.append(entry).await.map(|_| ())
     }
 
     /// Makes a delivery durable before it is forwarded to the app. Its row appears
@@ -517,20 +551,42 @@ impl Engine {
 
     async fn append(&self, entry: Entry) -> Result<Applied, IngestError> {
         let wal = self.wal.as_ref().ok_or(IngestError::ReadOnly)?;
-        let bytes = self.catalog.buffered_bytes();
-        if bytes > self.settings.flush_bytes.saturating_mul(4) {
+        let pending = Pending::new(entry);
+        // Reserved before the record is queued and held until it is applied (then
+        // the buffer counts it): concurrent appends cannot all pass the check before
+        // any of them lands in the buffer.
+        let _reserved = self.reserve(pending.payload.len())?;
+        wal.append(pending)
+            .await
+            .map(|c| c.applied)
+            .map_err(IngestError::Wal)
+    }
+
+    /// Takes `size` bytes of the buffer's budget (4 × `[buffer] max_bytes`), or says
+    /// why not. A record alone in an empty buffer always fits.
+    fn reserve(&self, size: usize) -> Result<Reservation<'_>, IngestError> {
+        let limit = self.settings.flush_bytes.saturating_mul(4);
+        let reserved = self.reserved.fetch_add(size, Ordering::AcqRel) + size;
+        let reservation = Reservation {
+            counter: &self.reserved,
+            size,
+        };
+        let bytes = self.catalog.buffered_bytes().saturating_add(reserved);
+        if bytes > limit && bytes > size {
+            drop(reservation);
             let reason = self
                 .flush_status
                 .lock()
                 .last_error
                 .clone()
                 .unwrap_or_else(|| "flushing is behind".into());
-            return Err(IngestError::Overloaded { bytes, reason });
+            return Err(IngestError::Overloaded {
+                bytes,
+                limit,
+                reason,
+            });
         }
-        wal.append(Pending::new(entry))
-            .await
-            .map(|c| c.applied)
-            .map_err(IngestError::Wal)
+        Ok(reservation)
     }
 
     /// True when the buffer has reached a flush threshold.
@@ -963,6 +1019,37 @@ mod tests {
             .column(0)
             .as_primitive::<arrow::datatypes::Int64Type>()
             .value(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_appends_cannot_overrun_the_buffer_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = settings(dir.path());
+        settings.flush_bytes = 1 << 20; // a budget of 4 MiB
+        let engine = Engine::open(settings, Mode::Serve).await.unwrap();
+        let body = crate::model::StoredBody::Text("x".repeat(256 << 10));
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let engine = Arc::clone(&engine);
+                let mut d = delivery(&format!("big-{i}"));
+                d.body = body.clone();
+                tokio::spawn(async move { engine.ingest(d).await })
+            })
+            .collect();
+        let mut accepted = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => accepted += 1,
+                Err(IngestError::Overloaded { .. }) => {}
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        }
+        // 16 records of 256 KiB fill 4 MiB; their headers and fields take a little more.
+        assert!(
+            (8..=16).contains(&accepted),
+            "{accepted} of 64 accepted into a 4 MiB budget"
+        );
+        assert_eq!(engine.reserved.load(Ordering::Relaxed), 0, "reservations returned");
     }
 
     #[tokio::test]

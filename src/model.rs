@@ -156,6 +156,8 @@ pub enum Entry {
     Delivery(Box<Delivery>),
     /// A processing report.
     Outcome(Box<Outcome>),
+    /// A batch of processing reports, recorded all or nothing.
+    Outcomes(Vec<Outcome>),
     /// A delivery made durable before it is forwarded to the app; its row appears
     /// when the matching [`Entry::ForwardDone`] is applied.
     ForwardStart(Box<Delivery>),
@@ -169,6 +171,7 @@ pub mod kind {
     pub const OUTCOME_V1: u8 = 2;
     pub const FORWARD_START_V1: u8 = 3;
     pub const FORWARD_DONE_V1: u8 = 4;
+    pub const OUTCOMES_V1: u8 = 5;
 }
 
 /// A WAL payload that cannot be decoded.
@@ -196,6 +199,7 @@ impl Entry {
             Entry::Outcome(_) => kind::OUTCOME_V1,
             Entry::ForwardStart(_) => kind::FORWARD_START_V1,
             Entry::ForwardDone(_) => kind::FORWARD_DONE_V1,
+            Entry::Outcomes(_) => kind::OUTCOMES_V1,
         }
     }
 
@@ -206,6 +210,12 @@ impl Entry {
             Entry::Delivery(d) | Entry::ForwardStart(d) => encode_delivery(&mut e, d),
             Entry::Outcome(o) => encode_outcome(&mut e, o),
             Entry::ForwardDone(r) => encode_forward_result(&mut e, r),
+            Entry::Outcomes(list) => {
+                e.i64(list.len() as i64);
+                for o in list {
+                    encode_outcome(&mut e, o);
+                }
+            }
         }
         e.buf
     }
@@ -218,6 +228,20 @@ impl Entry {
             kind::OUTCOME_V1 => Entry::Outcome(Box::new(decode_outcome(&mut d)?)),
             kind::FORWARD_START_V1 => Entry::ForwardStart(Box::new(decode_delivery(&mut d)?)),
             kind::FORWARD_DONE_V1 => Entry::ForwardDone(Box::new(decode_forward_result(&mut d)?)),
+            kind::OUTCOMES_V1 => {
+                let n = d.i64("outcomes")?;
+                // Each outcome takes at least a byte per field: a count the payload
+                // cannot hold is corruption, not a reason to allocate.
+                let n = usize::try_from(n)
+                    .ok()
+                    .filter(|n| *n <= d.buf.len())
+                    .ok_or(DecodeError::BadValue("outcomes", n as u64))?;
+                let mut list = Vec::with_capacity(n);
+                for _ in 0..n {
+                    list.push(decode_outcome(&mut d)?);
+                }
+                Entry::Outcomes(list)
+            }
             other => return Err(DecodeError::UnknownKind(other)),
         };
         if !d.buf.is_empty() {
@@ -268,10 +292,19 @@ impl Entry {
                 // a length). Exact enough that encoding never grows the buffer.
                 FRAMING + body + strings + options
             }
-            Entry::Outcome(o) => 256 + o.attributes.len(),
+            Entry::Outcome(o) => outcome_size_hint(o),
+            Entry::Outcomes(list) => 8 + list.iter().map(outcome_size_hint).sum::<usize>(),
             Entry::ForwardDone(_) => 128,
         }
     }
+}
+
+fn outcome_size_hint(o: &Outcome) -> usize {
+    256 + o.attributes.len()
+        + o.error_message.as_deref().map_or(0, str::len)
+        + o.error_type.as_deref().map_or(0, str::len)
+        + o.event_id.as_deref().map_or(0, str::len)
+        + o.delivery_id.as_deref().map_or(0, str::len)
 }
 
 fn encode_forward_result(e: &mut Encoder, r: &ForwardResult) {
@@ -600,6 +633,31 @@ pub(crate) mod tests {
             attributes: "{}".into(),
         }));
         assert_eq!(Entry::decode(e.kind(), &e.encode()), Ok(e));
+    }
+
+    #[test]
+    fn a_batch_of_outcomes_is_one_record() {
+        let one = |i: i64| Outcome {
+            id: format!("o{i}"),
+            reported_at_us: i,
+            source: "s".into(),
+            delivery_id: None,
+            event_id: Some(format!("e{i}")),
+            status: "success".into(),
+            processing_time_ms: None,
+            error_type: None,
+            error_message: Some("m".repeat(300)),
+            records_processed: Some(i),
+            attributes: "{}".into(),
+        };
+        let e = Entry::Outcomes((0..50).map(one).collect());
+        let bytes = e.encode();
+        assert_eq!(bytes.capacity(), e.size_hint(), "the buffer never grew");
+        assert_eq!(Entry::decode(e.kind(), &bytes), Ok(e));
+        // A count the payload cannot hold is refused before anything is allocated.
+        let mut bad = bytes.clone();
+        bad[..8].copy_from_slice(&(1i64 << 40).to_le_bytes());
+        assert!(Entry::decode(kind::OUTCOMES_V1, &bad).is_err());
     }
 
     #[test]

@@ -26,8 +26,11 @@ use thiserror::Error;
 
 use crate::tables::Table;
 
-/// Rows per batch handed to the Parquet writer (also the step of pacing).
+/// Rows per batch handed to the Parquet writer (also the step of pacing)…
 const WRITE_BATCH: usize = 2048;
+/// …or fewer, so that its text stays far below the 2 GiB a string column can hold
+/// (gathering rows past it panics in Arrow).
+const WRITE_BATCH_BYTES: usize = 64 << 20;
 const HOUR_US: i64 = 3_600_000_000;
 
 /// Errors encoding Parquet.
@@ -187,6 +190,19 @@ pub fn thread_cpu_time() -> Duration {
     )
 }
 
+/// The bytes of text each row holds, over all string columns.
+fn row_text_bytes(batch: &RecordBatch) -> Vec<usize> {
+    let mut out = vec![0usize; batch.num_rows()];
+    for column in batch.columns() {
+        if let Some(strings) = column.as_string_opt::<i32>() {
+            for (row, w) in strings.offsets().windows(2).enumerate() {
+                out[row] += (w[1] - w[0]).max(0) as usize;
+            }
+        }
+    }
+    out
+}
+
 /// Encodes `batches` (all of `table`'s schema) into one sorted file per partition.
 pub fn encode(
     table: Table,
@@ -221,6 +237,7 @@ pub fn encode_paced(
         debug_assert_eq!(col.null_count(), 0);
     }
     order.sort_by_key(|(t, _, _)| *t);
+    let text_bytes: Vec<Vec<usize>> = batches.iter().map(|b| row_text_bytes(b)).collect();
 
     let props = writer_properties(table, zstd_level)?;
     let schema = table.schema();
@@ -237,11 +254,17 @@ pub fn encode_paced(
         let mut writer =
             ArrowWriter::try_new(Vec::new(), Arc::clone(&schema), Some(props.clone()))?;
         let mut indices = Vec::with_capacity(WRITE_BATCH);
-        for slice in run.chunks(WRITE_BATCH) {
-            indices.clear();
-            indices.extend(slice.iter().map(|(_, b, r)| (*b, *r)));
-            writer.write(&interleave_record_batch(&batches, &indices)?)?;
-            pacer.step();
+        let mut bytes = 0;
+        for (i, (_, b, r)) in run.iter().enumerate() {
+            indices.push((*b, *r));
+            bytes += text_bytes[*b][*r];
+            let last = i + 1 == run.len();
+            if last || indices.len() >= WRITE_BATCH || bytes >= WRITE_BATCH_BYTES {
+                writer.write(&interleave_record_batch(&batches, &indices)?)?;
+                pacer.step();
+                indices.clear();
+                bytes = 0;
+            }
         }
         let bytes = writer.into_inner()?;
         files.push(EncodedFile {
@@ -355,6 +378,41 @@ mod tests {
         assert!(column("received_at").dictionary_page_offset().is_none());
         assert!(column("event_id").dictionary_page_offset().is_none());
         assert!(column("source").dictionary_page_offset().is_some());
+    }
+
+    #[test]
+    fn rows_with_large_bodies_are_written_in_byte_bounded_steps() {
+        let mut buf = Buffer::default();
+        let d = Derived {
+            attempt: 1,
+            is_duplicate: false,
+            retry_gap_ms: None,
+        };
+        let mut row = sample_delivery();
+        row.body = crate::model::StoredBody::Text("b".repeat(4 << 20));
+        for i in 0..20 {
+            row.id = format!("r{i:02}");
+            row.received_at_us += 1;
+            buf.push_delivery(i + 1, &row, d);
+        }
+        let batches = buf.snapshot(Table::Deliveries);
+        // 80 MiB of text: more than one write step.
+        let total: usize = batches.iter().flat_map(row_text_bytes).sum();
+        assert!(total > WRITE_BATCH_BYTES);
+        let files = encode(Table::Deliveries, &batches, 1).unwrap();
+        assert_eq!(files.len(), 1);
+        let reader = ParquetRecordBatchReaderBuilder::try_new(files[0].bytes.clone())
+            .unwrap()
+            .build()
+            .unwrap();
+        let ids: Vec<String> = reader
+            .flat_map(|b| {
+                let b = b.unwrap();
+                let ids = b.column_by_name("id").unwrap().as_string::<i32>().clone();
+                ids.iter().map(|v| v.unwrap().to_string()).collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(ids, (0..20).map(|i| format!("r{i:02}")).collect::<Vec<_>>());
     }
 
     #[test]

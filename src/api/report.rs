@@ -70,16 +70,14 @@ async fn pinged(
     }
 }
 
-/// Makes every outcome durable (they share group commits), then answers.
+/// Makes the outcomes durable, all or nothing (one WAL record), then answers.
 async fn record(state: &AppState, outcomes: Vec<Outcome>) -> Response {
     let ids: Vec<String> = outcomes.iter().map(|o| o.id.clone()).collect();
     let labels: Vec<(String, String)> = outcomes
         .iter()
         .map(|o| (o.source.clone(), o.status.clone()))
         .collect();
-    let results =
-        futures::future::join_all(outcomes.into_iter().map(|o| state.engine.report(o))).await;
-    if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+    if let Err(e) = state.engine.report(outcomes).await {
         return ApiError::unavailable(e.to_string()).into_response();
     }
     for (source, status) in &labels {

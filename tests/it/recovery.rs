@@ -116,3 +116,100 @@ async fn a_manifest_from_a_newer_build_stops_the_start_and_deletes_nothing() {
         assert!(f.exists(), "{} was deleted", f.display());
     }
 }
+
+/// Flushes fail (the Parquet files cannot be synced), so the buffer cannot drain and
+/// its budget (4 × 256 KiB) is all there is.
+fn stuck_buffer() -> Options {
+    Options::default()
+        .env("HOOKSCOPE_BUFFER_MAX_BYTES", "256KiB")
+        .env(
+            "HOOKSCOPE_FAILPOINTS",
+            "lake_sync:deliveries=error;lake_sync:outcomes=error",
+        )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_large_bodies_is_held_to_the_buffer_budget_and_the_server_stays_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(dir.path(), stuck_buffer());
+    let body = "x".repeat(128 << 10);
+    let tasks: Vec<_> = (0..48)
+        .map(|i| {
+            let client = server.client.clone();
+            let url = format!("{}/webhook/flood", server.url);
+            let body = format!("{i:04}{body}");
+            tokio::spawn(async move {
+                let resp = client.post(url).body(body).send().await.unwrap();
+                let status = resp.status().as_u16();
+                let retry_after = resp.headers().contains_key("retry-after");
+                let answer: serde_json::Value =
+                    serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+                (status, retry_after, answer)
+            })
+        })
+        .collect();
+    let mut acked = HashSet::new();
+    for t in tasks {
+        let (status, retry_after, answer) = t.await.unwrap();
+        match status {
+            200 => {
+                acked.insert(answer["id"].as_str().unwrap().to_string());
+            }
+            503 => {
+                assert!(retry_after, "503 without Retry-After");
+                assert!(
+                    answer["error"].as_str().unwrap().contains("limit"),
+                    "{answer}"
+                );
+            }
+            other => panic!("unexpected status {other}: {answer}"),
+        }
+    }
+    // 1 MiB of budget holds at most eight 128 KiB bodies (plus their fields).
+    assert!(
+        (1..=8).contains(&acked.len()),
+        "{} of 48 bodies of 128 KiB accepted into a 1 MiB budget",
+        acked.len()
+    );
+    let ready = server.get("/readyz").await;
+    assert_eq!(ready.status(), 200, "{}", ready.text().await.unwrap());
+    assert_exactly(&server, "deliveries", &acked, "while stuck").await;
+    // Nothing acknowledged is lost when the stuck server is killed.
+    server.kill();
+    let server = Server::start_in(dir.path(), Options::default());
+    assert_exactly(&server, "deliveries", &acked, "after a restart").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_report_batch_is_recorded_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), stuck_buffer());
+    let batch = |n: usize, tag: &str| {
+        let reports: Vec<_> = (0..n)
+            .map(|i| {
+                json!({"event_id": format!("{tag}-{i}"), "status": "failure",
+                       "error_message": "e".repeat(8000)})
+            })
+            .collect();
+        serde_json::Value::from(reports).to_string()
+    };
+    let post = |body: String| {
+        let req = server
+            .client
+            .post(format!("{}/report/app", server.url))
+            .header("content-type", "application/json")
+            .body(body);
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.bytes().await.unwrap())
+        }
+    };
+    // 20 reports of 8 KB fit in 1 MiB: recorded whole.
+    let (status, answer) = post(batch(20, "small")).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(server.count("outcomes").await, 20);
+    // 200 more do not: refused whole, nothing of them recorded.
+    let (status, answer) = post(batch(200, "big")).await;
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(server.count("outcomes").await, 20, "a refused batch left rows");
+}
