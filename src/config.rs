@@ -872,7 +872,10 @@ kind = "log"
         let err = Config::from_toml("max_body_bytes = \"1GiB\"\n", "f", &no_env)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("max_body_bytes") && err.contains("256 MiB"), "{err}");
+        assert!(
+            err.contains("max_body_bytes") && err.contains("256 MiB"),
+            "{err}"
+        );
         let ok = Config::from_toml("max_body_bytes = \"256MiB\"\n", "f", &no_env).unwrap();
         assert_eq!(ok.max_body_bytes.0, MAX_BODY_LIMIT);
     }

@@ -28,7 +28,7 @@ use thiserror::Error;
 use crate::buffer::{Buffer, Derived};
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::dedup::DedupIndex;
+use crate::dedup::{DedupIndex, Delta};
 use crate::lake::{Lake, LakeError};
 use crate::manifest::{FileEntry, Manifest, ManifestError};
 use crate::model::{Delivery, Entry, ForwardResult, Outcome};
@@ -50,6 +50,8 @@ pub enum EngineError {
     Query(#[from] QueryError),
     #[error(transparent)]
     Persist(#[from] PersistError),
+    #[error(transparent)]
+    Dedup(#[from] crate::dedup_store::LoadError),
     #[error(
         "data directory {0} is in use by another hookscope process (lock file {0}/.lock); stop it or use another --data-dir"
     )]
@@ -174,6 +176,8 @@ pub struct Engine {
     last_cut: Arc<Mutex<Option<CutState>>>,
     /// Bytes reserved by appends on their way to the buffer (see [`Engine::reserve`]).
     reserved: AtomicUsize,
+    /// Dedup changes of cuts whose flush did not commit: the next flush commits them.
+    dedup_pending: Mutex<Delta>,
     _lock: Option<File>,
 }
 
@@ -182,6 +186,8 @@ pub struct Engine {
 #[derive(Debug, Clone)]
 struct CutState {
     through: u64,
+    /// The dedup index's changes up to the cut (committed with the rows).
+    dedup: Delta,
     /// The oldest forward start still waiting for its answer at the cut. Its row is
     /// written with its answer, after the cut, so this flush does not commit it: the
     /// segment holding the start must outlive this flush even if the answer arrives
@@ -367,6 +373,7 @@ impl Applier for LakeApplier {
         self.catalog.with_buffer(|buf| buf.cut(through));
         *self.last_cut.lock() = Some(CutState {
             through,
+            dedup: self.dedup.take_delta(),
             oldest_open_forward: self.open.oldest(),
         });
     }
@@ -418,7 +425,7 @@ impl Engine {
         let skip_through = manifest.wal_through;
         let catalog = Catalog::new(lake, manifest);
         let query = QueryEngine::new(&catalog, settings.query.clone(), mode == Mode::Serve)?;
-        let dedup = rebuild_dedup(&query, &settings).await?;
+        let dedup = open_dedup(&catalog, &settings).await?;
         let open_forwards = Arc::new(OpenForwards::default());
         let last_cut = Arc::new(Mutex::new(None));
         let mut applier = LakeApplier {
@@ -465,6 +472,7 @@ impl Engine {
             open_forwards,
             last_cut,
             reserved: AtomicUsize::new(0),
+            dedup_pending: Mutex::new(Delta::default()),
             _lock: lock,
         });
         engine.resolve_interrupted_forwards().await?;
@@ -666,17 +674,41 @@ impl Engine {
                 tracing::warn!(through, "no applier state for this WAL cut");
                 CutState {
                     through,
+                    dedup: Delta::default(),
                     oldest_open_forward: self.open_forwards.oldest().map(|s| s.min(through)),
                 }
             }
         })
     }
 
-    /// Writes the rows up to `cut` to Parquet, commits them and releases the WAL.
+    /// Writes the rows up to `cut` to Parquet, commits them with the dedup index's
+    /// changes and releases the WAL.
     async fn write_cut(
         &self,
         wal: &Wal<Applied>,
-        cut: CutState,
+        mut cut: CutState,
+        started: Instant,
+        cpu_share: f64,
+    ) -> Result<FlushReport, EngineError> {
+        // The dedup changes of every cut since the last commit go with this one.
+        let mut delta = std::mem::take(&mut *self.dedup_pending.lock());
+        delta.append(std::mem::take(&mut cut.dedup));
+        let mut committed = false;
+        let result = self
+            .write_cut_with(wal, &cut, &delta, &mut committed, started, cpu_share)
+            .await;
+        if !committed {
+            *self.dedup_pending.lock() = delta;
+        }
+        result
+    }
+
+    async fn write_cut_with(
+        &self,
+        wal: &Wal<Applied>,
+        cut: &CutState,
+        delta: &Delta,
+        committed: &mut bool,
         started: Instant,
         cpu_share: f64,
     ) -> Result<FlushReport, EngineError> {
@@ -753,8 +785,17 @@ impl Engine {
             }
             report.write += t.elapsed();
         }
-        let paths: Vec<String> = added.iter().map(|(_, e)| e.path.clone()).collect();
-        let next = manifest.with_files(added, through, next_file_seq);
+        let mut paths: Vec<String> = added.iter().map(|(_, e)| e.path.clone()).collect();
+        let dedup = match crate::dedup_store::persist(&lake, manifest.dedup.as_ref(), delta).await {
+            Ok(d) => d,
+            Err(e) => {
+                discard(&lake, paths.iter().map(String::as_str)).await;
+                return Err(e.into());
+            }
+        };
+        paths.extend(dedup.written.iter().cloned());
+        let mut next = manifest.with_files(added, through, next_file_seq);
+        next.dedup = Some(dedup.state);
         if let Err(e) = next.commit(&lake).await {
             // A version renamed into place may be the committed state after a crash:
             // its files stay (the next start removes them if it is not).
@@ -763,7 +804,14 @@ impl Engine {
             }
             return Err(e.into());
         }
+        *committed = true;
         crate::failpoint::crash("after_manifest_commit");
+        // Dedup files the new state replaced (by a checkpoint): no manifest names them.
+        for path in &dedup.replaced {
+            if let Err(e) = lake.delete(path).await {
+                tracing::warn!(path, error = %e, "could not delete a replaced dedup state file");
+            }
+        }
         let flushed = self.catalog.publish(next, started);
         // Free the flushed rows, and return them and the encoder's memory to the OS,
         // on the background thread: not under a lock or on a request worker.
@@ -912,12 +960,23 @@ async fn discard<'a>(lake: &Lake, paths: impl Iterator<Item = &'a str>) {
 /// Deletes files under the table folders that no committed manifest names: files of a
 /// flush that crashed before its commit, and staging files of interrupted writes.
 async fn remove_uncommitted(lake: &Lake, manifest: &Manifest) {
-    let committed: std::collections::HashSet<&str> = manifest.all_paths().collect();
-    for table in Table::ALL {
-        let listed = match lake.list(table.name()).await {
+    // Staging files of writes a crash interrupted (object_store's local backend
+    // writes `<name>#<n>` and renames; it does not list them, so they are looked for
+    // on disk).
+    for path in lake.remove_staging_files() {
+        tracing::info!(path = %path.display(), "removed a staging file left by an interrupted write");
+    }
+    let committed: std::collections::HashSet<&str> =
+        manifest.all_paths().chain(manifest.dedup_paths()).collect();
+    let folders = Table::ALL
+        .iter()
+        .map(|t| t.name())
+        .chain([crate::dedup_store::DIR]);
+    for folder in folders {
+        let listed = match lake.list(folder).await {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!(table = table.name(), error = %e, "could not list table files for cleanup");
+                tracing::warn!(folder, error = %e, "could not list files for cleanup");
                 continue;
             }
         };
@@ -932,58 +991,77 @@ async fn remove_uncommitted(lake: &Lake, manifest: &Manifest) {
     }
 }
 
-/// Reads back, from committed files, how often each dedup key arrived within the
-/// window and when it last did.
-async fn rebuild_dedup(
-    query: &QueryEngine,
+/// The dedup index as of the committed manifest: its persisted state, or (a lake
+/// written before the state was persisted, or whose state cannot be read) one rebuilt
+/// from the committed deliveries.
+async fn open_dedup(
+    catalog: &Arc<Catalog>,
     settings: &EngineSettings,
 ) -> Result<DedupIndex, EngineError> {
     let window_us = i64::try_from(settings.dedup_window.as_micros()).unwrap_or(i64::MAX);
-    let mut index = DedupIndex::new(window_us, settings.dedup_max_keys);
+    let max_keys = settings.dedup_max_keys;
+    let manifest = catalog.manifest();
+    match crate::dedup_store::restore(catalog.lake(), &manifest, window_us, max_keys).await {
+        Ok(Some(index)) => return Ok(index),
+        Ok(None) if manifest.files(Table::Deliveries).is_empty() => {
+            return Ok(DedupIndex::new(window_us, max_keys));
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the persisted dedup index; rebuilding it from the lake (attempt numbers of keys seen before this start may restart at 1)");
+        }
+    }
+    rebuild_dedup(catalog, window_us, max_keys).await
+}
+
+/// Rebuilds the dedup index from the committed deliveries of the window, read in the
+/// order they were flushed: an approximation of the live index (a lake written before
+/// the index was persisted has nothing better). Reads three columns, streams, and
+/// runs under limits of its own, not the user query limits.
+async fn rebuild_dedup(
+    catalog: &Arc<Catalog>,
+    window_us: i64,
+    max_keys: usize,
+) -> Result<DedupIndex, EngineError> {
+    let started = Instant::now();
+    let mut index = DedupIndex::new(window_us, max_keys);
     let cutoff_us = chrono::Utc::now()
         .timestamp_micros()
         .saturating_sub(window_us);
     let cutoff = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(cutoff_us)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let query = QueryEngine::for_maintenance(catalog)?;
     let sql = format!(
-        "SELECT source, dedup_key, COUNT(*) AS n, MAX(received_at) AS last FROM deliveries \
-         WHERE received_at >= '{cutoff}' GROUP BY source, dedup_key ORDER BY last DESC LIMIT {}",
-        settings.dedup_max_keys
+        "SELECT source, dedup_key, received_at FROM deliveries WHERE received_at >= '{cutoff}'"
     );
-    let (_, batches) = query.collect(&sql).await?;
-    let text = |c: &arrow::array::ArrayRef| {
-        arrow::compute::cast(c, &DataType::Utf8).map_err(|e| QueryError::Internal(e.to_string()))
-    };
-    let mut rows: Vec<(String, String, u32, i64)> = Vec::new();
-    for batch in &batches {
+    let mut stream = query.stream(&sql).await?;
+    let mut rows = 0u64;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let text = |c: &arrow::array::ArrayRef| {
+            arrow::compute::cast(c, &DataType::Utf8)
+                .map_err(|e| QueryError::Internal(e.to_string()))
+        };
         let sources = text(batch.column(0))?;
         let sources = sources.as_string::<i32>();
         let keys = text(batch.column(1))?;
         let keys = keys.as_string::<i32>();
-        let counts = arrow::compute::cast(batch.column(2), &DataType::Int64)
-            .map_err(|e| QueryError::Internal(e.to_string()))?;
-        let counts = counts.as_primitive::<arrow::datatypes::Int64Type>();
-        let lasts = batch.column(3).as_primitive::<TimestampMicrosecondType>();
+        let times = batch.column(2).as_primitive::<TimestampMicrosecondType>();
         for i in 0..batch.num_rows() {
-            if keys.is_null(i) || sources.is_null(i) {
+            if keys.is_null(i) || sources.is_null(i) || times.is_null(i) {
                 continue;
             }
-            rows.push((
-                sources.value(i).to_string(),
-                keys.value(i).to_string(),
-                u32::try_from(counts.value(i)).unwrap_or(u32::MAX),
-                lasts.value(i),
-            ));
+            index.observe(sources.value(i), keys.value(i), times.value(i));
+            rows += 1;
         }
     }
-    rows.sort_by_key(|(_, _, _, last)| *last);
-    for (source, key, n, last) in &rows {
-        index.seed(source, key, *n, *last);
-    }
-    if !rows.is_empty() {
-        tracing::info!(keys = rows.len(), "rebuilt the dedup index from the lake");
-    }
+    tracing::info!(
+        rows,
+        keys = index.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "rebuilt the dedup index from the lake (it is persisted from the next flush on)"
+    );
     Ok(index)
 }
 
@@ -1021,6 +1099,117 @@ mod tests {
             .value(0)
     }
 
+    impl Engine {
+        /// Stops the WAL without a flush, as a crash would leave the directory.
+        async fn stop_without_flush(&self) {
+            if let Some(wal) = &self.wal {
+                wal.shutdown().await;
+            }
+        }
+    }
+
+    /// (id, attempt as answered) for `arrivals` ingested one by one; with `chaos`, the
+    /// engine flushes and restarts (without a flush) at random points.
+    async fn ingest_with_chaos(
+        dir: &Path,
+        settings: &EngineSettings,
+        arrivals: &[(String, String, i64)],
+        mut chaos: Option<&mut dyn FnMut() -> u64>,
+    ) -> Vec<(String, i32)> {
+        let mut engine = Engine::open(settings.clone(), Mode::Serve).await.unwrap();
+        let mut answered = Vec::new();
+        for (i, (source, key, at)) in arrivals.iter().enumerate() {
+            let mut d = delivery(&format!("d{i:04}"));
+            d.source = source.clone();
+            d.dedup_key = key.clone();
+            d.received_at_us = *at;
+            answered.push((d.id.clone(), engine.ingest(d).await.unwrap().attempt));
+            if let Some(roll) = chaos.as_mut() {
+                match roll() % 12 {
+                    0 | 1 => {
+                        engine.flush().await.unwrap();
+                    }
+                    2 => {
+                        engine.stop_without_flush().await;
+                        drop(engine);
+                        engine = Engine::open(settings.clone(), Mode::Serve).await.unwrap();
+                    }
+                    _ => {}
+                }
+            }
+        }
+        engine.shutdown().await.unwrap();
+        drop(engine);
+        let _ = dir;
+        answered
+    }
+
+    #[tokio::test]
+    async fn attempts_after_restarts_are_exactly_the_live_ones() {
+        for seed in 1..=10u64 {
+            let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut next = move || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state
+            };
+            // A window of 10 s and room for 7 arrivals: keys expire and are trimmed.
+            let mut at = 1_732_300_000_000_000i64;
+            let arrivals: Vec<(String, String, i64)> = (0..120)
+                .map(|_| {
+                    at += (next() % 3_000_000) as i64;
+                    let source = if next() % 4 == 0 { "b" } else { "a" };
+                    (source.to_string(), format!("k{}", next() % 9), at)
+                })
+                .collect();
+            let configure = |dir: &Path| {
+                let mut s = settings(dir);
+                s.dedup_window = Duration::from_secs(10);
+                s.dedup_max_keys = 7;
+                s
+            };
+            let live_dir = tempfile::tempdir().unwrap();
+            let live = ingest_with_chaos(
+                live_dir.path(),
+                &configure(live_dir.path()),
+                &arrivals,
+                None,
+            )
+            .await;
+            let dir = tempfile::tempdir().unwrap();
+            let settings = configure(dir.path());
+            let restarted =
+                ingest_with_chaos(dir.path(), &settings, &arrivals, Some(&mut next)).await;
+            assert_eq!(
+                restarted, live,
+                "seed {seed}: attempts differ after restarts"
+            );
+            // What is stored says the same.
+            let engine = Engine::open(settings, Mode::ReadOnly).await.unwrap();
+            let (_, batches) = engine
+                .query()
+                .collect("SELECT id, attempt FROM deliveries ORDER BY id")
+                .await
+                .unwrap();
+            let stored: Vec<(String, i32)> = batches
+                .iter()
+                .flat_map(|b| {
+                    let ids = arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
+                    let ids = ids.as_string::<i32>().clone();
+                    let attempts = b
+                        .column(1)
+                        .as_primitive::<arrow::datatypes::Int32Type>()
+                        .clone();
+                    (0..b.num_rows())
+                        .map(|i| (ids.value(i).to_string(), attempts.value(i)))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            assert_eq!(stored, live, "seed {seed}: stored attempts");
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_appends_cannot_overrun_the_buffer_budget() {
         let dir = tempfile::tempdir().unwrap();
@@ -1049,13 +1238,19 @@ mod tests {
             (8..=16).contains(&accepted),
             "{accepted} of 64 accepted into a 4 MiB budget"
         );
-        assert_eq!(engine.reserved.load(Ordering::Relaxed), 0, "reservations returned");
+        assert_eq!(
+            engine.reserved.load(Ordering::Relaxed),
+            0,
+            "reservations returned"
+        );
     }
 
     #[tokio::test]
     async fn a_forward_answered_while_a_flush_runs_survives_a_crash() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(settings(dir.path()), Mode::Serve).await.unwrap();
+        let engine = Engine::open(settings(dir.path()), Mode::Serve)
+            .await
+            .unwrap();
         engine.begin_forward(delivery("fwd-1")).await.unwrap();
         let wal = engine.wal.as_ref().unwrap();
         // A flush cuts the WAL with the forward still open; the app answers while the
@@ -1076,7 +1271,10 @@ mod tests {
             .await
             .unwrap();
         // The process dies before the next flush.
-        assert_eq!(rows_after_a_crash(dir.path(), "deliveries", "fwd-1").await, 1);
+        assert_eq!(
+            rows_after_a_crash(dir.path(), "deliveries", "fwd-1").await,
+            1
+        );
         assert_eq!(rows_after_a_crash(dir.path(), "outcomes", "fwd-1").await, 1);
     }
 

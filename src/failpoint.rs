@@ -24,7 +24,9 @@ const VAR: &str = "HOOKSCOPE_FAILPOINTS";
 enum Action {
     Crash,
     /// Fails while `left` is above zero (`u64::MAX`: always).
-    Error { left: AtomicU64 },
+    Error {
+        left: AtomicU64,
+    },
 }
 
 fn points() -> &'static HashMap<String, Action> {

@@ -174,6 +174,38 @@ impl Lake {
         }
     }
 
+    /// Removes the staging files (`<name>#<digits>`) interrupted writes left in a local
+    /// lake, outside the WAL; returns what it removed. object_store's local backend
+    /// writes a staging file and renames it into place, and does not list them.
+    pub fn remove_staging_files(&self) -> Vec<PathBuf> {
+        let Some(root) = &self.local_root else {
+            return Vec::new();
+        };
+        let mut removed = Vec::new();
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                if kind.is_dir() {
+                    if path != root.join("wal") {
+                        stack.push(path);
+                    }
+                } else if is_staging_name(&entry.file_name().to_string_lossy())
+                    && std::fs::remove_file(&path).is_ok()
+                {
+                    removed.push(path);
+                }
+            }
+        }
+        removed
+    }
+
     /// Every object under the lake-relative `prefix`, recursively.
     pub async fn list(&self, prefix: &str) -> Result<Vec<Listed>, LakeError> {
         let path = self.object_path(prefix)?;
@@ -204,6 +236,13 @@ impl Lake {
             })
             .collect())
     }
+}
+
+/// `name#123`: a staging file of object_store's local backend.
+fn is_staging_name(name: &str) -> bool {
+    name.rsplit_once('#').is_some_and(|(base, n)| {
+        !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+    })
 }
 
 fn check_rel(rel: &str) -> Result<(), LakeError> {
@@ -290,6 +329,45 @@ mod tests {
                 .is_none()
         );
         assert!(lake.list("missing").await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn staging_files_left_by_interrupted_writes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::local(dir.path()).unwrap();
+        let part = dir.path().join("deliveries/date=2026-01-01/hour=00");
+        std::fs::create_dir_all(&part).unwrap();
+        std::fs::create_dir_all(dir.path().join("_manifest")).unwrap();
+        std::fs::create_dir_all(dir.path().join("wal")).unwrap();
+        for f in ["a.parquet#1", "a.parquet", "b#x"] {
+            std::fs::write(part.join(f), b"x").unwrap();
+        }
+        std::fs::write(
+            dir.path().join("_manifest/00000000000000000002.json#17"),
+            b"{",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("wal/keep#1"), b"x").unwrap();
+        let mut removed = lake.remove_staging_files();
+        removed.sort();
+        assert_eq!(
+            removed,
+            vec![
+                dir.path()
+                    .canonicalize()
+                    .unwrap()
+                    .join("_manifest/00000000000000000002.json#17"),
+                dir.path()
+                    .canonicalize()
+                    .unwrap()
+                    .join("deliveries/date=2026-01-01/hour=00/a.parquet#1"),
+            ]
+        );
+        assert!(part.join("a.parquet").exists() && part.join("b#x").exists());
+        assert!(
+            dir.path().join("wal/keep#1").exists(),
+            "the WAL is not the lake's"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod dedup;
+pub mod dedup_store;
 pub mod engine;
 pub mod failpoint;
 pub mod forward;

@@ -72,6 +72,21 @@ pub struct Manifest {
     pub next_file_seq: u64,
     /// Committed files per table name.
     pub tables: BTreeMap<String, Vec<FileEntry>>,
+    /// The dedup index as of `wal_through` (absent in lakes written before it was
+    /// persisted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<DedupFiles>,
+}
+
+/// The persisted dedup index: files under `_dedup/`, read in order (the first may be
+/// a checkpoint of the whole index, the rest are the changes of later flushes).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DedupFiles {
+    pub files: Vec<String>,
+    /// Arrivals in the checkpoint, and pushed by the later files: when the changes
+    /// outgrow the checkpoint, a flush writes a new one.
+    pub checkpoint_entries: u64,
+    pub delta_entries: u64,
 }
 
 impl Manifest {
@@ -208,6 +223,13 @@ impl Manifest {
     pub fn all_paths(&self) -> impl Iterator<Item = &str> {
         self.tables.values().flatten().map(|f| f.path.as_str())
     }
+
+    /// The dedup state files this version names.
+    pub fn dedup_paths(&self) -> impl Iterator<Item = &str> {
+        self.dedup
+            .iter()
+            .flat_map(|d| d.files.iter().map(String::as_str))
+    }
 }
 
 fn version_path(version: u64) -> String {
@@ -299,11 +321,17 @@ mod tests {
         let newer = r#"{"format": 2, "version": 2, "tables": {"deliveries": [{"path": "deliveries/b.parquet", "rows": 1}]}, "partitions": {}}"#;
         std::fs::write(dir.path().join(version_path(2)), newer).unwrap();
         let err = Manifest::load(&lake).await.unwrap_err();
-        assert!(matches!(err, ManifestError::TooNew { found: 2, .. }), "{err}");
+        assert!(
+            matches!(err, ManifestError::TooNew { found: 2, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("newer hookscope"), "{err}");
         // Whole JSON of this format that is not a manifest: corrupt, not torn.
-        std::fs::write(dir.path().join(version_path(2)), r#"{"format": 1, "version": "x"}"#)
-            .unwrap();
+        std::fs::write(
+            dir.path().join(version_path(2)),
+            r#"{"format": 1, "version": "x"}"#,
+        )
+        .unwrap();
         let err = Manifest::load(&lake).await.unwrap_err();
         assert!(matches!(err, ManifestError::Corrupt { .. }), "{err}");
     }

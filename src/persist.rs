@@ -409,7 +409,9 @@ mod tests {
             .flat_map(|b| {
                 let b = b.unwrap();
                 let ids = b.column_by_name("id").unwrap().as_string::<i32>().clone();
-                ids.iter().map(|v| v.unwrap().to_string()).collect::<Vec<_>>()
+                ids.iter()
+                    .map(|v| v.unwrap().to_string())
+                    .collect::<Vec<_>>()
             })
             .collect();
         assert_eq!(ids, (0..20).map(|i| format!("r{i:02}")).collect::<Vec<_>>());

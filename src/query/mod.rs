@@ -125,6 +125,27 @@ impl QueryEngine {
         dedicated_runtime: bool,
     ) -> Result<Self, QueryError> {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self::with_partitions(catalog, limits, dedicated_runtime, threads)
+    }
+
+    /// The engine's own reads of the lake on open (not user queries): generous limits
+    /// of their own, and one scan partition, so rows come in the order of the
+    /// manifest's files (flush order).
+    pub fn for_maintenance(catalog: &Arc<Catalog>) -> Result<Self, QueryError> {
+        let limits = QueryLimits {
+            timeout: Duration::from_secs(3600),
+            memory_limit: 4 << 30,
+            max_result_bytes: u64::MAX,
+        };
+        Self::with_partitions(catalog, limits, false, 1)
+    }
+
+    fn with_partitions(
+        catalog: &Arc<Catalog>,
+        limits: QueryLimits,
+        dedicated_runtime: bool,
+        threads: usize,
+    ) -> Result<Self, QueryError> {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_target_partitions(threads);

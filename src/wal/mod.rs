@@ -308,7 +308,8 @@ impl<T: Send + 'static> Wal<T> {
     where
         A: Applier<Output = T>,
     {
-        crate::sys::create_dir_all_durable(&config.dir).map_err(|e| WalError::io(&config.dir, e))?;
+        crate::sys::create_dir_all_durable(&config.dir)
+            .map_err(|e| WalError::io(&config.dir, e))?;
         let mut replaying = 0;
         let replayed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let result = read_dir_records(&config.dir, true, &mut |seq, entry| {
@@ -795,9 +796,10 @@ impl<A: Applier> Writer<A> {
                     let result = self.check_fatal().and_then(|()| self.rotate());
                     match result {
                         Ok(through) => {
-                            let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
-                                || self.applier.cut(through),
-                            ));
+                            let cut =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    self.applier.cut(through)
+                                }));
                             match cut {
                                 Ok(()) => {
                                     let _ = reply.send(Ok(through));
@@ -856,7 +858,9 @@ impl<A: Applier> Writer<A> {
         let started = Instant::now();
         self.last_write = started;
         let bytes = frames.len();
-        let result = self.check_fatal().and_then(|()| self.write_and_sync(frames));
+        let result = self
+            .check_fatal()
+            .and_then(|()| self.write_and_sync(frames));
         frames.clear();
         match result {
             Ok(()) => {
@@ -871,10 +875,9 @@ impl<A: Applier> Writer<A> {
                 if let Some(seg) = self.segments.last_mut() {
                     seg.last_seq = last;
                 }
-                let applied =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        self.applier.apply(group)
-                    }));
+                let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.applier.apply(group)
+                }));
                 let outputs = match applied {
                     Ok(outputs) => outputs,
                     Err(panic) => {
@@ -1315,10 +1318,7 @@ mod tests {
         let err = Wal::open(config(dir.path()), 0, Collect::default())
             .err()
             .expect("the open must refuse the segment");
-        assert!(
-            matches!(err, WalError::Undecodable { seq: 4, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, WalError::Undecodable { seq: 4, .. }), "{err}");
         assert!(err.to_string().contains("newer"), "{err}");
         assert_eq!(fs::read(&seg).unwrap(), before, "nothing was cut");
         assert!(read_only_replay(dir.path(), |_, _| {}).is_err());
@@ -1333,7 +1333,11 @@ mod tests {
         }
         wal.shutdown().await;
         // A prepared (zero-filled) spare renamed into place, its header never written.
-        fs::write(dir.path().join(format!("{:020}.wal", 4)), vec![0u8; 64 << 10]).unwrap();
+        fs::write(
+            dir.path().join(format!("{:020}.wal", 4)),
+            vec![0u8; 64 << 10],
+        )
+        .unwrap();
         let collect = Collect::default();
         let (wal, summary) = Wal::open(config(dir.path()), 0, collect.clone()).unwrap();
         assert_eq!(collect.0.lock().len(), 3);
@@ -1341,7 +1345,10 @@ mod tests {
         assert_eq!(wal.append(Pending::new(entry(3))).await.unwrap().seq, 4);
         wal.shutdown().await;
         let (seen, _) = replayed(dir.path());
-        assert_eq!(seen.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        assert_eq!(
+            seen.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
     }
 
     /// Panics when it is asked to apply the record with the given sequence number.

@@ -129,8 +129,12 @@ async fn a_crash_at_each_step_of_a_flush_loses_and_duplicates_nothing() {
             .env("HOOKSCOPE_BUFFER_FLUSH_INTERVAL", "1h")
             .env("HOOKSCOPE_BUFFER_MAX_ROWS", 30);
         // First run: 29 rows stay buffered; the 30th triggers a flush that crashes.
-        let mut server =
-            Server::start_in(dir.path(), options.clone().env("HOOKSCOPE_FAILPOINTS", format!("{point}=crash")));
+        let mut server = Server::start_in(
+            dir.path(),
+            options
+                .clone()
+                .env("HOOKSCOPE_FAILPOINTS", format!("{point}=crash")),
+        );
         let mut ids = HashSet::new();
         for i in 0..30 {
             ids.insert(server.post_json("crash", &json!({"i": i})).await);

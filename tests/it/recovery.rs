@@ -30,8 +30,15 @@ async fn ids_of(server: &Server, table: &str) -> Vec<String> {
 async fn assert_exactly(server: &Server, table: &str, acked: &HashSet<String>, when: &str) {
     let got = ids_of(server, table).await;
     let unique: HashSet<String> = got.iter().cloned().collect();
-    assert_eq!(unique.len(), got.len(), "{when}: a row of {table} is counted twice");
-    assert_eq!(&unique, acked, "{when}: {table} rows differ from those acknowledged");
+    assert_eq!(
+        unique.len(),
+        got.len(),
+        "{when}: a row of {table} is counted twice"
+    );
+    assert_eq!(
+        &unique, acked,
+        "{when}: {table} rows differ from those acknowledged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -76,7 +83,10 @@ async fn a_manifest_whose_sync_failed_keeps_its_files_and_the_lake_restarts_whol
     server.kill();
 
     let server = Server::start_in(dir.path(), options);
-    assert!(!parquet_files(&server.lake()).is_empty(), "the files stayed");
+    assert!(
+        !parquet_files(&server.lake()).is_empty(),
+        "the files stayed"
+    );
     assert_exactly(&server, "deliveries", &deliveries, "after the restart").await;
     assert_exactly(&server, "outcomes", &outcomes, "after the restart").await;
 }
@@ -211,5 +221,9 @@ async fn a_report_batch_is_recorded_all_or_nothing() {
     // 200 more do not: refused whole, nothing of them recorded.
     let (status, answer) = post(batch(200, "big")).await;
     assert_eq!(status, 503, "{}", String::from_utf8_lossy(&answer));
-    assert_eq!(server.count("outcomes").await, 20, "a refused batch left rows");
+    assert_eq!(
+        server.count("outcomes").await,
+        20,
+        "a refused batch left rows"
+    );
 }
