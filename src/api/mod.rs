@@ -7,6 +7,10 @@
 //! - The ingest side (`/webhook`) is open to providers (signatures protect it); every
 //!   read route requires `Authorization: Bearer <token>` when a token is configured,
 //!   compared in constant time.
+//! - The read side refuses cross-origin browser requests (an `Origin` other than the
+//!   request's own host, or `Sec-Fetch-Site` other than same-origin), and, without a
+//!   token, requests addressed to anything but `localhost` or an IP address: a web
+//!   page cannot read it through DNS rebinding or a preflight-free `text/plain` POST.
 //! - Every error body is `{"error": "..."}` saying what went wrong and what to do.
 
 mod health;
@@ -89,7 +93,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
-            require_token,
+            guard_read,
         ));
     Router::new()
         .route("/webhook/{*source}", any(ingest::ingest))
@@ -137,26 +141,128 @@ async fn not_found() -> ApiError {
     )
 }
 
-/// Requires the configured bearer token, if any.
-async fn require_token(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if let Some(token) = &state.config.auth.token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        let ok: bool = given.as_bytes().ct_eq(token.as_bytes()).into();
-        if !ok {
-            let mut resp = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong bearer token: send Authorization: Bearer <HOOKSCOPE_TOKEN>",
-            )
-            .into_response();
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return resp;
+/// The read side's guard: no cross-origin browser requests; the configured bearer
+/// token, if any; without one, only requests addressed to `localhost` or an IP.
+async fn guard_read(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let host = request_host(&req);
+    if let Some(why) = cross_origin(req.headers(), host.as_deref()) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("cross-origin request refused ({why}): the read API answers only its own origin"),
+        )
+        .into_response();
+    }
+    match &state.config.auth.token {
+        Some(token) => {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            let ok: bool = given.as_bytes().ct_eq(token.as_bytes()).into();
+            if !ok {
+                let mut resp = ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong bearer token: send Authorization: Bearer <HOOKSCOPE_TOKEN>",
+                )
+                .into_response();
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return resp;
+            }
+        }
+        None => {
+            if let Some(host) = host.as_deref()
+                && !is_local_or_ip(host)
+            {
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "request addressed to {host:?} refused: without a token the read API answers only requests to localhost or an IP address (protection against DNS rebinding); set HOOKSCOPE_TOKEN to reach it by name"
+                    ),
+                )
+                .into_response();
+            }
         }
     }
     next.run(req).await
+}
+
+/// The host (and port) the request was addressed to: `Host`, or the HTTP/2 authority.
+fn request_host(req: &Request) -> Option<String> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
+}
+
+/// Why the request comes from another origin's page, if it does.
+fn cross_origin(headers: &axum::http::HeaderMap, host: Option<&str>) -> Option<String> {
+    if let Some(site) = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        && !matches!(site, "same-origin" | "none")
+    {
+        return Some(format!("Sec-Fetch-Site: {site}"));
+    }
+    let origin = headers.get(header::ORIGIN)?;
+    let origin = origin.to_str().unwrap_or("");
+    let origin_host = origin
+        .split_once("://")
+        .map(|(_, rest)| rest.trim_end_matches('/'));
+    match (origin_host, host) {
+        (Some(o), Some(h)) if o.eq_ignore_ascii_case(h) => None,
+        _ => Some(format!("Origin: {origin}")),
+    }
+}
+
+/// `localhost`, a name under `.localhost`, or an IP address (with or without a port).
+fn is_local_or_ip(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        return rest
+            .split_once(']')
+            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    } else {
+        host.rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(host, |(name, _)| name)
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_names_and_ip_addresses_pass_other_names_do_not() {
+        for ok in [
+            "localhost",
+            "localhost:8080",
+            "LOCALHOST.",
+            "app.localhost:1",
+            "127.0.0.1:8080",
+            "10.1.2.3",
+            "[::1]:8080",
+            "[fe80::1]",
+        ] {
+            assert!(is_local_or_ip(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "[::1",
+            "",
+        ] {
+            assert!(!is_local_or_ip(bad), "{bad}");
+        }
+    }
 }

@@ -291,6 +291,64 @@ async fn a_configured_token_guards_the_read_side_but_not_ingest() {
     assert_eq!(resp.text().await.unwrap(), "[{\"n\":1}]");
 }
 
+/// POSTs `SELECT 1` as text/plain with extra headers; returns the status.
+async fn read_with(server: &Server, headers: &[(&str, String)]) -> u16 {
+    let mut req = server
+        .client
+        .post(format!("{}/query", server.url))
+        .header("content-type", "text/plain")
+        .body("SELECT 1");
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_token_the_read_side_answers_only_local_names_and_its_own_origin() {
+    let (server, _dir) = Server::start(Options::default());
+    let port = server.url.rsplit(':').next().unwrap().to_string();
+    let own = server.url.clone();
+    // DNS rebinding: a page of evil.example whose name now points at 127.0.0.1.
+    assert_eq!(read_with(&server, &[("host", format!("evil.example:{port}"))]).await, 403);
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}"), "[::1]".into()] {
+        assert_eq!(read_with(&server, &[("host", host.clone())]).await, 200, "{host}");
+    }
+    // A cross-origin text/plain POST needs no preflight: refused by its Origin.
+    assert_eq!(
+        read_with(&server, &[("origin", "http://evil.example".into())]).await,
+        403
+    );
+    assert_eq!(
+        read_with(&server, &[("sec-fetch-site", "cross-site".into())]).await,
+        403
+    );
+    assert_eq!(read_with(&server, &[("origin", "null".into())]).await, 403);
+    // The same origin (a dashboard served by hookscope itself) is fine.
+    assert_eq!(read_with(&server, &[("origin", own)]).await, 200);
+    // Ingest stays open to any Host: providers address it by its public name.
+    let resp = server
+        .client
+        .post(format!("{}/webhook/s", server.url))
+        .header("host", "hooks.example.com")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // With a token, a name is fine (a rebinding page cannot send the token).
+    let (server, _dir) = Server::start(Options::default().env("HOOKSCOPE_TOKEN", "t0ken"));
+    let status = read_with(
+        &server,
+        &[
+            ("host", "hookscope.internal".into()),
+            ("authorization", "Bearer t0ken".into()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
 #[test]
 fn serve_refuses_to_listen_beyond_loopback_without_a_token() {
     let dir = tempfile::tempdir().unwrap();
