@@ -148,7 +148,9 @@ async fn guard_read(State(state): State<Arc<AppState>>, req: Request, next: Next
     if let Some(why) = cross_origin(req.headers(), host.as_deref()) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
-            format!("cross-origin request refused ({why}): the read API answers only its own origin"),
+            format!(
+                "cross-origin request refused ({why}): the read API answers only its own origin"
+            ),
         )
         .into_response();
     }
@@ -200,9 +202,7 @@ fn request_host(req: &Request) -> Option<String> {
 
 /// Why the request comes from another origin's page, if it does.
 fn cross_origin(headers: &axum::http::HeaderMap, host: Option<&str>) -> Option<String> {
-    if let Some(site) = headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
         && !matches!(site, "same-origin" | "none")
     {
         return Some(format!("Sec-Fetch-Site: {site}"));

@@ -12,7 +12,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::ipc::writer::StreamWriter;
 use arrow::json::writer::{JsonArray, LineDelimited};
 use arrow::record_batch::RecordBatch;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -93,6 +93,9 @@ enum State {
     Table(Vec<RecordBatch>),
 }
 
+/// Bytes of rows encoded at a time (see [`Encoder::write`]).
+const ENCODE_STEP: usize = 1 << 20;
+
 /// Encodes a result, batch by batch. See the module docs.
 pub struct Encoder {
     state: State,
@@ -133,7 +136,35 @@ impl Encoder {
     }
 
     /// Encodes one batch; returns the bytes to send now (may be empty).
+    ///
+    /// Works in row slices of about [`ENCODE_STEP`] bytes and checks the result limit
+    /// before and after each, so a batch of huge values never becomes a huge encoding
+    /// first.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<Bytes, QueryError> {
+        let rows = batch.num_rows();
+        let bytes = super::limits::batch_bytes(batch);
+        if bytes <= ENCODE_STEP || rows <= 1 {
+            return self.write_step(batch, bytes);
+        }
+        let per_step = (rows * ENCODE_STEP / bytes).max(1);
+        let mut out = BytesMut::new();
+        let mut start = 0;
+        while start < rows {
+            let slice = batch.slice(start, per_step.min(rows - start));
+            let bytes = super::limits::batch_bytes(&slice);
+            out.extend_from_slice(&self.write_step(&slice, bytes)?);
+            start += slice.num_rows();
+        }
+        Ok(out.freeze())
+    }
+
+    fn write_step(&mut self, batch: &RecordBatch, bytes: usize) -> Result<Bytes, QueryError> {
+        // Text and Arrow encodings are at least as large as the values' bytes: a step
+        // that cannot fit is refused before it is encoded.
+        let compresses = matches!(self.state, State::Parquet(_));
+        if !compresses && self.emitted.saturating_add(bytes as u64) > self.limit {
+            return Err(QueryError::TooLarge(self.limit));
+        }
         let out = match &mut self.state {
             State::Json { rows } => {
                 if batch.num_rows() == 0 {

@@ -1,6 +1,7 @@
 //! Cancellation that works whatever the operators do: every node of a physical plan
 //! is wrapped in [`GuardedExec`], which checks the query's deadline and cancel flag
-//! each time a batch passes.
+//! each time a batch passes, and the batch's size against the per-batch limit
+//! ([`super::limits`]).
 //!
 //! Why: aborting a tokio task only takes effect when it yields, and some operators
 //! (a cross join feeding an aggregate) can compute for minutes without ever returning
@@ -27,13 +28,16 @@ use futures::StreamExt;
 pub struct QueryGuard {
     cancelled: Arc<AtomicBool>,
     deadline: Instant,
+    /// The most bytes a batch may hold.
+    max_batch: usize,
 }
 
 impl QueryGuard {
-    pub fn new(deadline: Instant) -> Self {
+    pub fn new(deadline: Instant, max_batch: usize) -> Self {
         Self {
             cancelled: Arc::new(AtomicBool::new(false)),
             deadline,
+            max_batch,
         }
     }
 
@@ -158,7 +162,16 @@ impl ExecutionPlan for GuardedExec {
         let guard = self.guard.clone();
         let checked = stream.map(move |batch| {
             guard.check()?;
-            batch
+            let batch = batch?;
+            let bytes = super::limits::batch_bytes(&batch);
+            if bytes > guard.max_batch {
+                return Err(super::limits::too_large(
+                    "a batch of the query",
+                    bytes,
+                    guard.max_batch,
+                ));
+            }
+            Ok(batch)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, checked)))
     }

@@ -14,6 +14,7 @@
 
 pub mod format;
 mod guard;
+pub mod limits;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -161,6 +162,7 @@ impl QueryEngine {
                 .map_err(QueryError::from_df)?;
         }
         datafusion_functions_json::register_all(&mut ctx).map_err(QueryError::from_df)?;
+        limits::register_bounded_functions(&ctx, limits::batch_limit(limits.memory_limit));
         let runtime = if dedicated_runtime {
             Some(query_runtime()?)
         } else {
@@ -177,6 +179,11 @@ impl QueryEngine {
         &self.limits
     }
 
+    /// Bytes the session's memory pool has reserved right now (all running queries).
+    pub fn memory_reserved(&self) -> usize {
+        self.ctx.runtime_env().memory_pool.reserved()
+    }
+
     /// Plans and starts `sql`; the result arrives batch by batch from the stream.
     /// The deadline starts now and covers planning and every batch.
     pub async fn stream(&self, sql: &str) -> Result<ResultStream, QueryError> {
@@ -186,7 +193,7 @@ impl QueryEngine {
         let (tx, rx) = mpsc::channel(4);
         let ctx = self.ctx.clone();
         let sql = sql.to_string();
-        let guard = QueryGuard::new(deadline);
+        let guard = QueryGuard::new(deadline, limits::batch_limit(self.limits.memory_limit));
         let task_guard = guard.clone();
         let timeout = self.limits.timeout;
         let task = async move {
@@ -214,6 +221,11 @@ impl QueryEngine {
                     return;
                 }
             }
+        };
+        // The deadline ends the task even when nobody reads its result (a client
+        // that stopped reading): dropping the plan frees its memory reservations.
+        let task = async move {
+            let _ = tokio::time::timeout_at(deadline.into(), task).await;
         };
         let handle = match &self.runtime {
             Some(rt) => rt.spawn(task),
@@ -356,6 +368,74 @@ fn check_sql_statement(statement: &Statement) -> Result<(), QueryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn engine(timeout: Duration) -> (QueryEngine, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = crate::lake::Lake::local(dir.path()).unwrap();
+        let catalog = Catalog::new(lake, crate::manifest::Manifest::default());
+        let limits = QueryLimits {
+            timeout,
+            ..QueryLimits::default()
+        };
+        (QueryEngine::new(&catalog, limits, false).unwrap(), dir)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_deadline_ends_a_query_whose_result_nobody_reads() {
+        let (engine, _dir) = engine(Duration::from_millis(1500));
+        // A sort holds its input in the memory pool until its output is read.
+        let stream = engine
+            .stream("SELECT value FROM generate_series(1, 3000000) ORDER BY value DESC")
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while engine.memory_reserved() == 0 {
+            assert!(Instant::now() < deadline, "the sort never reserved memory");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The client stopped reading: the result is neither read nor dropped.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(
+            engine.memory_reserved(),
+            0,
+            "the query still holds memory past its deadline"
+        );
+        drop(stream);
+    }
+
+    #[tokio::test]
+    async fn functions_that_grow_their_input_are_bounded_before_they_compute() {
+        let (engine, _dir) = engine(Duration::from_secs(30));
+        for sql in [
+            "SELECT repeat('x', 2000000000)",
+            "SELECT lpad('x', 2000000000)",
+            "SELECT rpad('x', 2000000000, 'ab')",
+            "SELECT array_repeat(1, 1000000000)",
+            "SELECT range(0, 1000000000)",
+            "SELECT generate_series(1, 1000000000)",
+            "SELECT replace(repeat('a', 1000000), 'a', repeat('b', 1000))",
+        ] {
+            let Err(err) = engine.collect(sql).await else {
+                panic!("{sql} ran");
+            };
+            assert!(
+                matches!(err, QueryError::Invalid(_)) && err.to_string().contains("memory_limit"),
+                "{sql}: {err}"
+            );
+        }
+        // Ordinary uses still work.
+        let (_, batches) = engine
+            .collect("SELECT repeat('ab', 3) AS r, lpad('7', 3, '0') AS p, replace('aXa', 'X', 'yy') AS x")
+            .await
+            .unwrap();
+        let row = arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        assert!(
+            row.contains("ababab") && row.contains("007") && row.contains("ayya"),
+            "{row}"
+        );
+    }
 
     #[test]
     fn read_only_statements_pass() {

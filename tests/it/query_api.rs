@@ -291,6 +291,41 @@ async fn a_configured_token_guards_the_read_side_but_not_ingest() {
     assert_eq!(resp.text().await.unwrap(), "[{\"n\":1}]");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn queries_that_would_allocate_past_the_memory_limit_get_a_400_and_memory_stays_bounded() {
+    let (server, _dir) =
+        Server::start(Options::default().env("HOOKSCOPE_QUERY_MEMORY_LIMIT", "256MiB"));
+    for sql in [
+        "SELECT repeat('x', 2000000000)",
+        "SELECT length(repeat('x', 2000000000)) AS n",
+        "SELECT lpad('x', 2000000000)",
+        "SELECT array_repeat('abc', 1000000000)",
+        "SELECT range(0, 2000000000)",
+        // Not one function: eight values of 16 MB in one row, caught between operators.
+        "SELECT concat(x, x, x, x, x, x, x, x) AS y FROM (SELECT repeat('x', 16000000) AS x)",
+    ] {
+        let started = std::time::Instant::now();
+        let (status, body) = server.query_raw(sql, "json").await;
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 400, "{sql}: {body}");
+        assert!(body.contains("memory_limit"), "{sql}: {body}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{sql} took {:?}",
+            started.elapsed()
+        );
+    }
+    let peak = server.peak_rss();
+    println!("peak resident memory: {} MiB", peak >> 20);
+    assert!(
+        peak < 768 << 20,
+        "the server's resident memory peaked at {} MiB",
+        peak >> 20
+    );
+    // And it still answers.
+    assert_eq!(server.query("SELECT 1 AS one").await[0]["one"], 1);
+}
+
 /// POSTs `SELECT 1` as text/plain with extra headers; returns the status.
 async fn read_with(server: &Server, headers: &[(&str, String)]) -> u16 {
     let mut req = server
@@ -310,9 +345,20 @@ async fn without_a_token_the_read_side_answers_only_local_names_and_its_own_orig
     let port = server.url.rsplit(':').next().unwrap().to_string();
     let own = server.url.clone();
     // DNS rebinding: a page of evil.example whose name now points at 127.0.0.1.
-    assert_eq!(read_with(&server, &[("host", format!("evil.example:{port}"))]).await, 403);
-    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}"), "[::1]".into()] {
-        assert_eq!(read_with(&server, &[("host", host.clone())]).await, 200, "{host}");
+    assert_eq!(
+        read_with(&server, &[("host", format!("evil.example:{port}"))]).await,
+        403
+    );
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "[::1]".into(),
+    ] {
+        assert_eq!(
+            read_with(&server, &[("host", host.clone())]).await,
+            200,
+            "{host}"
+        );
     }
     // A cross-origin text/plain POST needs no preflight: refused by its Origin.
     assert_eq!(
