@@ -385,7 +385,7 @@ mod tests {
         let (engine, _dir) = engine(Duration::from_millis(1500));
         // A sort holds its input in the memory pool until its output is read.
         let stream = engine
-            .stream("SELECT value FROM generate_series(1, 3000000) ORDER BY value DESC")
+            .stream("SELECT value FROM generate_series(1, 500000) ORDER BY value DESC")
             .await
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
