@@ -206,6 +206,7 @@ pub struct Gauges {
     pub wal_segments: u64,
     pub wal_groups: u64,
     pub wal_records: u64,
+    pub wal_sync_failures: u64,
 }
 
 impl Metrics {
@@ -282,6 +283,12 @@ impl Metrics {
                 "counter",
                 "Records written to the WAL.",
                 gauges.wal_records,
+            ),
+            (
+                "hookscope_wal_sync_failures_total",
+                "counter",
+                "WAL syncs that failed after their records were acknowledged (sync = \"none\"): records may be lost if the machine crashes.",
+                gauges.wal_sync_failures,
             ),
             (
                 "hookscope_queries_total",

@@ -129,6 +129,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         wal_segments: wal.map(|w| w.segments()).unwrap_or(0),
         wal_groups,
         wal_records,
+        wal_sync_failures: wal.map(|w| w.sync_failures()).unwrap_or(0),
     };
     let text = state.metrics.render(&gauges, wal.map(|w| &w.sync_seconds));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()

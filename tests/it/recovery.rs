@@ -227,3 +227,39 @@ async fn a_report_batch_is_recorded_all_or_nothing() {
         "a refused batch left rows"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_sync_none_a_failed_sync_is_reported_and_cuts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options::default()
+        .env("HOOKSCOPE_WAL_SYNC", "none")
+        .env("HOOKSCOPE_BUFFER_FLUSH_INTERVAL", "1h");
+    let mut server = Server::start_in(
+        dir.path(),
+        options
+            .clone()
+            .env("HOOKSCOPE_FAILPOINTS", "wal_sync=error*3"),
+    );
+    // Steady traffic for a few seconds: the once-a-second syncs fail (three times)
+    // while deliveries keep being written after them.
+    let mut acked = HashSet::new();
+    let started = Instant::now();
+    let mut i = 0;
+    while started.elapsed() < Duration::from_millis(3500) {
+        acked.insert(server.post_json("nosync", &json!({"i": i})).await);
+        i += 1;
+    }
+    wait_for_log(&server, "may be lost if the machine crashes").await;
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    let failures = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hookscope_wal_sync_failures_total "))
+        .expect("the failure counter")
+        .parse::<u64>()
+        .unwrap();
+    assert!((1..=3).contains(&failures), "{failures} failures counted");
+    // The process dies (the machine does not): every acknowledged delivery is in the WAL.
+    server.kill();
+    let server = Server::start_in(dir.path(), options);
+    assert_exactly(&server, "deliveries", &acked, "after the restart").await;
+}
