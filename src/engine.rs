@@ -404,11 +404,43 @@ fn lock_dir(dir: &Path) -> Result<File, EngineError> {
 }
 
 impl Engine {
-    /// Opens the data directory: loads the committed manifest, rebuilds the dedup
-    /// index from the lake, replays the WAL into the buffer, and (in `Serve` mode)
-    /// starts the WAL writer. When this returns, every acknowledged record is
-    /// queryable.
+    /// Opens the data directory: loads the committed manifest and the dedup index,
+    /// replays the WAL into the buffer, and (in `Serve` mode) starts the WAL writer.
+    /// When this returns, every acknowledged record is queryable.
+    ///
+    /// Read-only, the directory may belong to a running server, which can commit a
+    /// flush and release WAL segments between this reading the manifest and the WAL:
+    /// those rows are then in files of a newer manifest. So a read-only open reads
+    /// again until the manifest did not change while it read.
     pub async fn open(settings: EngineSettings, mode: Mode) -> Result<Arc<Engine>, EngineError> {
+        if mode == Mode::Serve {
+            return Self::open_once(settings, mode).await;
+        }
+        const ATTEMPTS: usize = 10;
+        let lake = Lake::local(&settings.data_dir)?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let before = Manifest::load(&lake).await?.version;
+            let opened = Self::open_once(settings.clone(), mode).await;
+            let after = Manifest::load(&lake).await?.version;
+            let read = match &opened {
+                Ok(engine) => engine.catalog.manifest().version,
+                Err(_) => before,
+            };
+            if read == after || attempt == ATTEMPTS {
+                return opened;
+            }
+            tracing::debug!(
+                attempt,
+                read,
+                after,
+                "the lake changed while it was read; reading again"
+            );
+        }
+    }
+
+    async fn open_once(settings: EngineSettings, mode: Mode) -> Result<Arc<Engine>, EngineError> {
         let lake = Lake::local(&settings.data_dir)?;
         let root = lake
             .local_root()
@@ -452,6 +484,8 @@ impl Engine {
                 (Some(wal), summary)
             }
             Mode::ReadOnly => {
+                #[cfg(test)]
+                tests::pause_before_the_wal(&settings.data_dir).await;
                 let summary = tokio::task::spawn_blocking(move || {
                     wal::read_only_replay(&wal_dir, |seq, entry| applier.replay(seq, entry))
                 })
@@ -1097,6 +1131,66 @@ mod tests {
             .column(0)
             .as_primitive::<arrow::datatypes::Int64Type>()
             .value(0)
+    }
+
+    /// Where a read-only open of a directory pauses between reading the manifest and
+    /// the WAL: (directory, "reached" signal, "go on" signal).
+    type Pause = (
+        PathBuf,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::sync::oneshot::Receiver<()>,
+    );
+    static PAUSE: Mutex<Option<Pause>> = Mutex::new(None);
+
+    pub(super) async fn pause_before_the_wal(dir: &Path) {
+        let pause = {
+            let mut slot = PAUSE.lock();
+            match slot.take() {
+                Some((d, reached, go_on)) if d == dir => Some((reached, go_on)),
+                other => {
+                    *slot = other;
+                    None
+                }
+            }
+        };
+        if let Some((reached, go_on)) = pause {
+            let _ = reached.send(());
+            let _ = go_on.await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_offline_read_sees_every_row_of_a_lake_that_flushes_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Engine::open(settings(dir.path()), Mode::Serve)
+            .await
+            .unwrap();
+        for i in 0..20 {
+            server.ingest(delivery(&format!("live-{i}"))).await.unwrap();
+        }
+        let (reached_tx, reached) = tokio::sync::oneshot::channel();
+        let (go_on, go_on_rx) = tokio::sync::oneshot::channel();
+        *PAUSE.lock() = Some((dir.path().to_path_buf(), reached_tx, go_on_rx));
+        let path = dir.path().to_path_buf();
+        let reader =
+            tokio::spawn(async move { Engine::open(settings(&path), Mode::ReadOnly).await });
+        // The reader has the manifest (no files yet); the server flushes and releases
+        // the WAL segments before the reader reads them.
+        reached.await.unwrap();
+        let flushed = server.flush().await.unwrap();
+        assert_eq!(flushed.rows, 20);
+        go_on.send(()).unwrap();
+        let reader = reader.await.unwrap().unwrap();
+        let (_, batches) = reader
+            .query()
+            .collect("SELECT count(*) FROM deliveries")
+            .await
+            .unwrap();
+        let n = batches[0]
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(0);
+        assert_eq!(n, 20, "the offline read missed rows");
     }
 
     impl Engine {
