@@ -170,6 +170,36 @@ async fn large_results_stream_and_the_size_limit_gives_413() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_result_that_passes_the_limit_ends_as_a_cut_short_body() {
+    let (server, _dir) =
+        Server::start(Options::default().env("HOOKSCOPE_QUERY_MAX_RESULT_BYTES", "2MiB"));
+    for format in ["json", "ndjson", "csv", "arrow"] {
+        let resp = server
+            .client
+            .post(format!("{}/query", server.url))
+            .header("content-type", "application/json")
+            .body(
+                serde_json::json!({
+                    "sql": "SELECT value, repeat('x', 100) AS pad FROM range(100000)",
+                    "format": format
+                })
+                .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        // Past 1 MiB the answer streams: the status went out before the end was known.
+        assert_eq!(resp.status(), 200, "{format}");
+        let body = resp.bytes().await;
+        assert!(
+            body.is_err(),
+            "{format}: a result past the limit must not look complete ({} bytes)",
+            body.map(|b| b.len()).unwrap_or_default()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn time_filters_prune_parquet_files_in_explain() {
     let (server, _dir) =
         Server::start(Options::default().env("HOOKSCOPE_BUFFER_FLUSH_INTERVAL", "50ms"));
