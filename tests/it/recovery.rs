@@ -2,8 +2,11 @@
 //! confirmed durable, a manifest from a newer build, and crash loops under mixed load.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use serde_json::json;
 
 use crate::harness::{Options, Server, parquet_files, start_fails};
@@ -262,4 +265,179 @@ async fn with_sync_none_a_failed_sync_is_reported_and_cuts_nothing() {
     server.kill();
     let server = Server::start_in(dir.path(), options);
     assert_exactly(&server, "deliveries", &acked, "after the restart").await;
+}
+
+/// What the clients of the crash loop saw acknowledged.
+#[derive(Default)]
+struct Acked {
+    deliveries: HashSet<String>,
+    forwards: HashSet<String>,
+    reports: HashSet<String>,
+}
+
+/// A slow app for forwards: answers 200 after 0–250 ms.
+async fn start_slow_app() -> String {
+    let app = axum::Router::new().fallback(|| async {
+        let wait = rand::random::<u64>() % 250;
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        "processed"
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// Deliveries, forwards and report batches from concurrent clients until `stop`.
+fn mixed_load(
+    server: &Server,
+    stop: &Arc<AtomicBool>,
+    acked: &Arc<Mutex<Acked>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    // (kind, clients, pause between requests): about a thousand rows a second, which
+    // the paced flusher keeps up with, so flushes complete and release the WAL.
+    for (kind, clients, pause) in [("load", 4, 6), ("fwd", 6, 0), ("report", 1, 20)] {
+        for c in 0..clients {
+            let base = server.url.clone();
+            let stop = Arc::clone(stop);
+            let acked = Arc::clone(acked);
+            tasks.push(tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    let sent = match kind {
+                        "report" => {
+                            let batch: Vec<_> = (0..1 + n % 12)
+                                .map(|i| json!({"event_id": format!("e{c}-{n}-{i}"), "status": "success"}))
+                                .collect();
+                            client
+                                .post(format!("{base}/report/app"))
+                                .header("content-type", "application/json")
+                                .body(serde_json::Value::from(batch).to_string())
+                                .send()
+                                .await
+                        }
+                        source => {
+                            client
+                                .post(format!("{base}/webhook/{source}"))
+                                .header("content-type", "application/json")
+                                .body(json!({"type": "crash.loop", "c": c, "n": n}).to_string())
+                                .send()
+                                .await
+                        }
+                    };
+                    let Ok(resp) = sent else { break };
+                    if resp.status() != 200 {
+                        continue;
+                    }
+                    let forwarded = resp
+                        .headers()
+                        .get("x-hookscope-id")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    let Ok(bytes) = resp.bytes().await else { break };
+                    let mut acked = acked.lock();
+                    match kind {
+                        "fwd" => {
+                            // The provider got the app's answer: an acknowledgement.
+                            if let Some(id) = forwarded {
+                                acked.forwards.insert(id);
+                            }
+                        }
+                        _ => {
+                            let Ok(answer) = serde_json::from_slice::<serde_json::Value>(&bytes)
+                            else {
+                                break;
+                            };
+                            if let Some(id) = answer["id"].as_str() {
+                                acked.deliveries.insert(id.to_string());
+                            }
+                            for id in answer["ids"].as_array().into_iter().flatten() {
+                                acked.reports.insert(id.as_str().unwrap_or("").to_string());
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+    }
+    tasks
+}
+
+/// Every id of `expected` is in `table` (under `column`) exactly once, and no id of
+/// the table repeats.
+async fn assert_once(server: &Server, table: &str, expected: &HashSet<String>, round: usize) {
+    let rows = ids_of(server, table).await;
+    let mut seen = HashSet::new();
+    let twice: Vec<&String> = rows.iter().filter(|id| !seen.insert(*id)).collect();
+    assert!(
+        twice.is_empty(),
+        "round {round}: {table} has {} ids twice, e.g. {:?}",
+        twice.len(),
+        twice.first()
+    );
+    let missing: Vec<&String> = expected.iter().filter(|id| !seen.contains(id)).collect();
+    assert!(
+        missing.is_empty(),
+        "round {round}: {} of {} acknowledged ids missing from {table}, e.g. {:?}",
+        missing.len(),
+        expected.len(),
+        missing.first()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_kill_9_rounds_under_mixed_load_lose_and_double_nothing() {
+    let app = start_slow_app().await;
+    let config = format!(
+        "[[sources]]\nname = \"fwd\"\nforward_to = \"{app}/hook\"\nforward_timeout = \"5s\"\n"
+    );
+    let options = Options::default()
+        .config(&config)
+        .env("HOOKSCOPE_BUFFER_MAX_ROWS", 150)
+        .env("HOOKSCOPE_BUFFER_FLUSH_INTERVAL", "40ms")
+        .env("HOOKSCOPE_PARQUET_FLUSH_CPU_PERCENT", 10);
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(dir.path(), options);
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    for round in 0..20 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = mixed_load(&server, &stop, &acked);
+        tokio::time::sleep(Duration::from_millis(300 + 37 * (round as u64 % 11))).await;
+        server.kill();
+        stop.store(true, Ordering::Relaxed);
+        for t in load {
+            let _ = t.await;
+        }
+        server.restart();
+        let acked = acked.lock();
+        let mut deliveries = acked.deliveries.clone();
+        deliveries.extend(acked.forwards.iter().cloned());
+        let mut outcomes = acked.reports.clone();
+        // A forward's outcome row carries the delivery's id.
+        outcomes.extend(acked.forwards.iter().cloned());
+        drop(acked);
+        assert_once(&server, "deliveries", &deliveries, round).await;
+        assert_once(&server, "outcomes", &outcomes, round).await;
+    }
+    let acked = acked.lock();
+    let log = server.log();
+    let flushes = log.matches("flushed buffer").count();
+    println!(
+        "crash loop: {} deliveries, {} forwards, {} reports acknowledged; {flushes} flushes committed; recovery removed {} uncommitted files, cut {} torn tails, recorded {} interrupted forwards",
+        acked.deliveries.len(),
+        acked.forwards.len(),
+        acked.reports.len(),
+        log.matches("interrupted flush").count(),
+        log.matches("torn tail").count(),
+        log.matches("recording forwards interrupted").count(),
+    );
+    assert!(acked.deliveries.len() > 200 && acked.forwards.len() > 50 && acked.reports.len() > 100);
+    assert!(
+        flushes >= 20,
+        "flushes must complete between the kills, {flushes} did"
+    );
 }
