@@ -413,13 +413,15 @@ async fn twenty_kill_9_rounds_under_mixed_load_lose_and_double_nothing() {
             let _ = t.await;
         }
         server.restart();
-        let acked = acked.lock();
-        let mut deliveries = acked.deliveries.clone();
-        deliveries.extend(acked.forwards.iter().cloned());
-        let mut outcomes = acked.reports.clone();
-        // A forward's outcome row carries the delivery's id.
-        outcomes.extend(acked.forwards.iter().cloned());
-        drop(acked);
+        let (deliveries, outcomes) = {
+            let acked = acked.lock();
+            let mut deliveries = acked.deliveries.clone();
+            deliveries.extend(acked.forwards.iter().cloned());
+            let mut outcomes = acked.reports.clone();
+            // A forward's outcome row carries the delivery's id.
+            outcomes.extend(acked.forwards.iter().cloned());
+            (deliveries, outcomes)
+        };
         assert_once(&server, "deliveries", &deliveries, round).await;
         assert_once(&server, "outcomes", &outcomes, round).await;
     }
