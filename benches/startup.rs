@@ -128,7 +128,7 @@ async fn fill(dir: &Path, rows: u64) {
                     if i >= rows {
                         return;
                     }
-                    if i % 1_000_000 == 0 && i > 0 {
+                    if i.is_multiple_of(1_000_000) && i > 0 {
                         eprintln!(
                             "  {i} deliveries in {:.0} s",
                             started.elapsed().as_secs_f64()
