@@ -10,52 +10,18 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hookscope::buffer::{Buffer, Derived};
-use hookscope::model::{Delivery, SignatureStatus, StoredBody};
 use hookscope::persist;
 use hookscope::tables::Table;
+
+#[path = "common/deliveries.rs"]
+mod deliveries;
 
 /// `n` realistic deliveries: ~1 KB JSON bodies, slightly out of order in time.
 fn buffered(n: usize) -> Vec<arrow::record_batch::RecordBatch> {
     let mut buf = Buffer::default();
     let base = 1_795_000_000_000_000i64;
     for i in 0..n {
-        let body = format!(
-            "{{\"id\":\"evt_{i:024}\",\"object\":\"event\",\"type\":\"invoice.paid\",\"created\":1795000000,\"data\":{{\"object\":{{\"id\":\"in_{i}\",\"amount_paid\":{},\"customer\":\"cus_{}\",\"lines\":\"{}\"}}}}}}",
-            1000 + i % 977,
-            i % 5000,
-            "x".repeat(800)
-        );
-        let d = Delivery {
-            id: hookscope::receive::new_id(base + i as i64 * 25),
-            received_at_us: base + (i as i64 * 25) - (i as i64 % 7) * 40,
-            source: ["stripe", "github", "shopify"][i % 3].into(),
-            provider: "stripe".into(),
-            event_type: Some("invoice.paid".into()),
-            event_id: Some(format!("evt_{i:024}")),
-            delivery_id: None,
-            dedup_key: format!("stripe:evt_{i:024}"),
-            provider_attempt: None,
-            sent_at_us: Some(base + i as i64 * 25 - 150_000),
-            signature_status: SignatureStatus::Valid,
-            method: "POST".into(),
-            path: "/webhook/stripe".into(),
-            query: String::new(),
-            content_type: Some("application/json".into()),
-            user_agent: Some("Stripe/1.0 (+https://stripe.com/docs/webhooks)".into()),
-            remote_addr: Some(format!("10.0.{}.{}:443", i % 256, i % 199)),
-            headers_json: format!(
-                "{{\"content-type\":\"application/json\",\"stripe-signature\":\"t=1795000000,v1={:064x}\",\"user-agent\":\"Stripe/1.0\"}}",
-                i
-            ),
-            payload_size: body.len() as i64,
-            payload_sha256: format!("{:064x}", i * 7919),
-            body: StoredBody::Text(body),
-            payload_issues: None,
-            status_code: 200,
-            upstream_status: None,
-            upstream_latency_ms: None,
-            upstream_error: None,
-        };
+        let d = deliveries::realistic(i, base + (i as i64 * 25) - (i as i64 % 7) * 40);
         let derived = Derived {
             attempt: 1,
             is_duplicate: false,

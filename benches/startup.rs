@@ -8,9 +8,9 @@
 //! cargo bench --bench startup -- --rows 10000000 --dir /data/startup-lake   # kept, reused
 //! ```
 //!
-//! The lake is filled through the engine itself (the WAL, the buffer, paced-free
+//! The lake is filled through the engine itself (the WAL, the buffer, unpaced
 //! flushes, the persisted dedup index), as a server would fill it, with distinct
-//! deliveries spread over the last six days. A directory given with `--dir` that
+//! ~1 KB deliveries spread over the last six days. A directory given with `--dir` that
 //! already holds a lake is reused as it is. Then, in order:
 //! 1. `Engine::open` in server mode, three times;
 //! 2. `hookscope serve` on the lake, until `/readyz` answers 200, three times;
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use hookscope::config::Config;
 use hookscope::engine::{Engine, EngineSettings, IngestError, Mode};
-use hookscope::model::{Delivery, SignatureStatus, StoredBody};
+use hookscope::model::Delivery;
 
 struct Args {
     rows: u64,
@@ -67,46 +67,16 @@ fn settings(dir: &Path) -> EngineSettings {
     })
 }
 
-const SOURCES: [&str; 5] = ["stripe", "github", "shopify", "slack", "svix"];
+#[path = "common/deliveries.rs"]
+mod deliveries;
 
+/// The `i`-th of `rows` deliveries, spread evenly over the six days before `now_us`.
 fn delivery(i: u64, rows: u64, now_us: i64) -> Delivery {
     let span_us = 6 * 86_400_000_000i64;
-    let received_at_us = now_us - span_us + (span_us / rows as i64) * i as i64;
-    let source = SOURCES[(i % 5) as usize];
-    let body = format!(
-        r#"{{"id":"evt_{i:012}","type":"invoice.paid","created":{},"data":{{"object":{{"id":"in_{i}","amount_paid":{},"currency":"usd","customer":"cus_{}","lines":[{{"amount":1200,"description":"Pro plan"}}]}}}}}}"#,
-        received_at_us / 1_000_000,
-        1000 + i % 9000,
-        i % 50_000
-    );
-    Delivery {
-        id: ulid::Ulid::from_parts((received_at_us / 1000) as u64, u128::from(i)).to_string(),
-        received_at_us,
-        source: source.to_string(),
-        provider: "generic".into(),
-        event_type: Some("invoice.paid".into()),
-        event_id: Some(format!("evt_{i:012}")),
-        delivery_id: None,
-        dedup_key: format!("evt_{i:012}"),
-        provider_attempt: None,
-        sent_at_us: Some(received_at_us - 150_000),
-        signature_status: SignatureStatus::Unchecked,
-        method: "POST".into(),
-        path: format!("/webhook/{source}"),
-        query: String::new(),
-        content_type: Some("application/json".into()),
-        user_agent: Some("Stripe/1.0 (+https://stripe.com/docs/webhooks)".into()),
-        remote_addr: Some("10.0.0.7:51234".into()),
-        headers_json: r#"{"content-type":"application/json","user-agent":"Stripe/1.0"}"#.into(),
-        payload_size: body.len() as i64,
-        payload_sha256: format!("{:064x}", i),
-        body: StoredBody::Text(body),
-        payload_issues: None,
-        status_code: 200,
-        upstream_status: None,
-        upstream_latency_ms: None,
-        upstream_error: None,
-    }
+    deliveries::realistic(
+        i as usize,
+        now_us - span_us + (span_us / rows as i64) * i as i64,
+    )
 }
 
 async fn fill(dir: &Path, rows: u64) {

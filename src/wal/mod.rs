@@ -1185,6 +1185,18 @@ mod tests {
         seqs
     }
 
+    /// A new directory with a closed WAL holding records 1..=n; and its newest segment.
+    async fn closed_wal(n: usize) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(config(dir.path()), 0, Collect::default()).unwrap();
+        for i in 0..n {
+            wal.append(Pending::new(entry(i))).await.unwrap();
+        }
+        wal.shutdown().await;
+        let (_, seg) = list_segments(dir.path()).unwrap().pop().unwrap();
+        (dir, seg)
+    }
+
     fn replayed(dir: &Path) -> (Vec<(u64, Entry)>, ReplaySummary) {
         let mut seen = Vec::new();
         let summary = read_only_replay(dir, |s, e| seen.push((s, e))).unwrap();
@@ -1283,13 +1295,7 @@ mod tests {
 
     #[tokio::test]
     async fn torn_tail_is_cut_and_never_half_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let (wal, _) = Wal::open(config(dir.path()), 0, Collect::default()).unwrap();
-        for i in 0..5 {
-            wal.append(Pending::new(entry(i))).await.unwrap();
-        }
-        wal.shutdown().await;
-        let (_, seg) = list_segments(dir.path()).unwrap().pop().unwrap();
+        let (dir, seg) = closed_wal(5).await;
         let full = fs::metadata(&seg).unwrap().len();
         // Simulate a crash in the middle of writing a sixth frame: it lands where the
         // next write goes, over the terminator.
@@ -1320,15 +1326,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_whole_record_this_build_cannot_decode_stops_the_open_and_cuts_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let (wal, _) = Wal::open(config(dir.path()), 0, Collect::default()).unwrap();
-        for i in 0..3 {
-            wal.append(Pending::new(entry(i))).await.unwrap();
-        }
-        wal.shutdown().await;
         // A newer build's record kind, written whole (valid checksum) and followed by
         // more acknowledged records, as that build would have left the segment.
-        let (_, seg) = list_segments(dir.path()).unwrap().pop().unwrap();
+        let (dir, seg) = closed_wal(3).await;
         let good = fs::metadata(&seg).unwrap().len() - TERMINATOR.len() as u64;
         let mut frames = Vec::new();
         encode_frame(&mut frames, 4, 99, b"a record from the future");
@@ -1350,12 +1350,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_all_zero_segment_left_by_a_failed_header_write_is_empty() {
-        let dir = tempfile::tempdir().unwrap();
-        let (wal, _) = Wal::open(config(dir.path()), 0, Collect::default()).unwrap();
-        for i in 0..3 {
-            wal.append(Pending::new(entry(i))).await.unwrap();
-        }
-        wal.shutdown().await;
+        let (dir, _) = closed_wal(3).await;
         // A prepared (zero-filled) spare renamed into place, its header never written.
         fs::write(
             dir.path().join(format!("{:020}.wal", 4)),
@@ -1577,13 +1572,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_flipped_bit_fails_the_checksum() {
-        let dir = tempfile::tempdir().unwrap();
-        let (wal, _) = Wal::open(config(dir.path()), 0, Collect::default()).unwrap();
-        for i in 0..3 {
-            wal.append(Pending::new(entry(i))).await.unwrap();
-        }
-        wal.shutdown().await;
-        let (_, seg) = list_segments(dir.path()).unwrap().pop().unwrap();
+        let (dir, seg) = closed_wal(3).await;
         let mut data = fs::read(&seg).unwrap();
         // A bit inside the last frame (before the terminator).
         let n = data.len() - TERMINATOR.len();
