@@ -69,6 +69,8 @@ struct TableBuffer<C: Columns> {
     active_bytes: usize,
     /// Sequence of the last cut; chunks after it may be merged, not across it.
     last_cut: u64,
+    /// Rows were lost to an internal error: no flush may commit past them.
+    damaged: bool,
     rows: usize,
     approx_bytes: usize,
     oldest: Option<Instant>,
@@ -82,6 +84,7 @@ impl<C: Columns> Default for TableBuffer<C> {
             active_max_seq: 0,
             active_bytes: 0,
             last_cut: 0,
+            damaged: false,
             rows: 0,
             approx_bytes: 0,
             oldest: None,
@@ -112,8 +115,11 @@ impl<C: Columns> TableBuffer<C> {
         let batch = match RecordBatch::try_new(C::table().schema(), columns) {
             Ok(b) => b,
             Err(e) => {
-                // The builders are filled from typed records; a mismatch is a bug.
-                tracing::error!(table = C::table().name(), error = %e, "buffer columns do not match the schema");
+                // The builders are filled from typed records; a mismatch is a bug. The
+                // rows are gone from the buffer but not from the WAL: flushes stop, so
+                // the WAL is never released past them, and a restart recovers them.
+                tracing::error!(table = C::table().name(), error = %e, "buffer columns do not match the schema; flushes stop until a restart");
+                self.damaged = true;
                 return;
             }
         };
@@ -235,6 +241,12 @@ impl Buffer {
         self.outcomes
             .drop_through(through, flush_started, &mut removed);
         removed
+    }
+
+    /// True once rows were lost to an internal error (see `freeze`): nothing may be
+    /// committed past them.
+    pub fn damaged(&self) -> bool {
+        self.deliveries.damaged || self.outcomes.damaged
     }
 
     /// Buffered rows over all tables.

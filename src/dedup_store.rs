@@ -120,13 +120,23 @@ pub struct Persisted {
 /// Makes `delta` durable on top of `current` (the committed state; `None`: an empty
 /// index) as a delta file, or as a new checkpoint when the changes have outgrown the
 /// last one. Writes nothing when there is nothing to change.
+///
+/// With `rebase`, `delta` was journaled by an index that started empty (rebuilt
+/// because `current` could not be read): it is written as a checkpoint on an empty
+/// base, replacing `current`'s files.
 pub async fn persist(
     lake: &Lake,
     current: Option<&DedupFiles>,
     delta: &Delta,
+    rebase: bool,
 ) -> Result<Persisted, LoadError> {
-    let state = current.cloned().unwrap_or_default();
-    if delta.is_empty() && current.is_some() {
+    let old_files = current.map(|c| c.files.clone()).unwrap_or_default();
+    let state = if rebase {
+        DedupFiles::default()
+    } else {
+        current.cloned().unwrap_or_default()
+    };
+    if delta.is_empty() && current.is_some() && !rebase {
         return Ok(Persisted {
             state,
             written: None,
@@ -134,7 +144,8 @@ pub async fn persist(
         });
     }
     let grown = state.delta_entries + delta.pushed.len() as u64;
-    let checkpoint = state.files.len() + 1 > MAX_FILES
+    let checkpoint = rebase
+        || state.files.len() + 1 > MAX_FILES
         || grown > state.checkpoint_entries.max(MIN_CHECKPOINT_GROWTH);
     let id = ulid::Ulid::new();
     let (file, path, next) = if checkpoint {
@@ -172,7 +183,7 @@ pub async fn persist(
             reason: e.to_string(),
         })?;
     lake.put_durable(&path, bytes.into()).await?;
-    let replaced = if checkpoint { state.files } else { Vec::new() };
+    let replaced = if checkpoint { old_files } else { Vec::new() };
     Ok(Persisted {
         state: next,
         written: Some(path),

@@ -178,6 +178,12 @@ pub struct Engine {
     reserved: AtomicUsize,
     /// Dedup changes of cuts whose flush did not commit: the next flush commits them.
     dedup_pending: Mutex<Delta>,
+    /// No Parquet file number below this is written again: a manifest renamed into
+    /// place whose fsync failed may name the files below it (see `write_cut_with`).
+    file_seq_floor: std::sync::atomic::AtomicU64,
+    /// The persisted dedup state could not be read at open: the index was rebuilt
+    /// from the lake, and the first commit replaces the old state by a checkpoint.
+    dedup_rebase: std::sync::atomic::AtomicBool,
     _lock: Option<File>,
 }
 
@@ -193,6 +199,27 @@ struct CutState {
     /// segment holding the start must outlive this flush even if the answer arrives
     /// while it runs.
     oldest_open_forward: Option<u64>,
+}
+
+/// Dedup changes taken for a flush: back to the pending ones when dropped, unless the
+/// flush committed them.
+struct PendingDelta<'a> {
+    slot: &'a Mutex<Delta>,
+    delta: Delta,
+    committed: bool,
+}
+
+impl Drop for PendingDelta<'_> {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        let mut slot = self.slot.lock();
+        let later = std::mem::take(&mut *slot);
+        let mut delta = std::mem::take(&mut self.delta);
+        delta.append(later);
+        *slot = delta;
+    }
 }
 
 /// Bytes of the buffer's budget held by a record on its way to the buffer; given back
@@ -371,11 +398,24 @@ impl Applier for LakeApplier {
 
     fn cut(&mut self, through: u64) {
         self.catalog.with_buffer(|buf| buf.cut(through));
-        *self.last_cut.lock() = Some(CutState {
+        let mut cut = CutState {
             through,
             dedup: self.dedup.take_delta(),
             oldest_open_forward: self.open.oldest(),
-        });
+        };
+        // A cut nobody took (its flush was abandoned after the rotation) still holds
+        // changes the persisted index needs, and a forward its flush never released:
+        // fold them into this one.
+        let mut slot = self.last_cut.lock();
+        if let Some(mut earlier) = slot.take() {
+            earlier.dedup.append(std::mem::take(&mut cut.dedup));
+            cut.dedup = earlier.dedup;
+            cut.oldest_open_forward = match (earlier.oldest_open_forward, cut.oldest_open_forward) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        *slot = Some(cut);
     }
 }
 
@@ -428,8 +468,14 @@ impl Engine {
                 Ok(engine) => engine.catalog.manifest().version,
                 Err(_) => before,
             };
-            if read == after || attempt == ATTEMPTS {
+            if read == after {
                 return opened;
+            }
+            if attempt == ATTEMPTS {
+                return Err(EngineError::Task(format!(
+                    "the lake in {} changed {ATTEMPTS} times while it was read (a server is flushing to it); try again",
+                    settings.data_dir.display()
+                )));
             }
             tracing::debug!(
                 attempt,
@@ -457,7 +503,7 @@ impl Engine {
         let skip_through = manifest.wal_through;
         let catalog = Catalog::new(lake, manifest);
         let query = QueryEngine::new(&catalog, settings.query.clone(), mode == Mode::Serve)?;
-        let dedup = open_dedup(&catalog, &settings).await?;
+        let (dedup, dedup_rebase) = open_dedup(&catalog, &settings).await?;
         let open_forwards = Arc::new(OpenForwards::default());
         let last_cut = Arc::new(Mutex::new(None));
         let mut applier = LakeApplier {
@@ -507,6 +553,8 @@ impl Engine {
             last_cut,
             reserved: AtomicUsize::new(0),
             dedup_pending: Mutex::new(Delta::default()),
+            file_seq_floor: std::sync::atomic::AtomicU64::new(0),
+            dedup_rebase: std::sync::atomic::AtomicBool::new(dedup_rebase),
             _lock: lock,
         });
         engine.resolve_interrupted_forwards().await?;
@@ -593,11 +641,19 @@ impl Engine {
 
     async fn append(&self, entry: Entry) -> Result<Applied, IngestError> {
         let wal = self.wal.as_ref().ok_or(IngestError::ReadOnly)?;
+        // The answer to a forward completes work already durable (its start): it is
+        // never refused for the budget, or its start would pin the WAL (and an open
+        // after a crash with a full buffer could not record interrupted forwards).
+        let budgeted = !matches!(entry, Entry::ForwardDone(_));
         let pending = Pending::new(entry);
         // Reserved before the record is queued and held until it is applied (then
         // the buffer counts it): concurrent appends cannot all pass the check before
         // any of them lands in the buffer.
-        let _reserved = self.reserve(pending.payload.len())?;
+        let _reserved = if budgeted {
+            Some(self.reserve(pending.payload.len())?)
+        } else {
+            None
+        };
         wal.append(pending)
             .await
             .map(|c| c.applied)
@@ -699,20 +755,18 @@ impl Engine {
     /// Closes the WAL segment and freezes the buffer at the same sequence number.
     async fn cut(&self, wal: &Wal<Applied>) -> Result<CutState, EngineError> {
         let through = wal.rotate().await?;
-        let cut = self.last_cut.lock().take();
-        Ok(match cut {
-            Some(cut) if cut.through == through => cut,
-            _ => {
-                // Cannot happen (the applier records every cut before rotate
-                // answers); if it did, keep every open forward's segment.
-                tracing::warn!(through, "no applier state for this WAL cut");
-                CutState {
-                    through,
-                    dedup: Delta::default(),
-                    oldest_open_forward: self.open_forwards.oldest().map(|s| s.min(through)),
-                }
+        let mut slot = self.last_cut.lock();
+        match slot.take() {
+            Some(cut) if cut.through == through => Ok(cut),
+            other => {
+                // Cannot happen: the applier records every cut before rotate answers.
+                // Keep what is there for the next cut; this flush must not commit.
+                *slot = other;
+                Err(EngineError::Task(format!(
+                    "no applier state for the WAL cut at {through}; the flush is retried"
+                )))
             }
-        })
+        }
     }
 
     /// Writes the rows up to `cut` to Parquet, commits them with the dedup index's
@@ -724,16 +778,26 @@ impl Engine {
         started: Instant,
         cpu_share: f64,
     ) -> Result<FlushReport, EngineError> {
-        // The dedup changes of every cut since the last commit go with this one.
-        let mut delta = std::mem::take(&mut *self.dedup_pending.lock());
-        delta.append(std::mem::take(&mut cut.dedup));
-        let mut committed = false;
+        // The dedup changes of every cut since the last commit go with this one; they
+        // go back to the pending ones unless committed, even if this future is dropped.
+        let mut pending = PendingDelta {
+            slot: &self.dedup_pending,
+            delta: std::mem::take(&mut *self.dedup_pending.lock()),
+            committed: false,
+        };
+        pending.delta.append(std::mem::take(&mut cut.dedup));
+        let delta = std::mem::take(&mut pending.delta);
         let result = self
-            .write_cut_with(wal, &cut, &delta, &mut committed, started, cpu_share)
+            .write_cut_with(
+                wal,
+                &cut,
+                &delta,
+                &mut pending.committed,
+                started,
+                cpu_share,
+            )
             .await;
-        if !committed {
-            *self.dedup_pending.lock() = delta;
-        }
+        pending.delta = delta;
         result
     }
 
@@ -747,6 +811,11 @@ impl Engine {
         cpu_share: f64,
     ) -> Result<FlushReport, EngineError> {
         let through = cut.through;
+        if self.catalog.with_buffer(|b| b.damaged()) {
+            return Err(EngineError::Task(
+                "the buffer lost rows to an internal error; nothing is flushed past them (the WAL keeps them): restart hookscope".into(),
+            ));
+        }
         let manifest = self.catalog.manifest();
         if through <= manifest.wal_through {
             return Ok(FlushReport {
@@ -755,7 +824,9 @@ impl Engine {
             });
         }
         let lake = self.catalog.lake().clone();
-        let mut next_file_seq = manifest.next_file_seq;
+        let mut next_file_seq = manifest
+            .next_file_seq
+            .max(self.file_seq_floor.load(Ordering::Acquire));
         let mut added = Vec::new();
         let mut report = FlushReport {
             wal_through: through,
@@ -820,7 +891,10 @@ impl Engine {
             report.write += t.elapsed();
         }
         let mut paths: Vec<String> = added.iter().map(|(_, e)| e.path.clone()).collect();
-        let dedup = match crate::dedup_store::persist(&lake, manifest.dedup.as_ref(), delta).await {
+        let rebase = self.dedup_rebase.load(Ordering::Acquire);
+        let persisted =
+            crate::dedup_store::persist(&lake, manifest.dedup.as_ref(), delta, rebase).await;
+        let dedup = match persisted {
             Ok(d) => d,
             Err(e) => {
                 discard(&lake, paths.iter().map(String::as_str)).await;
@@ -832,13 +906,18 @@ impl Engine {
         next.dedup = Some(dedup.state);
         if let Err(e) = next.commit(&lake).await {
             // A version renamed into place may be the committed state after a crash:
-            // its files stay (the next start removes them if it is not).
-            if !Manifest::keeps_files(&e) {
+            // its files stay (the next start removes them if it is not), and no later
+            // flush may write (or discard) a file under their names.
+            if Manifest::keeps_files(&e) {
+                self.file_seq_floor
+                    .fetch_max(next.next_file_seq, Ordering::AcqRel);
+            } else {
                 discard(&lake, paths.iter().map(String::as_str)).await;
             }
             return Err(e.into());
         }
         *committed = true;
+        self.dedup_rebase.store(false, Ordering::Release);
         crate::failpoint::crash("after_manifest_commit");
         // Dedup files the new state replaced (by a checkpoint): no manifest names them.
         for path in &dedup.replaced {
@@ -997,15 +1076,18 @@ async fn remove_uncommitted(lake: &Lake, manifest: &Manifest) {
     // Staging files of writes a crash interrupted (object_store's local backend
     // writes `<name>#<n>` and renames; it does not list them, so they are looked for
     // on disk).
-    for path in lake.remove_staging_files() {
+    let folders: Vec<&str> = Table::ALL
+        .iter()
+        .map(|t| t.name())
+        .chain([crate::dedup_store::DIR])
+        .collect();
+    let mut with_manifests = folders.clone();
+    with_manifests.push(crate::manifest::DIR);
+    for path in lake.remove_staging_files(&with_manifests) {
         tracing::info!(path = %path.display(), "removed a staging file left by an interrupted write");
     }
     let committed: std::collections::HashSet<&str> =
         manifest.all_paths().chain(manifest.dedup_paths()).collect();
-    let folders = Table::ALL
-        .iter()
-        .map(|t| t.name())
-        .chain([crate::dedup_store::DIR]);
     for folder in folders {
         let listed = match lake.list(folder).await {
             Ok(l) => l,
@@ -1028,24 +1110,27 @@ async fn remove_uncommitted(lake: &Lake, manifest: &Manifest) {
 /// The dedup index as of the committed manifest: its persisted state, or (a lake
 /// written before the state was persisted, or whose state cannot be read) one rebuilt
 /// from the committed deliveries.
+///
+/// The flag says the index was rebuilt: its journal then holds its whole queue, and
+/// the first commit must write it as a checkpoint replacing any old state.
 async fn open_dedup(
     catalog: &Arc<Catalog>,
     settings: &EngineSettings,
-) -> Result<DedupIndex, EngineError> {
+) -> Result<(DedupIndex, bool), EngineError> {
     let window_us = i64::try_from(settings.dedup_window.as_micros()).unwrap_or(i64::MAX);
     let max_keys = settings.dedup_max_keys;
     let manifest = catalog.manifest();
     match crate::dedup_store::restore(catalog.lake(), &manifest, window_us, max_keys).await {
-        Ok(Some(index)) => return Ok(index),
+        Ok(Some(index)) => return Ok((index, false)),
         Ok(None) if manifest.files(Table::Deliveries).is_empty() => {
-            return Ok(DedupIndex::new(window_us, max_keys));
+            return Ok((DedupIndex::new(window_us, max_keys), false));
         }
         Ok(None) => {}
         Err(e) => {
-            tracing::warn!(error = %e, "cannot read the persisted dedup index; rebuilding it from the lake (attempt numbers of keys seen before this start may restart at 1)");
+            tracing::warn!(error = %e, "cannot read the persisted dedup index; rebuilding it from the lake (attempt numbers of keys seen before this start may restart at 1); the next flush replaces the old state");
         }
     }
-    rebuild_dedup(catalog, window_us, max_keys).await
+    Ok((rebuild_dedup(catalog, window_us, max_keys).await?, true))
 }
 
 /// Rebuilds the dedup index from the committed deliveries of the window, read in the
@@ -1302,6 +1387,100 @@ mod tests {
                 .collect();
             assert_eq!(stored, live, "seed {seed}: stored attempts");
         }
+    }
+
+    /// Ingests a delivery of `key` (source "a") at `at_us`; its attempt.
+    async fn arrive(engine: &Engine, id: &str, key: &str, at_us: i64) -> i32 {
+        let mut d = delivery(id);
+        d.source = "a".into();
+        d.dedup_key = key.into();
+        d.received_at_us = at_us;
+        engine.ingest(d).await.unwrap().attempt
+    }
+
+    #[tokio::test]
+    async fn unreadable_dedup_state_is_replaced_by_a_checkpoint_of_the_rebuilt_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = chrono::Utc::now().timestamp_micros() - 60_000_000;
+        let engine = Engine::open(settings(dir.path()), Mode::Serve)
+            .await
+            .unwrap();
+        assert_eq!(arrive(&engine, "d1", "k", at).await, 1);
+        engine.shutdown().await.unwrap();
+        drop(engine);
+        // The state file is lost (or damaged, or from a newer build).
+        let manifest = Manifest::load(&Lake::local(dir.path()).unwrap())
+            .await
+            .unwrap();
+        for f in manifest.dedup_paths() {
+            std::fs::remove_file(dir.path().join(f)).unwrap();
+        }
+        let engine = Engine::open(settings(dir.path()), Mode::Serve)
+            .await
+            .unwrap();
+        // Rebuilt from the lake, the count goes on.
+        assert_eq!(arrive(&engine, "d2", "k", at + 1_000_000).await, 2);
+        engine.flush().await.unwrap();
+        let dedup = engine.catalog.manifest().dedup.clone().unwrap();
+        assert_eq!(dedup.files.len(), 1, "{dedup:?}");
+        assert!(dedup.files[0].ends_with(".checkpoint"), "{dedup:?}");
+        engine.shutdown().await.unwrap();
+        drop(engine);
+        // The next start reads the new state, with no rebuild.
+        let engine = Engine::open(settings(dir.path()), Mode::Serve)
+            .await
+            .unwrap();
+        assert!(!engine.dedup_rebase.load(Ordering::Relaxed));
+        assert_eq!(arrive(&engine, "d3", "k", at + 2_000_000).await, 3);
+    }
+
+    #[tokio::test]
+    async fn a_cut_whose_flush_was_abandoned_still_reaches_the_persisted_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path());
+        s.dedup_max_keys = 1;
+        let at = 1_732_300_000_000_000;
+        let engine = Engine::open(s.clone(), Mode::Serve).await.unwrap();
+        arrive(&engine, "d1", "a", at).await;
+        // A flush rotates the WAL and is abandoned before it takes its cut.
+        engine.wal.as_ref().unwrap().rotate().await.unwrap();
+        // "b" pushes out "a" (one key only): the pop belongs to the next cut.
+        assert_eq!(arrive(&engine, "d2", "b", at + 1).await, 1);
+        engine.flush().await.unwrap();
+        engine.stop_without_flush().await;
+        drop(engine);
+        let engine = Engine::open(s, Mode::Serve).await.unwrap();
+        assert_eq!(
+            arrive(&engine, "d3", "b", at + 2).await,
+            2,
+            "b was forgotten"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_forwards_answer_is_recorded_even_when_the_buffer_is_over_its_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path());
+        s.flush_bytes = 64 << 10; // a budget of 256 KiB
+        let engine = Engine::open(s, Mode::Serve).await.unwrap();
+        engine.begin_forward(delivery("fwd")).await.unwrap();
+        let mut big = delivery("big");
+        big.body = crate::model::StoredBody::Text("x".repeat(300 << 10));
+        engine.ingest(big).await.unwrap();
+        assert!(matches!(
+            engine.ingest(delivery("refused")).await,
+            Err(IngestError::Overloaded { .. })
+        ));
+        let answer = ForwardResult {
+            id: "fwd".into(),
+            completed_at_us: 1,
+            status_code: 200,
+            upstream_status: Some(200),
+            upstream_latency_ms: Some(3.0),
+            upstream_error: None,
+        };
+        engine.finish_forward(answer).await.unwrap();
+        assert!(engine.open_forwards.oldest().is_none());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

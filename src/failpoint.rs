@@ -5,9 +5,10 @@
 //! - `crash`: abort the process when the step is reached (no destructors, no flush,
 //!   like `kill -9` at that instant);
 //! - `error`: the step fails with an injected I/O error, every time it is reached;
-//! - `error*N`: only the first N times.
+//! - `error*N`: only the first N times;
+//! - `error*N@K`: N times from the K-th time it is reached on (1-based).
 //!
-//! Example: `HOOKSCOPE_FAILPOINTS="manifest_sync=error*1;after_wal_release=crash"`.
+//! Example: `HOOKSCOPE_FAILPOINTS="lake_sync:_manifest=error*1;after_wal_release=crash"`.
 //!
 //! Invariant: with the variable unset (every real deployment), a fail point is one
 //! load of an initialised `OnceLock` and a lookup in an empty map; they sit on flush and
@@ -23,8 +24,10 @@ const VAR: &str = "HOOKSCOPE_FAILPOINTS";
 #[derive(Debug)]
 enum Action {
     Crash,
-    /// Fails while `left` is above zero (`u64::MAX`: always).
+    /// Passes `skip` times, then fails while `left` is above zero (`u64::MAX`:
+    /// always).
     Error {
+        skip: AtomicU64,
         left: AtomicU64,
     },
 }
@@ -44,14 +47,18 @@ fn parse(spec: &str) -> HashMap<String, Action> {
         let action = match action.trim() {
             "crash" => Action::Crash,
             "error" => Action::Error {
+                skip: AtomicU64::new(0),
                 left: AtomicU64::new(u64::MAX),
             },
-            other => match other.strip_prefix("error*").map(str::parse::<u64>) {
-                Some(Ok(n)) => Action::Error {
+            other => match other.strip_prefix("error*").and_then(parse_count) {
+                Some((n, from)) => Action::Error {
+                    skip: AtomicU64::new(from.saturating_sub(1)),
                     left: AtomicU64::new(n),
                 },
-                _ => {
-                    eprintln!("{VAR}: ignoring {item:?} (actions: crash, error, error*N)");
+                None => {
+                    eprintln!(
+                        "{VAR}: ignoring {item:?} (actions: crash, error, error*N, error*N@K)"
+                    );
                     continue;
                 }
             },
@@ -59,6 +66,14 @@ fn parse(spec: &str) -> HashMap<String, Action> {
         out.insert(name.trim().to_string(), action);
     }
     out
+}
+
+/// `N` or `N@K` (K: the first hit that fails, 1-based).
+fn parse_count(text: &str) -> Option<(u64, u64)> {
+    match text.split_once('@') {
+        Some((n, k)) => Some((n.parse().ok()?, k.parse().ok()?)),
+        None => Some((text.parse().ok()?, 1)),
+    }
 }
 
 /// Aborts the process here when `point=crash` is set.
@@ -74,7 +89,13 @@ pub fn crash(point: &str) {
 pub fn error(point: &str) -> io::Result<()> {
     match points().get(point) {
         Some(Action::Crash) => crash(point),
-        Some(Action::Error { left }) => {
+        Some(Action::Error { skip, left }) => {
+            let skipped = skip
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+            if skipped {
+                return Ok(());
+            }
             let took = left
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| match n {
                     0 => None,
@@ -100,13 +121,17 @@ mod tests {
 
     #[test]
     fn actions_parse_and_counts_run_out() {
-        let points = parse("a=crash; b=error ;c=error*2;d=nonsense;e");
+        let points = parse("a=crash; b=error ;c=error*2;d=nonsense;e;f=error*1@3");
         assert!(matches!(points.get("a"), Some(Action::Crash)));
         assert!(matches!(points.get("b"), Some(Action::Error { .. })));
         assert!(!points.contains_key("d") && !points.contains_key("e"));
-        let Some(Action::Error { left }) = points.get("c") else {
-            panic!("c should be an error point");
+        let counts = |name: &str| match points.get(name) {
+            Some(Action::Error { skip, left }) => {
+                (skip.load(Ordering::Relaxed), left.load(Ordering::Relaxed))
+            }
+            _ => panic!("{name} should be an error point"),
         };
-        assert_eq!(left.load(Ordering::Relaxed), 2);
+        assert_eq!(counts("c"), (0, 2));
+        assert_eq!(counts("f"), (2, 1));
     }
 }

@@ -174,15 +174,19 @@ impl Lake {
         }
     }
 
-    /// Removes the staging files (`<name>#<digits>`) interrupted writes left in a local
-    /// lake, outside the WAL; returns what it removed. object_store's local backend
+    /// Removes the staging files (`<name>#<digits>`) interrupted writes left under the
+    /// lake-relative `folders`; returns what it removed. object_store's local backend
     /// writes a staging file and renames it into place, and does not list them.
-    pub fn remove_staging_files(&self) -> Vec<PathBuf> {
+    pub fn remove_staging_files(&self, folders: &[&str]) -> Vec<PathBuf> {
         let Some(root) = &self.local_root else {
             return Vec::new();
         };
         let mut removed = Vec::new();
-        let mut stack = vec![root.clone()];
+        let mut stack: Vec<PathBuf> = folders
+            .iter()
+            .filter(|f| check_rel(f).is_ok())
+            .map(|f| root.join(f))
+            .collect();
         while let Some(dir) = stack.pop() {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
@@ -193,9 +197,7 @@ impl Lake {
                     continue;
                 };
                 if kind.is_dir() {
-                    if path != root.join("wal") {
-                        stack.push(path);
-                    }
+                    stack.push(path);
                 } else if is_staging_name(&entry.file_name().to_string_lossy())
                     && std::fs::remove_file(&path).is_ok()
                 {
@@ -348,7 +350,7 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.path().join("wal/keep#1"), b"x").unwrap();
-        let mut removed = lake.remove_staging_files();
+        let mut removed = lake.remove_staging_files(&["deliveries", "_manifest"]);
         removed.sort();
         assert_eq!(
             removed,

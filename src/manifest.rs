@@ -25,7 +25,8 @@ use thiserror::Error;
 use crate::lake::{Lake, LakeError};
 use crate::tables::Table;
 
-const DIR: &str = "_manifest";
+/// The folder of manifest versions in the lake.
+pub const DIR: &str = "_manifest";
 const FORMAT: u32 = 1;
 
 /// Errors reading or committing the manifest.

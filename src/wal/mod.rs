@@ -330,8 +330,9 @@ impl<T: Send + 'static> Wal<T> {
             Ok(result) => result?,
             Err(panic) => {
                 return Err(WalError::Fatal(format!(
-                    "replaying WAL record {replaying} failed: {}",
-                    panic_message(&*panic)
+                    "replaying WAL record {replaying} failed: {}; the server cannot start past it. Report this bug; to start anyway, move the segment holding record {replaying} out of {} (its records are then lost)",
+                    panic_message(&*panic),
+                    config.dir.display()
                 )));
             }
         };

@@ -443,3 +443,33 @@ async fn twenty_kill_9_rounds_under_mixed_load_lose_and_double_nothing() {
         "flushes must complete between the kills, {flushes} did"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_flush_after_an_unconfirmed_manifest_leaves_that_manifests_files_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options::default()
+        .env("HOOKSCOPE_BUFFER_FLUSH_INTERVAL", "1h")
+        .env("HOOKSCOPE_BUFFER_MAX_ROWS", 10);
+    // Flush 1: its files are durable, its manifest is renamed into place but its sync
+    // fails. Every later flush fails on its own Parquet file (and discards it).
+    let mut server = Server::start_in(
+        dir.path(),
+        options.clone().env(
+            "HOOKSCOPE_FAILPOINTS",
+            "lake_sync:_manifest=error*1;lake_sync:deliveries=error*1000@2",
+        ),
+    );
+    let mut acked = HashSet::new();
+    for i in 0..10 {
+        acked.insert(server.post_json("floor", &json!({"i": i})).await);
+    }
+    wait_for_log(&server, "could not be confirmed durable").await;
+    for i in 10..20 {
+        acked.insert(server.post_json("floor", &json!({"i": i})).await);
+    }
+    wait_for_log(&server, "lake_sync:deliveries=error: failing this step").await;
+    server.kill();
+    // The start reads the unconfirmed version (it is in place): its files must be there.
+    let server = Server::start_in(dir.path(), options);
+    assert_exactly(&server, "deliveries", &acked, "after the restart").await;
+}
