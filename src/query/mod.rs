@@ -196,6 +196,10 @@ impl QueryEngine {
         let guard = QueryGuard::new(deadline, limits::batch_limit(self.limits.memory_limit));
         let task_guard = guard.clone();
         let timeout = self.limits.timeout;
+        // Set once the whole result was sent: a channel that closes without it (the
+        // deadline ended the task, or it panicked) is an error, never a short result.
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task_finished = Arc::clone(&finished);
         let task = async move {
             let guard = task_guard;
             let error = |e: DataFusionError| {
@@ -221,11 +225,21 @@ impl QueryEngine {
                     return;
                 }
             }
+            task_finished.store(true, std::sync::atomic::Ordering::Release);
         };
         // The deadline ends the task even when nobody reads its result (a client
-        // that stopped reading): dropping the plan frees its memory reservations.
+        // that stopped reading): dropping the plan frees its memory reservations. A
+        // panic in an operator ends it too, and is logged.
         let task = async move {
-            let _ = tokio::time::timeout_at(deadline.into(), task).await;
+            let run = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(task));
+            if let Ok(Err(panic)) = tokio::time::timeout_at(deadline.into(), run).await {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %message, "a query panicked; it gets an error");
+            }
         };
         let handle = match &self.runtime {
             Some(rt) => rt.spawn(task),
@@ -234,9 +248,13 @@ impl QueryEngine {
         let guard = AbortOnDrop(handle, guard);
         let schema = match tokio::time::timeout_at(deadline.into(), schema_rx).await {
             Ok(Ok(result)) => result?,
+            Ok(Err(_)) if Instant::now() >= deadline => {
+                return Err(QueryError::Timeout(self.limits.timeout));
+            }
             Ok(Err(_)) => {
                 return Err(QueryError::Internal(
-                    "query task ended without an answer".into(),
+                    "the query stopped before it started (an internal error; see the server log)"
+                        .into(),
                 ));
             }
             Err(_) => return Err(QueryError::Timeout(self.limits.timeout)),
@@ -244,6 +262,7 @@ impl QueryEngine {
         Ok(ResultStream {
             schema,
             rx,
+            finished,
             deadline,
             timeout: self.limits.timeout,
             _task: guard,
@@ -292,6 +311,8 @@ impl Drop for AbortOnDrop {
 pub struct ResultStream {
     schema: SchemaRef,
     rx: mpsc::Receiver<Result<RecordBatch, QueryError>>,
+    /// Set by the query task once every batch was sent.
+    finished: Arc<std::sync::atomic::AtomicBool>,
     deadline: Instant,
     timeout: Duration,
     _task: AbortOnDrop,
@@ -302,10 +323,18 @@ impl ResultStream {
         Arc::clone(&self.schema)
     }
 
-    /// The next batch; `None` at the end. Past the deadline: `Timeout`.
+    /// The next batch; `None` at the end. Past the deadline: `Timeout`. A query that
+    /// stopped before its end (deadline, panic) is an error, never a short result.
     pub async fn next(&mut self) -> Option<Result<RecordBatch, QueryError>> {
         match tokio::time::timeout_at(self.deadline.into(), self.rx.recv()).await {
-            Ok(item) => item,
+            Ok(Some(item)) => Some(item),
+            Ok(None) if self.finished.load(std::sync::atomic::Ordering::Acquire) => None,
+            Ok(None) if Instant::now() >= self.deadline => {
+                Some(Err(QueryError::Timeout(self.timeout)))
+            }
+            Ok(None) => Some(Err(QueryError::Internal(
+                "the query stopped before its end (an internal error; see the server log)".into(),
+            ))),
             Err(_) => Some(Err(QueryError::Timeout(self.timeout))),
         }
     }
@@ -401,6 +430,38 @@ mod tests {
             "the query still holds memory past its deadline"
         );
         drop(stream);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_query_that_panics_is_an_error_never_a_short_result() {
+        let (engine, _dir) = engine(Duration::from_secs(30));
+        let boom = datafusion::logical_expr::create_udf(
+            "boom",
+            vec![arrow::datatypes::DataType::Int64],
+            arrow::datatypes::DataType::Int64,
+            datafusion::logical_expr::Volatility::Volatile,
+            Arc::new(|_| panic!("an operator bug")),
+        );
+        engine.ctx.register_udf(boom);
+        let result = engine
+            .collect("SELECT boom(value) FROM generate_series(1, 10)")
+            .await;
+        assert!(result.is_err(), "{:?}", result.map(|(_, b)| b.len()));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_query_past_its_deadline_is_an_error_never_a_short_result() {
+        let (engine, _dir) = engine(Duration::from_millis(200));
+        for _ in 0..20 {
+            let result = engine
+                .collect("SELECT sum(a.value * b.value) FROM generate_series(1, 100000) a, generate_series(1, 100000) b")
+                .await;
+            assert!(
+                matches!(result, Err(QueryError::Timeout(_))),
+                "{:?}",
+                result.map(|(_, b)| b.len())
+            );
+        }
     }
 
     #[tokio::test]
