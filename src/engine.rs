@@ -1518,6 +1518,29 @@ mod tests {
         );
     }
 
+    #[tokio::test(flavor = "multi_thread")]
+    async fn scans_of_large_stored_rows_pass_the_batch_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path());
+        s.query.memory_limit = 256 << 20; // batches up to 64 MiB
+        let engine = Engine::open(s, Mode::Serve).await.unwrap();
+        let body = crate::model::StoredBody::Text("b".repeat(30 << 10));
+        for i in 0..2400 {
+            let mut d = delivery(&format!("wide-{i:04}"));
+            d.body = body.clone();
+            engine.ingest(d).await.unwrap();
+        }
+        engine.flush().await.unwrap();
+        // 70 MiB of bodies in one Parquet batch: stored rows, not growth.
+        for sql in [
+            "SELECT sum(length(body)) FROM deliveries",
+            "SELECT count(*) FROM deliveries WHERE body LIKE '%zzz%'",
+            "SELECT id FROM deliveries ORDER BY id LIMIT 3",
+        ] {
+            engine.query().collect(sql).await.expect(sql);
+        }
+    }
+
     #[tokio::test]
     async fn a_forward_answered_while_a_flush_runs_survives_a_crash() {
         let dir = tempfile::tempdir().unwrap();

@@ -292,7 +292,8 @@ async fn start(
         .with_allow_statements(false);
     let df = ctx.sql_with_options(sql, options).await?;
     let task_ctx = df.task_ctx();
-    let plan = guard.guard_plan(df.create_physical_plan().await?)?;
+    let batch_rows = task_ctx.session_config().batch_size();
+    let plan = guard.guard_plan(df.create_physical_plan().await?, batch_rows)?;
     datafusion::physical_plan::execute_stream(plan, Arc::new(task_ctx))
 }
 
@@ -484,6 +485,26 @@ mod tests {
                 "{sql}: {err}"
             );
         }
+        // A folded value repeated over the rows of a batch is refused before it runs;
+        // once, without FROM, it is fine.
+        for sql in [
+            "SELECT repeat('x', 300000) FROM generate_series(1, 8192)",
+            "SELECT arrow_cast(repeat('x', 200000000), 'LargeUtf8') FROM generate_series(1, 8192)",
+            "SELECT concat(repeat('y', 100000), value) FROM generate_series(1, 10)",
+        ] {
+            let Err(err) = engine.collect(sql).await else {
+                panic!("{sql} ran");
+            };
+            assert!(
+                err.to_string().contains("repeated for each of"),
+                "{sql}: {err}"
+            );
+        }
+        let (_, batches) = engine
+            .collect("SELECT repeat('x', 100000) AS x")
+            .await
+            .unwrap();
+        assert_eq!(batches[0].num_rows(), 1);
         // Ordinary uses still work.
         let (_, batches) = engine
             .collect("SELECT repeat('ab', 3) AS r, lpad('7', 3, '0') AS p, replace('aXa', 'X', 'yy') AS x")
