@@ -219,7 +219,8 @@ fn cross_origin(headers: &axum::http::HeaderMap, host: Option<&str>) -> Option<S
     }
 }
 
-/// `localhost`, a name under `.localhost`, or an IP address (with or without a port).
+/// `localhost` or an IP address (with or without a port). (Not names under
+/// `.localhost`: some browsers resolve them through DNS.)
 fn is_local_or_ip(host: &str) -> bool {
     let name = if let Some(rest) = host.strip_prefix('[') {
         // [v6]:port
@@ -232,9 +233,7 @@ fn is_local_or_ip(host: &str) -> bool {
             .map_or(host, |(name, _)| name)
     };
     let name = name.trim_end_matches('.').to_ascii_lowercase();
-    name == "localhost"
-        || name.ends_with(".localhost")
-        || name.parse::<std::net::Ipv4Addr>().is_ok()
+    name == "localhost" || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 #[cfg(test)]
@@ -247,7 +246,6 @@ mod tests {
             "localhost",
             "localhost:8080",
             "LOCALHOST.",
-            "app.localhost:1",
             "127.0.0.1:8080",
             "10.1.2.3",
             "[::1]:8080",
@@ -259,6 +257,7 @@ mod tests {
             "evil.example",
             "evil.example:8080",
             "localhost.evil.example",
+            "app.localhost:1",
             "127.0.0.1.nip.io",
             "[::1",
             "",

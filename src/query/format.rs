@@ -8,6 +8,7 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
+use arrow::array::AsArray;
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::writer::StreamWriter;
 use arrow::json::writer::{JsonArray, LineDelimited};
@@ -93,6 +94,37 @@ enum State {
     Table(Vec<RecordBatch>),
 }
 
+/// About the bytes of the text grid of `batches`: per column, its widest value
+/// (text) or 24 bytes (anything else), times the rows.
+fn table_bytes(batches: &[RecordBatch]) -> u64 {
+    let Some(first) = batches.first() else {
+        return 0;
+    };
+    let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+    let width: u64 = (0..first.num_columns())
+        .map(|c| {
+            batches
+                .iter()
+                .map(|b| {
+                    let column = b.column(c);
+                    match column.as_string_opt::<i32>() {
+                        Some(s) => s
+                            .offsets()
+                            .windows(2)
+                            .map(|w| (w[1] - w[0]).max(0) as u64)
+                            .max()
+                            .unwrap_or(0),
+                        None => 24,
+                    }
+                })
+                .max()
+                .unwrap_or(0)
+                + 3
+        })
+        .sum();
+    rows.saturating_add(4).saturating_mul(width)
+}
+
 /// Bytes of rows encoded at a time (see [`Encoder::write`]).
 const ENCODE_STEP: usize = 1 << 20;
 
@@ -160,9 +192,20 @@ impl Encoder {
 
     fn write_step(&mut self, batch: &RecordBatch, bytes: usize) -> Result<Bytes, QueryError> {
         // Text and Arrow encodings are at least as large as the values' bytes: a step
-        // that cannot fit is refused before it is encoded.
-        let compresses = matches!(self.state, State::Parquet(_));
-        if !compresses && self.emitted.saturating_add(bytes as u64) > self.limit {
+        // that cannot fit is refused before it is encoded. A single huge row (a step
+        // of one row) may grow up to six times as text (JSON escapes a control
+        // character as six bytes), so it must fit that.
+        let compresses = matches!(self.state, State::Parquet(_) | State::Table(_));
+        let growth = match self.state {
+            State::Json { .. } | State::Ndjson | State::Csv { .. } if bytes > ENCODE_STEP => 6,
+            _ => 1,
+        };
+        if !compresses
+            && self
+                .emitted
+                .saturating_add((bytes as u64).saturating_mul(growth))
+                > self.limit
+        {
             return Err(QueryError::TooLarge(self.limit));
         }
         let out = match &mut self.state {
@@ -212,8 +255,8 @@ impl Encoder {
             }
             State::Table(batches) => {
                 batches.push(batch.clone());
-                let held: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
-                if held as u64 > self.limit {
+                // The grid pads every cell to its column's widest value: count that.
+                if table_bytes(batches) > self.limit {
                     return Err(QueryError::TooLarge(self.limit));
                 }
                 Vec::new()
@@ -347,6 +390,32 @@ mod tests {
             enc.write(&batch(0, 100)),
             Err(QueryError::TooLarge(10))
         ));
+    }
+
+    fn texts(values: Vec<String>) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8, false)]));
+        RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(values))]).unwrap()
+    }
+
+    #[test]
+    fn a_grid_padded_past_the_limit_is_refused_before_it_is_drawn() {
+        // One wide value and many empty ones: little data, a huge padded grid.
+        let mut values = vec!["x".repeat(100_000)];
+        values.extend((0..10_000).map(|_| String::new()));
+        let batch = texts(values);
+        let mut enc = Encoder::new(ResultFormat::Table, &batch.schema(), 64 << 20).unwrap();
+        assert!(matches!(enc.write(&batch), Err(QueryError::TooLarge(_))));
+    }
+
+    #[test]
+    fn one_huge_row_is_refused_before_it_is_escaped_into_json() {
+        // 2 MiB of control characters would be 12 MiB of JSON.
+        let batch = texts(vec!["\u{1}".repeat(2 << 20)]);
+        let mut enc = Encoder::new(ResultFormat::Json, &batch.schema(), 8 << 20).unwrap();
+        assert!(matches!(enc.write(&batch), Err(QueryError::TooLarge(_))));
+        // Under the limit it is written.
+        let mut enc = Encoder::new(ResultFormat::Json, &batch.schema(), 16 << 20).unwrap();
+        assert!(enc.write(&batch).unwrap().len() > 12 << 20);
     }
 
     #[test]
