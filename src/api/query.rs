@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -14,6 +16,14 @@ use serde::Deserialize;
 use super::{ApiError, AppState};
 use crate::query::QueryError;
 use crate::query::format::{Encoder, ResultFormat};
+
+/// The part of a streamed result not yet sent; `expired` once its deadline passed
+/// (and the rest dropped), `done` once the body ended.
+struct Held {
+    rest: Option<(crate::query::ResultStream, Encoder)>,
+    expired: bool,
+    done: bool,
+}
 
 /// Output buffered before a response starts streaming.
 const STREAM_AFTER: usize = 1 << 20;
@@ -136,21 +146,62 @@ async fn answer(state: &AppState, sql: &str, format: ResultFormat) -> Result<Res
             }
         }
     }
-    let rest = futures::stream::unfold(Some((stream, encoder)), |state| async move {
-        let (mut stream, mut encoder) = state?;
+    // The rest of the result is held here, and dropped at the deadline even if the
+    // client stopped reading (hyper polls the body only when the socket takes more):
+    // the batches and the encoder's buffers are not kept for as long as the
+    // connection stays open.
+    let deadline = stream.deadline();
+    let timeout = state.engine.query().limits().timeout;
+    let held = Arc::new(Mutex::new(Held {
+        rest: Some((stream, encoder)),
+        expired: false,
+        done: false,
+    }));
+    let dropper = Arc::clone(&held);
+    tokio::spawn(async move {
+        tokio::time::sleep_until(deadline.into()).await;
+        let rest = {
+            let mut held = dropper.lock();
+            held.expired = true;
+            held.rest.take()
+        };
+        drop(rest);
+    });
+    let rest = futures::stream::unfold(held, move |held| async move {
+        let taken = {
+            let mut slot = held.lock();
+            if slot.done {
+                return None;
+            }
+            slot.done = true;
+            slot.rest.take()
+        };
+        // Dropped at the deadline: the body must end as an error, not look complete.
+        let Some((mut stream, mut encoder)) = taken else {
+            let e = QueryError::Timeout(timeout);
+            tracing::warn!(error = %e, "the client did not read the result in time; the response is cut short");
+            return Some((Err(std::io::Error::other(e.to_string())), held));
+        };
         let item = match stream.next().await {
-            Some(Ok(batch)) => encoder
-                .write(&batch)
-                .map(|b| Some((b, Some((stream, encoder))))),
+            Some(Ok(batch)) => encoder.write(&batch).map(|b| (b, Some((stream, encoder)))),
             Some(Err(e)) => Err(e),
-            None => encoder.finish().map(|b| Some((b, None))),
+            None => encoder.finish().map(|b| (b, None)),
         };
         match item {
-            Ok(Some((bytes, next))) => Some((Ok::<Bytes, std::io::Error>(bytes), next)),
-            Ok(None) => None,
+            Ok((bytes, rest)) => {
+                let mut slot = held.lock();
+                if let Some(rest) = rest {
+                    slot.done = false;
+                    if !slot.expired {
+                        slot.rest = Some(rest);
+                    }
+                }
+                drop(slot);
+                Some((Ok::<Bytes, std::io::Error>(bytes), held))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "query failed while streaming its result; the response is cut short");
-                Some((Err(std::io::Error::other(e.to_string())), None))
+                Some((Err(std::io::Error::other(e.to_string())), held))
             }
         }
     });

@@ -324,6 +324,11 @@ impl ResultStream {
         Arc::clone(&self.schema)
     }
 
+    /// When the query's time is up.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     /// The next batch; `None` at the end. Past the deadline: `Timeout`. A query that
     /// stopped before its end (deadline, panic) is an error, never a short result.
     pub async fn next(&mut self) -> Option<Result<RecordBatch, QueryError>> {
