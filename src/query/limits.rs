@@ -84,8 +84,19 @@ enum Estimate {
     Replace,
     /// `array_repeat(element, n)`: n elements.
     ArrayRepeat,
-    /// `range/generate_series([start,] stop[, step])`: (stop − start) / step elements.
+    /// `range/generate_series([start,] stop[, step])`: (stop − start) / step elements
+    /// (numbers, or dates and timestamps with an interval step).
     Range,
+    /// `array_resize(list, n[, value])`: n elements.
+    ArrayResize,
+    /// `array_to_string(list, delimiter[, null])`: the list as text, a delimiter
+    /// between elements.
+    ArrayToString,
+    /// `regexp_replace(text, pattern, replacement[, flags])`: a match may occur at
+    /// every position (an empty pattern), and each inserts the replacement.
+    RegexpReplace,
+    /// `concat(…)`, `concat_ws(sep, …)`: the sum of the arguments.
+    Concat,
 }
 
 const WRAPPED: &[(&str, Estimate)] = &[
@@ -96,6 +107,11 @@ const WRAPPED: &[(&str, Estimate)] = &[
     ("array_repeat", Estimate::ArrayRepeat),
     ("range", Estimate::Range),
     ("generate_series", Estimate::Range),
+    ("array_resize", Estimate::ArrayResize),
+    ("array_to_string", Estimate::ArrayToString),
+    ("regexp_replace", Estimate::RegexpReplace),
+    ("concat", Estimate::Concat),
+    ("concat_ws", Estimate::Concat),
 ];
 
 /// Replaces the session's growing functions by bounded ones (see the module docs).
@@ -137,7 +153,8 @@ fn ints(arg: &ColumnarValue, rows: usize) -> Option<Vec<i64>> {
     )
 }
 
-/// Per-row byte lengths of a text or binary argument (nulls as 0; anything else 16).
+/// Per-row byte sizes of an argument: text and binary by their bytes, lists and other
+/// nested values by what they hold (nulls as 0, other scalars 16).
 fn lengths(arg: &ColumnarValue, rows: usize) -> Vec<u64> {
     if let ColumnarValue::Scalar(s) = arg {
         let n = match s {
@@ -148,6 +165,7 @@ fn lengths(arg: &ColumnarValue, rows: usize) -> Vec<u64> {
             | ScalarValue::LargeBinary(Some(v))
             | ScalarValue::BinaryView(Some(v)) => v.len() as u64,
             s if s.is_null() => 0,
+            s if s.data_type().is_nested() => s.size() as u64,
             _ => 16,
         };
         return vec![n; rows];
@@ -155,6 +173,11 @@ fn lengths(arg: &ColumnarValue, rows: usize) -> Vec<u64> {
     let Ok(array) = arg.to_array(rows) else {
         return vec![16; rows];
     };
+    if array.data_type().is_nested() {
+        return (0..rows)
+            .map(|i| array_bytes(&array.slice(i, 1)) as u64)
+            .collect();
+    }
     match arrow::compute::kernels::length::length(&array)
         .and_then(|l| arrow::compute::cast(&l, &DataType::Int64))
     {
@@ -171,6 +194,96 @@ fn lengths(arg: &ColumnarValue, rows: usize) -> Vec<u64> {
                 .collect()
         }
         Err(_) => vec![16; rows],
+    }
+}
+
+/// The shortest text a constant regular expression can match (`None` when it is not a
+/// constant or not a pattern).
+fn shortest_match(pattern: &ColumnarValue) -> Option<u64> {
+    let ColumnarValue::Scalar(
+        ScalarValue::Utf8(Some(p))
+        | ScalarValue::LargeUtf8(Some(p))
+        | ScalarValue::Utf8View(Some(p)),
+    ) = pattern
+    else {
+        return None;
+    };
+    let hir = regex_syntax::parse(p).ok()?;
+    hir.properties().minimum_len().map(|n| n as u64)
+}
+
+/// Per-row element counts of a list argument (anything else: 1).
+fn list_lengths(arg: &ColumnarValue, rows: usize) -> Vec<u64> {
+    let Ok(array) = arg.to_array(rows) else {
+        return vec![1; rows];
+    };
+    if !array.data_type().is_nested() {
+        return vec![1; rows];
+    }
+    match arrow::compute::kernels::length::length(&array)
+        .and_then(|l| arrow::compute::cast(&l, &DataType::Int64))
+    {
+        Ok(l) => {
+            let l = l.as_primitive::<Int64Type>();
+            (0..rows)
+                .map(|i| {
+                    if l.is_null(i) {
+                        0
+                    } else {
+                        l.value(i).max(0) as u64
+                    }
+                })
+                .collect()
+        }
+        Err(_) => vec![1; rows],
+    }
+}
+
+/// Per-row values of a number, date, timestamp or interval argument, in microseconds
+/// for times and intervals (a month as 30 days); `None` for anything else.
+fn points(arg: &ColumnarValue, rows: usize) -> Option<Vec<i64>> {
+    use arrow::datatypes::{
+        IntervalDayTimeType, IntervalMonthDayNanoType, IntervalUnit, IntervalYearMonthType,
+        TimeUnit,
+    };
+    const DAY_US: i64 = 86_400_000_000;
+    let array: ArrayRef = arg.to_array(rows).ok()?;
+    let value = |i: usize| -> i64 {
+        if array.is_null(i) {
+            return 0;
+        }
+        match array.data_type() {
+            DataType::Interval(IntervalUnit::MonthDayNano) => {
+                let v = array.as_primitive::<IntervalMonthDayNanoType>().value(i);
+                i64::from(v.months) * 30 * DAY_US
+                    + i64::from(v.days) * DAY_US
+                    + v.nanoseconds / 1000
+            }
+            DataType::Interval(IntervalUnit::DayTime) => {
+                let v = array.as_primitive::<IntervalDayTimeType>().value(i);
+                i64::from(v.days) * DAY_US + i64::from(v.milliseconds) * 1000
+            }
+            _ => {
+                let months = array.as_primitive::<IntervalYearMonthType>().value(i);
+                i64::from(months) * 30 * DAY_US
+            }
+        }
+    };
+    match array.data_type() {
+        DataType::Interval(_) => Some((0..rows).map(value).collect()),
+        t if t.is_temporal() => {
+            let micros =
+                arrow::compute::cast(&array, &DataType::Timestamp(TimeUnit::Microsecond, None))
+                    .ok()?;
+            let micros = arrow::compute::cast(&micros, &DataType::Int64).ok()?;
+            let v = micros.as_primitive::<Int64Type>();
+            Some(
+                (0..rows)
+                    .map(|i| if v.is_null(i) { 0 } else { v.value(i) })
+                    .collect(),
+            )
+        }
+        _ => ints(arg, rows),
     }
 }
 
@@ -216,7 +329,8 @@ impl Bounded {
                 sum(&|i| count(n[i]).saturating_mul(element[i].max(8)))
             }
             Estimate::Range => {
-                let parsed: Option<Vec<Vec<i64>>> = a.iter().map(|x| ints(x, rows)).collect();
+                // Unknown kinds of argument: no bound rather than a wrong one.
+                let parsed: Option<Vec<Vec<i64>>> = a.iter().map(|x| points(x, rows)).collect();
                 let Some(p) = parsed else { return 0 };
                 let bounds = |i: usize| -> (i64, i64, i64) {
                     match p.len() {
@@ -235,6 +349,45 @@ impl Bounded {
                         .unwrap_or(u64::MAX)
                         .saturating_mul(8)
                 })
+            }
+            Estimate::ArrayResize if a.len() >= 2 => {
+                let Some(n) = ints(&a[1], rows) else { return 0 };
+                let (list, elems) = (lengths(&a[0], rows), list_lengths(&a[0], rows));
+                sum(&|i| {
+                    let element = (list[i] / elems[i].max(1)).max(8);
+                    count(n[i]).saturating_mul(element)
+                })
+            }
+            Estimate::ArrayToString if a.len() >= 2 => {
+                let (list, elems, delimiter) = (
+                    lengths(&a[0], rows),
+                    list_lengths(&a[0], rows),
+                    lengths(&a[1], rows),
+                );
+                // Numbers print longer than they are stored: up to about 3×.
+                sum(&|i| {
+                    list[i]
+                        .saturating_mul(3)
+                        .saturating_add(elems[i].saturating_mul(delimiter[i]))
+                })
+            }
+            Estimate::RegexpReplace if a.len() >= 3 => {
+                // Matches do not overlap, so there are at most |text| / (the pattern's
+                // shortest match) of them, or one per position when it can match
+                // nothing; each inserts the replacement.
+                let Some(shortest) = shortest_match(&a[1]) else {
+                    return 0;
+                };
+                let (text, replacement) = (lengths(&a[0], rows), lengths(&a[2], rows));
+                sum(&|i| {
+                    let (l, r) = (text[i], replacement[i]);
+                    let matches = l.checked_div(shortest).unwrap_or(l) + 1;
+                    l.saturating_add(matches.saturating_mul(r))
+                })
+            }
+            Estimate::Concat => {
+                let all: Vec<Vec<u64>> = a.iter().map(|x| lengths(x, rows)).collect();
+                sum(&|i| all.iter().map(|l| l[i]).sum())
             }
             _ => 0,
         }
