@@ -17,7 +17,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray};
@@ -141,6 +141,14 @@ pub struct Applied {
     pub duplicate: bool,
 }
 
+impl Applied {
+    /// What a processing report gets (it has no attempts).
+    const REPORT: Applied = Applied {
+        attempt: 1,
+        duplicate: false,
+    };
+}
+
 /// What one flush did.
 #[derive(Debug, Default, Clone)]
 pub struct FlushReport {
@@ -180,10 +188,10 @@ pub struct Engine {
     dedup_pending: Mutex<Delta>,
     /// No Parquet file number below this is written again: a manifest renamed into
     /// place whose fsync failed may name the files below it (see `write_cut_with`).
-    file_seq_floor: std::sync::atomic::AtomicU64,
+    file_seq_floor: AtomicU64,
     /// The persisted dedup state could not be read at open: the index was rebuilt
     /// from the lake, and the first commit replaces the old state by a checkpoint.
-    dedup_rebase: std::sync::atomic::AtomicBool,
+    dedup_rebase: AtomicBool,
     _lock: Option<File>,
 }
 
@@ -270,19 +278,13 @@ impl LakeApplier {
             Entry::Delivery(d) => self.push_delivery(buf, seq, d),
             Entry::Outcome(o) => {
                 buf.push_outcome(seq, o);
-                Applied {
-                    attempt: 1,
-                    duplicate: false,
-                }
+                Applied::REPORT
             }
             Entry::Outcomes(list) => {
                 for o in list {
                     buf.push_outcome(seq, o);
                 }
-                Applied {
-                    attempt: 1,
-                    duplicate: false,
-                }
+                Applied::REPORT
             }
             Entry::ForwardStart(d) => {
                 self.forwards.insert(d.id.clone(), (seq, d.clone()));
@@ -553,8 +555,8 @@ impl Engine {
             last_cut,
             reserved: AtomicUsize::new(0),
             dedup_pending: Mutex::new(Delta::default()),
-            file_seq_floor: std::sync::atomic::AtomicU64::new(0),
-            dedup_rebase: std::sync::atomic::AtomicBool::new(dedup_rebase),
+            file_seq_floor: AtomicU64::new(0),
+            dedup_rebase: AtomicBool::new(dedup_rebase),
             _lock: lock,
         });
         engine.resolve_interrupted_forwards().await?;
