@@ -173,9 +173,18 @@ impl DedupIndex {
         self.trim();
     }
 
-    /// The changes since the last call (what a flush commits with its rows).
+    /// The changes since the last call (what a flush commits with its rows). The
+    /// journal starts again with room for as many arrivals, so it does not grow by
+    /// doubling (copying megabytes) on the WAL thread.
     pub fn take_delta(&mut self) -> Delta {
-        std::mem::take(&mut self.journal)
+        let room = self.journal.pushed.len();
+        std::mem::replace(
+            &mut self.journal,
+            Delta {
+                pushed: Vec::with_capacity(room),
+                popped: 0,
+            },
+        )
     }
 
     /// Keys currently remembered.

@@ -18,6 +18,7 @@
 use crate::dedup::{Arrival, DedupIndex, Delta, StateFile, replay_deltas};
 use crate::lake::{Lake, LakeError};
 use crate::manifest::{DedupFiles, Manifest};
+use crate::sys::{Worker, WorkerGone};
 
 /// The folder of dedup state files in the lake.
 pub const DIR: &str = "_dedup";
@@ -35,14 +36,20 @@ pub enum LoadError {
     Missing { path: String },
     #[error("dedup state file {path}: {reason}")]
     Unreadable { path: String, reason: String },
+    #[error(transparent)]
+    Worker(#[from] WorkerGone),
 }
 
 /// The queue the manifest's state describes, or `None` when it has none.
-pub async fn load(lake: &Lake, manifest: &Manifest) -> Result<Option<Vec<Arrival>>, LoadError> {
+pub async fn load(
+    lake: &Lake,
+    manifest: &Manifest,
+    worker: &Worker,
+) -> Result<Option<Vec<Arrival>>, LoadError> {
     let Some(state) = &manifest.dedup else {
         return Ok(None);
     };
-    read_chain(lake, &state.files, Delta::default())
+    read_chain(lake, &state.files, Delta::default(), worker)
         .await
         .map(Some)
 }
@@ -53,22 +60,24 @@ pub async fn restore(
     manifest: &Manifest,
     window_us: i64,
     max_keys: usize,
+    worker: &Worker,
 ) -> Result<Option<DedupIndex>, LoadError> {
-    let Some(queue) = load(lake, manifest).await? else {
+    let Some(queue) = load(lake, manifest, worker).await? else {
         return Ok(None);
     };
-    let index =
-        tokio::task::spawn_blocking(move || DedupIndex::restore(window_us, max_keys, queue))
-            .await
-            .map_err(|e| LoadError::Unreadable {
-                path: DIR.into(),
-                reason: e.to_string(),
-            })?;
+    let index = worker
+        .run(move || DedupIndex::restore(window_us, max_keys, queue))
+        .await?;
     Ok(Some(index))
 }
 
 /// Reads `files` in order and applies `then` after them: the queue they describe.
-async fn read_chain(lake: &Lake, files: &[String], then: Delta) -> Result<Vec<Arrival>, LoadError> {
+async fn read_chain(
+    lake: &Lake,
+    files: &[String],
+    then: Delta,
+    worker: &Worker,
+) -> Result<Vec<Arrival>, LoadError> {
     let mut raw = Vec::with_capacity(files.len());
     for path in files {
         let bytes = lake
@@ -77,33 +86,30 @@ async fn read_chain(lake: &Lake, files: &[String], then: Delta) -> Result<Vec<Ar
             .ok_or_else(|| LoadError::Missing { path: path.clone() })?;
         raw.push((path.clone(), bytes));
     }
-    tokio::task::spawn_blocking(move || {
-        let mut base = Vec::new();
-        let mut deltas = Vec::with_capacity(raw.len() + 1);
-        for (i, (path, bytes)) in raw.into_iter().enumerate() {
-            let file = StateFile::decode(&bytes).map_err(|e| LoadError::Unreadable {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            match (i, file.checkpoint) {
-                (0, true) => base = file.delta.pushed,
-                (_, false) => deltas.push(file.delta),
-                (_, true) => {
-                    return Err(LoadError::Unreadable {
-                        path,
-                        reason: "a checkpoint after the first file".into(),
-                    });
+    worker
+        .run(move || {
+            let mut base = Vec::new();
+            let mut deltas = Vec::with_capacity(raw.len() + 1);
+            for (i, (path, bytes)) in raw.into_iter().enumerate() {
+                let file = StateFile::decode(&bytes).map_err(|e| LoadError::Unreadable {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                match (i, file.checkpoint) {
+                    (0, true) => base = file.delta.pushed,
+                    (_, false) => deltas.push(file.delta),
+                    (_, true) => {
+                        return Err(LoadError::Unreadable {
+                            path,
+                            reason: "a checkpoint after the first file".into(),
+                        });
+                    }
                 }
             }
-        }
-        deltas.push(then);
-        Ok(replay_deltas(base, deltas))
-    })
-    .await
-    .map_err(|e| LoadError::Unreadable {
-        path: DIR.into(),
-        reason: e.to_string(),
-    })?
+            deltas.push(then);
+            Ok(replay_deltas(base, deltas))
+        })
+        .await?
 }
 
 /// What [`persist`] wrote.
@@ -129,6 +135,7 @@ pub async fn persist(
     current: Option<&DedupFiles>,
     delta: &Delta,
     rebase: bool,
+    worker: &Worker,
 ) -> Result<Persisted, LoadError> {
     let old_files = current.map(|c| c.files.clone()).unwrap_or_default();
     let state = if rebase {
@@ -149,7 +156,7 @@ pub async fn persist(
         || grown > state.checkpoint_entries.max(MIN_CHECKPOINT_GROWTH);
     let id = ulid::Ulid::new();
     let (file, path, next) = if checkpoint {
-        let queue = read_chain(lake, &state.files, delta.clone()).await?;
+        let queue = read_chain(lake, &state.files, delta.clone(), worker).await?;
         let entries = queue.len() as u64;
         let file = StateFile {
             checkpoint: true,
@@ -176,12 +183,7 @@ pub async fn persist(
         next.delta_entries = grown;
         (file, path, next)
     };
-    let bytes = tokio::task::spawn_blocking(move || file.encode())
-        .await
-        .map_err(|e| LoadError::Unreadable {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+    let bytes = worker.run(move || file.encode()).await?;
     lake.put_durable(&path, bytes.into()).await?;
     let replaced = if checkpoint { old_files } else { Vec::new() };
     Ok(Persisted {

@@ -34,6 +34,7 @@ use crate::manifest::{FileEntry, Manifest, ManifestError};
 use crate::model::{Delivery, Entry, ForwardResult, Outcome};
 use crate::persist::{self, PersistError};
 use crate::query::{QueryEngine, QueryError, QueryLimits};
+use crate::sys::Worker;
 use crate::tables::Table;
 use crate::wal::{self, Applier, Pending, ReplaySummary, SyncMode, Wal, WalConfig, WalError};
 
@@ -63,6 +64,8 @@ pub enum EngineError {
     },
     #[error("background task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Worker(#[from] crate::sys::WorkerGone),
 }
 
 /// Why a record was not accepted. Nothing was acknowledged.
@@ -177,7 +180,7 @@ pub struct Engine {
     wal: Option<Wal<Applied>>,
     flush_lock: tokio::sync::Mutex<()>,
     flush_status: Mutex<FlushStatus>,
-    background: Background,
+    background: Arc<Worker>,
     replay: ReplaySummary,
     open_forwards: Arc<OpenForwards>,
     /// What the applier saw at the last WAL cut (read by the flush that asked for it).
@@ -505,7 +508,11 @@ impl Engine {
         let skip_through = manifest.wal_through;
         let catalog = Catalog::new(lake, manifest);
         let query = QueryEngine::new(&catalog, settings.query.clone(), mode == Mode::Serve)?;
-        let (dedup, dedup_rebase) = open_dedup(&catalog, &settings).await?;
+        let background = Arc::new(
+            Worker::start("hookscope-flush")
+                .map_err(|e| EngineError::Task(format!("cannot start the flush thread: {e}")))?,
+        );
+        let (dedup, dedup_rebase) = open_dedup(&catalog, &settings, &background).await?;
         let open_forwards = Arc::new(OpenForwards::default());
         let last_cut = Arc::new(Mutex::new(None));
         let mut applier = LakeApplier {
@@ -549,7 +556,7 @@ impl Engine {
             wal,
             flush_lock: tokio::sync::Mutex::new(()),
             flush_status: Mutex::new(FlushStatus::default()),
-            background: Background::start()?,
+            background,
             replay,
             open_forwards,
             last_cut,
@@ -894,8 +901,14 @@ impl Engine {
         }
         let mut paths: Vec<String> = added.iter().map(|(_, e)| e.path.clone()).collect();
         let rebase = self.dedup_rebase.load(Ordering::Acquire);
-        let persisted =
-            crate::dedup_store::persist(&lake, manifest.dedup.as_ref(), delta, rebase).await;
+        let persisted = crate::dedup_store::persist(
+            &lake,
+            manifest.dedup.as_ref(),
+            delta,
+            rebase,
+            &self.background,
+        )
+        .await;
         let dedup = match persisted {
             Ok(d) => d,
             Err(e) => {
@@ -1021,49 +1034,6 @@ impl Engine {
     }
 }
 
-type Job = Box<dyn FnOnce() + Send>;
-
-/// The flush's CPU-heavy work (Parquet encoding, freeing flushed rows) runs on one
-/// long-lived thread at a lower CPU priority ([`crate::sys::lower_thread_priority`]),
-/// so acknowledgements win the CPU while a flush encodes. Long-lived, so its allocator
-/// heap is reused from flush to flush: a new thread per flush started from fresh
-/// pages (page faults, and more resident memory).
-struct Background {
-    jobs: std::sync::mpsc::Sender<Job>,
-}
-
-impl Background {
-    fn start() -> Result<Self, EngineError> {
-        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("hookscope-flush".into())
-            .spawn(move || {
-                crate::sys::lower_thread_priority();
-                for job in rx {
-                    // A panicking job fails only its own flush (its result channel is
-                    // dropped); the thread lives on for the next one.
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-                }
-            })
-            .map_err(|e| EngineError::Task(format!("cannot start the flush thread: {e}")))?;
-        Ok(Self { jobs })
-    }
-
-    async fn run<T: Send + 'static>(
-        &self,
-        work: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, EngineError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.jobs
-            .send(Box::new(move || {
-                let _ = tx.send(work());
-            }))
-            .map_err(|_| EngineError::Task("the flush thread has stopped".into()))?;
-        rx.await
-            .map_err(|_| EngineError::Task("the flush thread stopped without a result".into()))
-    }
-}
-
 async fn discard<'a>(lake: &Lake, paths: impl Iterator<Item = &'a str>) {
     for p in paths {
         if let Err(e) = lake.delete(p).await {
@@ -1118,11 +1088,13 @@ async fn remove_uncommitted(lake: &Lake, manifest: &Manifest) {
 async fn open_dedup(
     catalog: &Arc<Catalog>,
     settings: &EngineSettings,
+    worker: &Worker,
 ) -> Result<(DedupIndex, bool), EngineError> {
     let window_us = i64::try_from(settings.dedup_window.as_micros()).unwrap_or(i64::MAX);
     let max_keys = settings.dedup_max_keys;
     let manifest = catalog.manifest();
-    match crate::dedup_store::restore(catalog.lake(), &manifest, window_us, max_keys).await {
+    match crate::dedup_store::restore(catalog.lake(), &manifest, window_us, max_keys, worker).await
+    {
         Ok(Some(index)) => return Ok((index, false)),
         Ok(None) if manifest.files(Table::Deliveries).is_empty() => {
             return Ok((DedupIndex::new(window_us, max_keys), false));
@@ -1574,17 +1546,5 @@ mod tests {
             1
         );
         assert_eq!(rows_after_a_crash(dir.path(), "outcomes", "fwd-1").await, 1);
-    }
-
-    #[tokio::test]
-    async fn a_panicking_flush_job_fails_alone_and_the_thread_lives_on() {
-        let background = Background::start().unwrap();
-        assert_eq!(background.run(|| 1 + 1).await.unwrap(), 2);
-        let failed = background
-            .run(|| -> u32 { panic!("encoder bug") })
-            .await
-            .unwrap_err();
-        assert!(failed.to_string().contains("without a result"), "{failed}");
-        assert_eq!(background.run(|| 3).await.unwrap(), 3);
     }
 }

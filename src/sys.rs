@@ -1,7 +1,8 @@
 //! Small operating-system helpers shared by the write path: paced writeback of large
 //! files (so the WAL's syncs are not stuck behind them), lowering the CPU priority
-//! of background threads (so acknowledgements win the CPU), and returning freed
-//! memory to the OS on a background thread (so request threads never do it).
+//! of background threads (so acknowledgements win the CPU), the one low-priority
+//! background worker, durable directory creation, and returning freed memory to the
+//! OS on a background thread (so request threads never do it).
 //!
 //! Both are best effort: where the system does not support them they do nothing and
 //! the caller's own `fsync` still makes the data durable.
@@ -85,6 +86,57 @@ pub fn lower_thread_priority() {
     }
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The background work's one thread: a flush's CPU-heavy work (Parquet encoding,
+/// the dedup index's state files, freeing flushed rows) runs on one long-lived thread
+/// at a lower CPU priority ([`lower_thread_priority`]), so acknowledgements win the
+/// CPU while a flush works. Long-lived, so its allocator heap is reused from flush to
+/// flush: a new thread per flush started from fresh pages (page faults, and more
+/// resident memory).
+#[derive(Debug)]
+pub struct Worker {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+/// The worker thread is gone (it could not start, or a job panicked while the
+/// result was awaited).
+#[derive(Debug, thiserror::Error)]
+#[error("the background thread {0}")]
+pub struct WorkerGone(&'static str);
+
+impl Worker {
+    /// Starts the thread, named `name`.
+    pub fn start(name: &str) -> io::Result<Self> {
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                lower_thread_priority();
+                for job in rx {
+                    // A panicking job fails only itself (its result channel is
+                    // dropped); the thread lives on for the next one.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })?;
+        Ok(Self { jobs })
+    }
+
+    /// Runs `work` on the thread and waits for its result.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, WorkerGone> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = tx.send(work());
+            }))
+            .map_err(|_| WorkerGone("has stopped"))?;
+        rx.await.map_err(|_| WorkerGone("stopped without a result"))
+    }
+}
+
 /// fsyncs a directory, so that the names created, renamed or removed in it are durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -120,6 +172,18 @@ pub fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_job_fails_alone_and_the_thread_lives_on() {
+        let worker = Worker::start("test-worker").unwrap();
+        assert_eq!(worker.run(|| 1 + 1).await.unwrap(), 2);
+        let failed = worker
+            .run(|| -> u32 { panic!("encoder bug") })
+            .await
+            .unwrap_err();
+        assert!(failed.to_string().contains("without a result"), "{failed}");
+        assert_eq!(worker.run(|| 3).await.unwrap(), 3);
+    }
 
     #[test]
     fn missing_directories_are_created_with_their_parents() {
