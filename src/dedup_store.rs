@@ -15,7 +15,9 @@
 //! - Files a manifest no longer names are deleted only after a newer manifest is
 //!   committed (and, left over by a crash, at the next start).
 
-use crate::dedup::{Arrival, DedupIndex, Delta, StateFile, replay_deltas};
+use crate::dedup::{
+    Arrival, DedupIndex, Delta, StateHeader, StateReader, StateWriter, encode_state,
+};
 use crate::lake::{Lake, LakeError};
 use crate::manifest::{DedupFiles, Manifest};
 use crate::sys::{Worker, WorkerGone};
@@ -78,6 +80,22 @@ async fn read_chain(
     then: Delta,
     worker: &Worker,
 ) -> Result<Vec<Arrival>, LoadError> {
+    let raw = fetch(lake, files).await?;
+    worker
+        .run(move || {
+            let (kept, _) = chain_size(&raw, &then)?;
+            let mut queue = Vec::with_capacity(usize::try_from(kept).unwrap_or(0));
+            fold_chain(&raw, &then, |a| {
+                queue.push(*a);
+                Ok(())
+            })?;
+            Ok(queue)
+        })
+        .await?
+}
+
+/// The bytes of `files`.
+async fn fetch(lake: &Lake, files: &[String]) -> Result<Vec<(String, bytes::Bytes)>, LoadError> {
     let mut raw = Vec::with_capacity(files.len());
     for path in files {
         let bytes = lake
@@ -86,30 +104,65 @@ async fn read_chain(
             .ok_or_else(|| LoadError::Missing { path: path.clone() })?;
         raw.push((path.clone(), bytes));
     }
-    worker
-        .run(move || {
-            let mut base = Vec::new();
-            let mut deltas = Vec::with_capacity(raw.len() + 1);
-            for (i, (path, bytes)) in raw.into_iter().enumerate() {
-                let file = StateFile::decode(&bytes).map_err(|e| LoadError::Unreadable {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-                match (i, file.checkpoint) {
-                    (0, true) => base = file.delta.pushed,
-                    (_, false) => deltas.push(file.delta),
-                    (_, true) => {
-                        return Err(LoadError::Unreadable {
-                            path,
-                            reason: "a checkpoint after the first file".into(),
-                        });
-                    }
-                }
-            }
-            deltas.push(then);
-            Ok(replay_deltas(base, deltas))
-        })
-        .await?
+    Ok(raw)
+}
+
+fn unreadable(path: &str) -> impl Fn(crate::dedup::StateError) -> LoadError + '_ {
+    move |e| LoadError::Unreadable {
+        path: path.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// (arrivals left, arrivals popped) of the queue `raw` then `then` describe, from the
+/// files' headers.
+fn chain_size(raw: &[(String, bytes::Bytes)], then: &Delta) -> Result<(u64, u64), LoadError> {
+    let mut popped = then.popped;
+    let mut total = then.pushed.len() as u64;
+    for (i, (path, bytes)) in raw.iter().enumerate() {
+        let header = StateReader::new(bytes).map_err(unreadable(path))?.header();
+        if header.checkpoint && i > 0 {
+            return Err(LoadError::Unreadable {
+                path: path.clone(),
+                reason: "a checkpoint after the first file".into(),
+            });
+        }
+        popped += header.popped;
+        total += header.count;
+    }
+    Ok((total.saturating_sub(popped), popped))
+}
+
+/// Streams the queue `raw` then `then` describe — every arrival pushed, less the
+/// ones popped from the front — to `sink`, one file at a time.
+fn fold_chain(
+    raw: &[(String, bytes::Bytes)],
+    then: &Delta,
+    mut sink: impl FnMut(&Arrival) -> Result<(), LoadError>,
+) -> Result<(), LoadError> {
+    let (_, mut skip) = chain_size(raw, then)?;
+    let mut take = |a: &Arrival| {
+        if skip > 0 {
+            skip -= 1;
+            Ok(())
+        } else {
+            sink(a)
+        }
+    };
+    for (path, bytes) in raw {
+        let mut reader = StateReader::new(bytes).map_err(unreadable(path))?;
+        while let Some(a) = reader.next_arrival().map_err(unreadable(path))? {
+            take(&a)?;
+        }
+    }
+    then.pushed.iter().try_for_each(take)
+}
+
+fn write_error(e: std::io::Error) -> LoadError {
+    LoadError::Unreadable {
+        path: DIR.into(),
+        reason: format!("cannot encode a state file: {e}"),
+    }
 }
 
 /// What [`persist`] wrote.
@@ -155,35 +208,41 @@ pub async fn persist(
         || state.files.len() + 1 > MAX_FILES
         || grown > state.checkpoint_entries.max(MIN_CHECKPOINT_GROWTH);
     let id = ulid::Ulid::new();
-    let (file, path, next) = if checkpoint {
-        let queue = read_chain(lake, &state.files, delta.clone(), worker).await?;
-        let entries = queue.len() as u64;
-        let file = StateFile {
-            checkpoint: true,
-            delta: Delta {
-                pushed: queue,
-                popped: 0,
-            },
-        };
+    let (path, bytes, next) = if checkpoint {
+        let raw = fetch(lake, &state.files).await?;
+        let then = delta.clone();
+        let (entries, bytes) = worker
+            .run(move || -> Result<(u64, Vec<u8>), LoadError> {
+                let (kept, _) = chain_size(&raw, &then)?;
+                let header = StateHeader {
+                    checkpoint: true,
+                    popped: 0,
+                    count: kept,
+                };
+                let mut writer = StateWriter::new(header).map_err(write_error)?;
+                fold_chain(&raw, &then, |a| writer.push(a).map_err(write_error))?;
+                Ok((kept, writer.finish().map_err(write_error)?))
+            })
+            .await??;
         let path = format!("{DIR}/{id}.checkpoint");
         let next = DedupFiles {
             files: vec![path.clone()],
             checkpoint_entries: entries,
             delta_entries: 0,
         };
-        (file, path, next)
+        (path, bytes, next)
     } else {
-        let file = StateFile {
-            checkpoint: false,
-            delta: delta.clone(),
-        };
+        let then = delta.clone();
+        let bytes = worker
+            .run(move || encode_state(false, &then))
+            .await?
+            .map_err(write_error)?;
         let path = format!("{DIR}/{id}.delta");
         let mut next = state.clone();
         next.files.push(path.clone());
         next.delta_entries = grown;
-        (file, path, next)
+        (path, bytes, next)
     };
-    let bytes = worker.run(move || file.encode()).await?;
     lake.put_durable(&path, bytes.into()).await?;
     let replaced = if checkpoint { old_files } else { Vec::new() };
     Ok(Persisted {
@@ -191,4 +250,52 @@ pub async fn persist(
         written: Some(path),
         replaced,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dedup::replay_deltas;
+
+    #[tokio::test]
+    async fn deltas_and_checkpoints_read_back_as_the_queue_they_describe() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::local(dir.path()).unwrap();
+        let worker = Worker::start("test-dedup").unwrap();
+        let mut index = DedupIndex::new(50, 20);
+        let mut all = Vec::new();
+        let mut manifest = Manifest::default();
+        let mut checkpoints = 0;
+        for cut in 0..150u64 {
+            for i in 0..(cut % 7) {
+                index.observe(
+                    "s",
+                    &format!("k{}", (cut * 7 + i) % 23),
+                    (cut * 10 + i) as i64,
+                );
+            }
+            let delta = index.take_delta();
+            all.push(delta.clone());
+            let done = persist(&lake, manifest.dedup.as_ref(), &delta, false, &worker)
+                .await
+                .unwrap();
+            checkpoints += usize::from(
+                done.written
+                    .as_deref()
+                    .is_some_and(|p| p.ends_with(".checkpoint")),
+            );
+            for old in &done.replaced {
+                lake.delete(old).await.unwrap();
+            }
+            manifest.dedup = Some(done.state);
+            let queue = load(&lake, &manifest, &worker).await.unwrap().unwrap();
+            assert_eq!(
+                queue,
+                replay_deltas(Vec::new(), all.iter().cloned()),
+                "cut {cut}"
+            );
+        }
+        assert!(checkpoints >= 2, "{checkpoints} checkpoints written");
+        assert!(manifest.dedup.unwrap().files.len() <= MAX_FILES);
+    }
 }
