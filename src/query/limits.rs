@@ -178,23 +178,25 @@ fn lengths(arg: &ColumnarValue, rows: usize) -> Vec<u64> {
             .map(|i| array_bytes(&array.slice(i, 1)) as u64)
             .collect();
     }
-    match arrow::compute::kernels::length::length(&array)
-        .and_then(|l| arrow::compute::cast(&l, &DataType::Int64))
-    {
-        Ok(l) => {
-            let l = l.as_primitive::<Int64Type>();
-            (0..rows)
-                .map(|i| {
-                    if l.is_null(i) {
-                        0
-                    } else {
-                        l.value(i).max(0) as u64
-                    }
-                })
-                .collect()
-        }
-        Err(_) => vec![16; rows],
-    }
+    per_row_length(&array, rows).unwrap_or_else(|| vec![16; rows])
+}
+
+/// Per-row `length()` of `array` (text: bytes; lists: elements; nulls as 0).
+fn per_row_length(array: &ArrayRef, rows: usize) -> Option<Vec<u64>> {
+    let lengths = arrow::compute::kernels::length::length(array).ok()?;
+    let lengths = arrow::compute::cast(&lengths, &DataType::Int64).ok()?;
+    let l = lengths.as_primitive::<Int64Type>();
+    Some(
+        (0..rows)
+            .map(|i| {
+                if l.is_null(i) {
+                    0
+                } else {
+                    l.value(i).max(0) as u64
+                }
+            })
+            .collect(),
+    )
 }
 
 /// The shortest text a constant regular expression can match (`None` when it is not a
@@ -220,23 +222,7 @@ fn list_lengths(arg: &ColumnarValue, rows: usize) -> Vec<u64> {
     if !array.data_type().is_nested() {
         return vec![1; rows];
     }
-    match arrow::compute::kernels::length::length(&array)
-        .and_then(|l| arrow::compute::cast(&l, &DataType::Int64))
-    {
-        Ok(l) => {
-            let l = l.as_primitive::<Int64Type>();
-            (0..rows)
-                .map(|i| {
-                    if l.is_null(i) {
-                        0
-                    } else {
-                        l.value(i).max(0) as u64
-                    }
-                })
-                .collect()
-        }
-        Err(_) => vec![1; rows],
-    }
+    per_row_length(&array, rows).unwrap_or_else(|| vec![1; rows])
 }
 
 /// Per-row values of a number, date, timestamp or interval argument, in microseconds
