@@ -10,7 +10,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hookscope::buffer::{Buffer, Derived};
-use hookscope::persist;
+use hookscope::lake::persist;
 use hookscope::tables::Table;
 
 #[path = "common/deliveries.rs"]
@@ -62,8 +62,8 @@ fn flush(c: &mut Criterion) {
 fn receive(c: &mut Criterion) {
     use axum::http::{HeaderMap, HeaderName, HeaderValue};
     use hookscope::config::Config;
+    use hookscope::ingest::receive::{BodyRead, Receiver, RequestParts};
     use hookscope::model::Entry;
-    use hookscope::receive::{BodyRead, Receiver, RequestParts};
 
     let config = Config::from_toml("", "bench", &|_| None).expect("config");
     let receiver = Receiver::new(&config).expect("receiver");

@@ -1,34 +1,25 @@
 //! hookscope: a self-hosted webhook monitor and analytics engine.
 //!
-//! The modules follow the data: [`receive`] (request → record) → [`providers`]
-//! (verify / identify) → [`wal`] (durable) → [`forward`] (to the app, when
-//! configured) → [`buffer`] (Arrow, queryable) →
-//! [`persist`] (Parquet) → [`lake`] + [`manifest`] (committed files) → [`catalog`]
-//! (tables) → [`query`] (SQL) → [`api`] (HTTP). [`report`] turns the app's processing
-//! reports into outcome records. [`engine`] wires the steps; [`server`]
-//! and [`cli`] are the two ways in. See ARCHITECTURE.md.
+//! The modules follow the data's path:
+//! [`ingest`] (request → record, signatures, ids) → [`wal`] (durable) →
+//! [`engine`] (applies records: dedup, forwards; flushes) → [`buffer`] (Arrow,
+//! queryable) → [`lake`] (Parquet files, the manifest, durable storage) → [`query`]
+//! (the catalog of tables, SQL) → [`http`] (the API and the server). [`outbound`]
+//! forwards deliveries to the app. [`model`] and [`tables`] are the shared vocabulary
+//! (records, table columns), [`config`] the settings, [`telemetry`] the metrics,
+//! [`sys`] the operating-system helpers, and [`cli`] the commands. See ARCHITECTURE.md.
 
-pub mod api;
-pub mod body_json;
 pub mod buffer;
-pub mod catalog;
 pub mod cli;
 pub mod config;
-pub mod dedup;
-pub mod dedup_store;
 pub mod engine;
-pub mod failpoint;
-pub mod forward;
+pub mod http;
+pub mod ingest;
 pub mod lake;
-pub mod manifest;
-pub mod metrics;
 pub mod model;
-pub mod persist;
-pub mod providers;
+pub mod outbound;
 pub mod query;
-pub mod receive;
-pub mod report;
-pub mod server;
 pub mod sys;
 pub mod tables;
+pub mod telemetry;
 pub mod wal;

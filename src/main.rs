@@ -49,7 +49,7 @@ fn tune_allocator() {
 use clap::Parser;
 use hookscope::cli::{self, Cli, Command};
 use hookscope::config::{Config, LogFormat};
-use hookscope::server::{self, ServeOptions};
+use hookscope::http::server::{self, ServeOptions};
 
 fn main() -> ExitCode {
     tune_allocator();

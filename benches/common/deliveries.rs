@@ -12,7 +12,7 @@ pub fn realistic(i: usize, received_at_us: i64) -> Delivery {
         "x".repeat(800)
     );
     Delivery {
-        id: hookscope::receive::new_id(received_at_us),
+        id: hookscope::ingest::receive::new_id(received_at_us),
         received_at_us,
         source: ["stripe", "github", "shopify"][i % 3].into(),
         provider: "stripe".into(),

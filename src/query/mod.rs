@@ -12,6 +12,7 @@
 //!   runaway query cannot starve ingest or health checks.
 //! - The CLI and the server run the same [`QueryEngine`].
 
+pub mod catalog;
 pub mod format;
 mod guard;
 pub mod limits;
@@ -33,7 +34,7 @@ use thiserror::Error;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::catalog::Catalog;
+use crate::query::catalog::Catalog;
 use crate::tables::Table;
 use guard::QueryGuard;
 
@@ -407,7 +408,7 @@ mod tests {
     fn engine(timeout: Duration) -> (QueryEngine, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let lake = crate::lake::Lake::local(dir.path()).unwrap();
-        let catalog = Catalog::new(lake, crate::manifest::Manifest::default());
+        let catalog = Catalog::new(lake, crate::lake::manifest::Manifest::default());
         let limits = QueryLimits {
             timeout,
             ..QueryLimits::default()

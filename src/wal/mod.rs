@@ -47,8 +47,8 @@ use parking_lot::Mutex;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::metrics::Histogram;
 use crate::model::{DecodeError, Entry};
+use crate::telemetry::metrics::Histogram;
 
 mod spares;
 use spares::Spares;
@@ -993,8 +993,8 @@ impl<A: Applier> Writer<A> {
         }
         if force || self.last_sync.elapsed() >= Duration::from_secs(1) {
             let t = Instant::now();
-            let synced =
-                crate::failpoint::error("wal_sync").and_then(|()| self.active.file.sync_data());
+            let synced = crate::sys::failpoint::error("wal_sync")
+                .and_then(|()| self.active.file.sync_data());
             match synced {
                 Ok(()) => self.record_sync(t),
                 Err(e) => self.unsynced_failure(e),

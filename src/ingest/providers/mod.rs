@@ -6,7 +6,7 @@
 //!
 //! Invariants:
 //! - Signatures are checked against the raw body bytes, with constant-time
-//!   comparison ([`crate::providers::sig::ct_eq`]).
+//!   comparison ([`crate::ingest::providers::sig::ct_eq`]).
 //! - Providers read the request; they never change it and never do I/O.
 
 mod generic;
@@ -24,8 +24,8 @@ mod twilio;
 
 use axum::http::{HeaderMap, HeaderName};
 
-use crate::body_json::BodyJson;
 use crate::config::SourceConfig;
+use crate::ingest::body_json::BodyJson;
 use crate::model::SignatureStatus;
 
 /// What a provider sees of a request.

@@ -10,8 +10,8 @@
 use super::sig::{self, Algo};
 use super::{Identity, Provider, RequestView, Verification};
 use crate::config::SourceConfig;
+use crate::ingest::receive::is_json_content_type;
 use crate::model::SignatureStatus;
-use crate::receive::is_json_content_type;
 
 pub struct Twilio;
 

@@ -10,10 +10,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use super::ingest::check_source;
+use super::webhook::check_source;
 use super::{ApiError, AppState};
+use crate::ingest::report::{self, Ping};
 use crate::model::Outcome;
-use crate::report::{self, Ping};
 
 pub async fn report(
     State(state): State<Arc<AppState>>,

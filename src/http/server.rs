@@ -12,11 +12,11 @@ use anyhow::{Context, bail};
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
-use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::engine::{Engine, EngineSettings, Mode};
-use crate::forward::Forwarder;
-use crate::receive::Receiver;
+use crate::http::{self, AppState};
+use crate::ingest::receive::Receiver;
+use crate::outbound::forward::Forwarder;
 
 /// Options of `serve` that are not configuration.
 #[derive(Debug, Clone, Default)]
@@ -57,7 +57,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
         config,
         metrics: Default::default(),
     });
-    let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let flusher = engine.spawn_flusher(stop_rx);
     // Machine-readable first line on stdout: tests and scripts wait for it.

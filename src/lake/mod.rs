@@ -11,6 +11,10 @@
 //! - Relative paths passed in are lake-relative (`deliveries/date=…/x.parquet`) and
 //!   are checked: no `..`, no absolute paths, no empty segments.
 
+pub mod dedup_state;
+pub mod manifest;
+pub mod persist;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -124,7 +128,7 @@ impl Lake {
         if let Some(root) = &self.local_root {
             // Tests inject a failed sync after the rename (`lake_sync:<top folder>`).
             let top = rel.split('/').next().unwrap_or(rel);
-            crate::failpoint::error(&format!("lake_sync:{top}")).map_err(|source| {
+            crate::sys::failpoint::error(&format!("lake_sync:{top}")).map_err(|source| {
                 LakeError::Sync {
                     path: root.join(rel),
                     source,

@@ -37,7 +37,7 @@ use parking_lot::Mutex;
 
 use crate::buffer::Buffer;
 use crate::lake::Lake;
-use crate::manifest::{FileEntry, Manifest};
+use crate::lake::manifest::{FileEntry, Manifest};
 use crate::tables::Table;
 
 struct State {

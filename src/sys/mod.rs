@@ -7,6 +7,8 @@
 //! Both are best effort: where the system does not support them they do nothing and
 //! the caller's own `fsync` still makes the data durable.
 
+pub mod failpoint;
+
 use std::fs::File;
 use std::io;
 use std::path::Path;

@@ -64,7 +64,7 @@ pub async fn query_post(
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(crate::receive::is_json_content_type);
+        .is_some_and(crate::ingest::receive::is_json_content_type);
     let (sql, format) = if is_json {
         match serde_json::from_slice::<QueryParams>(&body) {
             Ok(p) => (p.sql.or(params.sql), p.format.or(params.format)),

@@ -1,6 +1,6 @@
 //! The receive step: turns one request on `/webhook/{source}` into a [`Delivery`]
 //! record: id, time, request line, redacted headers, body, integrity checks and the
-//! provider's identity of the event (via [`crate::providers`]).
+//! provider's identity of the event (via [`crate::ingest::providers`]).
 //!
 //! Invariants:
 //! - Every request becomes exactly one record, whatever its bytes: binary bodies are
@@ -17,10 +17,10 @@ use std::net::SocketAddr;
 use axum::http::{HeaderMap, HeaderName};
 use bytes::Bytes;
 
-use crate::body_json::BodyJson;
 use crate::config::{Config, SourceConfig};
+use crate::ingest::body_json::BodyJson;
+use crate::ingest::providers::{self, Provider, RequestView, Verification};
 use crate::model::{Delivery, SignatureStatus, StoredBody};
-use crate::providers::{self, Provider, RequestView, Verification};
 
 /// Headers whose values are never stored.
 pub const ALWAYS_REDACTED: &[&str] = &[
@@ -534,7 +534,7 @@ mod tests {
 
     #[test]
     fn a_url_signature_is_checked_against_the_address_the_sender_used() {
-        use crate::providers::sig::{Algo, hmac};
+        use crate::ingest::providers::sig::{Algo, hmac};
         use base64::Engine as _;
         let r = receiver("[[sources]]\nname = \"src\"\nprovider = \"twilio\"\nsecret = \"tok\"\n");
         let body = b"Body=hi&From=%2B15550001";

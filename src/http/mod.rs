@@ -14,9 +14,10 @@
 //! - Every error body is `{"error": "..."}` saying what went wrong and what to do.
 
 mod health;
-mod ingest;
 mod query;
 mod report;
+pub mod server;
+mod webhook;
 
 use std::sync::Arc;
 
@@ -30,9 +31,9 @@ use subtle::ConstantTimeEq;
 
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::forward::Forwarder;
-use crate::metrics::{Gauges, Metrics};
-use crate::receive::Receiver;
+use crate::ingest::receive::Receiver;
+use crate::outbound::forward::Forwarder;
+use crate::telemetry::metrics::{Gauges, Metrics};
 
 /// What every handler shares.
 pub struct AppState {
@@ -96,9 +97,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             guard_read,
         ));
     Router::new()
-        .route("/webhook/{*source}", any(ingest::ingest))
-        .route("/webhook", any(ingest::bad_source))
-        .route("/webhook/", any(ingest::bad_source))
+        .route("/webhook/{*source}", any(webhook::ingest))
+        .route("/webhook", any(webhook::bad_source))
+        .route("/webhook/", any(webhook::bad_source))
         .route("/report/{source}", post(report::report))
         .route(
             "/report/{source}/success",

@@ -10,8 +10,8 @@
 
 use serde::Deserialize;
 
+use crate::ingest::receive::new_id;
 use crate::model::Outcome;
-use crate::receive::new_id;
 
 /// Most reports in one batch.
 pub const MAX_BATCH: usize = 10_000;

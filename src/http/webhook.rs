@@ -15,8 +15,8 @@ use futures::StreamExt;
 
 use super::{ApiError, AppState};
 use crate::config::is_valid_name;
+use crate::ingest::receive::{BodyRead, RequestParts};
 use crate::model::{Delivery, ForwardResult};
-use crate::receive::{BodyRead, RequestParts};
 
 pub(super) fn invalid_source(source: &str) -> ApiError {
     ApiError::new(

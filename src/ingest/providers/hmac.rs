@@ -5,8 +5,8 @@
 use super::sig::{self, Algo};
 use super::{Identity, Provider, RequestView, Verification};
 use crate::config::SourceConfig;
+use crate::ingest::receive::generic_event_type;
 use crate::model::SignatureStatus;
-use crate::receive::generic_event_type;
 
 pub struct GenericHmac;
 

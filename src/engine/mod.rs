@@ -13,6 +13,8 @@
 //! - One process writes a data directory at a time (an exclusive lock file); read-only
 //!   opens take no lock and change nothing.
 
+pub mod dedup;
+
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -26,13 +28,13 @@ use parking_lot::Mutex;
 use thiserror::Error;
 
 use crate::buffer::{Buffer, Derived};
-use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::dedup::{DedupIndex, Delta};
+use crate::engine::dedup::{DedupIndex, Delta};
+use crate::lake::manifest::{FileEntry, Manifest, ManifestError};
+use crate::lake::persist::{self, PersistError};
 use crate::lake::{Lake, LakeError};
-use crate::manifest::{FileEntry, Manifest, ManifestError};
 use crate::model::{Delivery, Entry, ForwardResult, Outcome};
-use crate::persist::{self, PersistError};
+use crate::query::catalog::Catalog;
 use crate::query::{QueryEngine, QueryError, QueryLimits};
 use crate::sys::Worker;
 use crate::tables::Table;
@@ -52,7 +54,7 @@ pub enum EngineError {
     #[error(transparent)]
     Persist(#[from] PersistError),
     #[error(transparent)]
-    Dedup(#[from] crate::dedup_store::LoadError),
+    Dedup(#[from] crate::lake::dedup_state::LoadError),
     #[error(
         "data directory {0} is in use by another hookscope process (lock file {0}/.lock); stop it or use another --data-dir"
     )]
@@ -882,7 +884,7 @@ impl Engine {
                     .await;
                     return Err(e.into());
                 }
-                crate::failpoint::crash("after_parquet_write");
+                crate::sys::failpoint::crash("after_parquet_write");
                 report.files += 1;
                 report.rows += f.rows;
                 report.bytes += size;
@@ -901,7 +903,7 @@ impl Engine {
         }
         let mut paths: Vec<String> = added.iter().map(|(_, e)| e.path.clone()).collect();
         let rebase = self.dedup_rebase.load(Ordering::Acquire);
-        let persisted = crate::dedup_store::persist(
+        let persisted = crate::lake::dedup_state::persist(
             &lake,
             manifest.dedup.as_ref(),
             delta,
@@ -933,7 +935,7 @@ impl Engine {
         }
         *committed = true;
         self.dedup_rebase.store(false, Ordering::Release);
-        crate::failpoint::crash("after_manifest_commit");
+        crate::sys::failpoint::crash("after_manifest_commit");
         // Dedup files the new state replaced (by a checkpoint): no manifest names them.
         for path in &dedup.replaced {
             if let Err(e) = lake.delete(path).await {
@@ -957,7 +959,7 @@ impl Engine {
             None => through,
         };
         wal.release(releasable).await?;
-        crate::failpoint::crash("after_wal_release");
+        crate::sys::failpoint::crash("after_wal_release");
         Ok(report)
     }
 
@@ -1051,10 +1053,10 @@ async fn remove_uncommitted(lake: &Lake, manifest: &Manifest) {
     let folders: Vec<&str> = Table::ALL
         .iter()
         .map(|t| t.name())
-        .chain([crate::dedup_store::DIR])
+        .chain([crate::lake::dedup_state::DIR])
         .collect();
     let mut with_manifests = folders.clone();
-    with_manifests.push(crate::manifest::DIR);
+    with_manifests.push(crate::lake::manifest::DIR);
     for path in lake.remove_staging_files(&with_manifests) {
         tracing::info!(path = %path.display(), "removed a staging file left by an interrupted write");
     }
@@ -1093,7 +1095,8 @@ async fn open_dedup(
     let window_us = i64::try_from(settings.dedup_window.as_micros()).unwrap_or(i64::MAX);
     let max_keys = settings.dedup_max_keys;
     let manifest = catalog.manifest();
-    match crate::dedup_store::restore(catalog.lake(), &manifest, window_us, max_keys, worker).await
+    match crate::lake::dedup_state::restore(catalog.lake(), &manifest, window_us, max_keys, worker)
+        .await
     {
         Ok(Some(index)) => return Ok((index, false)),
         Ok(None) if manifest.files(Table::Deliveries).is_empty() => {

@@ -15,11 +15,11 @@
 //! - Files a manifest no longer names are deleted only after a newer manifest is
 //!   committed (and, left over by a crash, at the next start).
 
-use crate::dedup::{
+use crate::engine::dedup::{
     Arrival, DedupIndex, Delta, StateHeader, StateReader, StateWriter, encode_state,
 };
+use crate::lake::manifest::{DedupFiles, Manifest};
 use crate::lake::{Lake, LakeError};
-use crate::manifest::{DedupFiles, Manifest};
 use crate::sys::{Worker, WorkerGone};
 
 /// The folder of dedup state files in the lake.
@@ -107,7 +107,7 @@ async fn fetch(lake: &Lake, files: &[String]) -> Result<Vec<(String, bytes::Byte
     Ok(raw)
 }
 
-fn unreadable(path: &str) -> impl Fn(crate::dedup::StateError) -> LoadError + '_ {
+fn unreadable(path: &str) -> impl Fn(crate::engine::dedup::StateError) -> LoadError + '_ {
     move |e| LoadError::Unreadable {
         path: path.to_string(),
         reason: e.to_string(),
@@ -255,7 +255,7 @@ pub async fn persist(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dedup::replay_deltas;
+    use crate::engine::dedup::replay_deltas;
 
     #[tokio::test]
     async fn deltas_and_checkpoints_read_back_as_the_queue_they_describe() {
