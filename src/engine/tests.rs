@@ -1,0 +1,400 @@
+//! Engine tests: flushes driven step by step, restarts, budgets, read-only opens.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use arrow::array::AsArray;
+use arrow::datatypes::DataType;
+use parking_lot::Mutex;
+
+use super::*;
+use crate::config::Config;
+use crate::lake::Lake;
+use crate::lake::manifest::Manifest;
+use crate::model::tests::sample_delivery;
+use crate::model::{Delivery, ForwardResult};
+
+pub(crate) fn settings(dir: &Path) -> EngineSettings {
+    EngineSettings::from_config(&Config {
+        data_dir: dir.to_path_buf(),
+        ..Config::default()
+    })
+}
+
+fn delivery(id: &str) -> Delivery {
+    let mut d = sample_delivery();
+    d.id = id.to_string();
+    d.provider_attempt = None;
+    d
+}
+
+/// How many rows of `table` have `id`, as a fresh open of the directory (the
+/// next start after a crash, read-only) sees them.
+async fn rows_after_a_crash(dir: &Path, table: &str, id: &str) -> i64 {
+    let engine = Engine::open(settings(dir), Mode::ReadOnly).await.unwrap();
+    let (_, batches) = engine
+        .query()
+        .collect(&format!("SELECT count(*) FROM {table} WHERE id = '{id}'"))
+        .await
+        .unwrap();
+    batches[0]
+        .column(0)
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .value(0)
+}
+
+/// Where a read-only open of a directory pauses between reading the manifest and
+/// the WAL: (directory, "reached" signal, "go on" signal).
+type Pause = (
+    PathBuf,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::sync::oneshot::Receiver<()>,
+);
+static PAUSE: Mutex<Option<Pause>> = Mutex::new(None);
+
+pub(super) async fn pause_before_the_wal(dir: &Path) {
+    let pause = {
+        let mut slot = PAUSE.lock();
+        match slot.take() {
+            Some((d, reached, go_on)) if d == dir => Some((reached, go_on)),
+            other => {
+                *slot = other;
+                None
+            }
+        }
+    };
+    if let Some((reached, go_on)) = pause {
+        let _ = reached.send(());
+        let _ = go_on.await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_offline_read_sees_every_row_of_a_lake_that_flushes_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Engine::open(settings(dir.path()), Mode::Serve)
+        .await
+        .unwrap();
+    for i in 0..20 {
+        server.ingest(delivery(&format!("live-{i}"))).await.unwrap();
+    }
+    let (reached_tx, reached) = tokio::sync::oneshot::channel();
+    let (go_on, go_on_rx) = tokio::sync::oneshot::channel();
+    *PAUSE.lock() = Some((dir.path().to_path_buf(), reached_tx, go_on_rx));
+    let path = dir.path().to_path_buf();
+    let reader = tokio::spawn(async move { Engine::open(settings(&path), Mode::ReadOnly).await });
+    // The reader has the manifest (no files yet); the server flushes and releases
+    // the WAL segments before the reader reads them.
+    reached.await.unwrap();
+    let flushed = server.flush().await.unwrap();
+    assert_eq!(flushed.rows, 20);
+    go_on.send(()).unwrap();
+    let reader = reader.await.unwrap().unwrap();
+    let (_, batches) = reader
+        .query()
+        .collect("SELECT count(*) FROM deliveries")
+        .await
+        .unwrap();
+    let n = batches[0]
+        .column(0)
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .value(0);
+    assert_eq!(n, 20, "the offline read missed rows");
+}
+
+impl Engine {
+    /// Stops the WAL without a flush, as a crash would leave the directory.
+    async fn stop_without_flush(&self) {
+        if let Some(wal) = &self.wal {
+            wal.shutdown().await;
+        }
+    }
+}
+
+/// (id, attempt as answered) for `arrivals` ingested one by one; with `chaos`, the
+/// engine flushes and restarts (without a flush) at random points.
+async fn ingest_with_chaos(
+    dir: &Path,
+    settings: &EngineSettings,
+    arrivals: &[(String, String, i64)],
+    mut chaos: Option<&mut dyn FnMut() -> u64>,
+) -> Vec<(String, i32)> {
+    let mut engine = Engine::open(settings.clone(), Mode::Serve).await.unwrap();
+    let mut answered = Vec::new();
+    for (i, (source, key, at)) in arrivals.iter().enumerate() {
+        let mut d = delivery(&format!("d{i:04}"));
+        d.source = source.clone();
+        d.dedup_key = key.clone();
+        d.received_at_us = *at;
+        answered.push((d.id.clone(), engine.ingest(d).await.unwrap().attempt));
+        if let Some(roll) = chaos.as_mut() {
+            match roll() % 12 {
+                0 | 1 => {
+                    engine.flush().await.unwrap();
+                }
+                2 => {
+                    engine.stop_without_flush().await;
+                    drop(engine);
+                    engine = Engine::open(settings.clone(), Mode::Serve).await.unwrap();
+                }
+                _ => {}
+            }
+        }
+    }
+    engine.shutdown().await.unwrap();
+    drop(engine);
+    let _ = dir;
+    answered
+}
+
+#[tokio::test]
+async fn attempts_after_restarts_are_exactly_the_live_ones() {
+    for seed in 1..=10u64 {
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        // A window of 10 s and room for 7 arrivals: keys expire and are trimmed.
+        let mut at = 1_732_300_000_000_000i64;
+        let arrivals: Vec<(String, String, i64)> = (0..120)
+            .map(|_| {
+                at += (next() % 3_000_000) as i64;
+                let source = if next() % 4 == 0 { "b" } else { "a" };
+                (source.to_string(), format!("k{}", next() % 9), at)
+            })
+            .collect();
+        let configure = |dir: &Path| {
+            let mut s = settings(dir);
+            s.dedup_window = Duration::from_secs(10);
+            s.dedup_max_keys = 7;
+            s
+        };
+        let live_dir = tempfile::tempdir().unwrap();
+        let live = ingest_with_chaos(
+            live_dir.path(),
+            &configure(live_dir.path()),
+            &arrivals,
+            None,
+        )
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let settings = configure(dir.path());
+        let restarted = ingest_with_chaos(dir.path(), &settings, &arrivals, Some(&mut next)).await;
+        assert_eq!(
+            restarted, live,
+            "seed {seed}: attempts differ after restarts"
+        );
+        // What is stored says the same.
+        let engine = Engine::open(settings, Mode::ReadOnly).await.unwrap();
+        let (_, batches) = engine
+            .query()
+            .collect("SELECT id, attempt FROM deliveries ORDER BY id")
+            .await
+            .unwrap();
+        let stored: Vec<(String, i32)> = batches
+            .iter()
+            .flat_map(|b| {
+                let ids = arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
+                let ids = ids.as_string::<i32>().clone();
+                let attempts = b
+                    .column(1)
+                    .as_primitive::<arrow::datatypes::Int32Type>()
+                    .clone();
+                (0..b.num_rows())
+                    .map(|i| (ids.value(i).to_string(), attempts.value(i)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(stored, live, "seed {seed}: stored attempts");
+    }
+}
+
+/// Ingests a delivery of `key` (source "a") at `at_us`; its attempt.
+async fn arrive(engine: &Engine, id: &str, key: &str, at_us: i64) -> i32 {
+    let mut d = delivery(id);
+    d.source = "a".into();
+    d.dedup_key = key.into();
+    d.received_at_us = at_us;
+    engine.ingest(d).await.unwrap().attempt
+}
+
+#[tokio::test]
+async fn unreadable_dedup_state_is_replaced_by_a_checkpoint_of_the_rebuilt_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = chrono::Utc::now().timestamp_micros() - 60_000_000;
+    let engine = Engine::open(settings(dir.path()), Mode::Serve)
+        .await
+        .unwrap();
+    assert_eq!(arrive(&engine, "d1", "k", at).await, 1);
+    engine.shutdown().await.unwrap();
+    drop(engine);
+    // The state file is lost (or damaged, or from a newer build).
+    let manifest = Manifest::load(&Lake::local(dir.path()).unwrap())
+        .await
+        .unwrap();
+    for f in manifest.dedup_paths() {
+        std::fs::remove_file(dir.path().join(f)).unwrap();
+    }
+    let engine = Engine::open(settings(dir.path()), Mode::Serve)
+        .await
+        .unwrap();
+    // Rebuilt from the lake, the count goes on.
+    assert_eq!(arrive(&engine, "d2", "k", at + 1_000_000).await, 2);
+    engine.flush().await.unwrap();
+    let dedup = engine.catalog.manifest().dedup.clone().unwrap();
+    assert_eq!(dedup.files.len(), 1, "{dedup:?}");
+    assert!(dedup.files[0].ends_with(".checkpoint"), "{dedup:?}");
+    engine.shutdown().await.unwrap();
+    drop(engine);
+    // The next start reads the new state, with no rebuild.
+    let engine = Engine::open(settings(dir.path()), Mode::Serve)
+        .await
+        .unwrap();
+    assert!(!engine.dedup_rebase.load(Ordering::Relaxed));
+    assert_eq!(arrive(&engine, "d3", "k", at + 2_000_000).await, 3);
+}
+
+#[tokio::test]
+async fn a_cut_whose_flush_was_abandoned_still_reaches_the_persisted_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    s.dedup_max_keys = 1;
+    let at = 1_732_300_000_000_000;
+    let engine = Engine::open(s.clone(), Mode::Serve).await.unwrap();
+    arrive(&engine, "d1", "a", at).await;
+    // A flush rotates the WAL and is abandoned before it takes its cut.
+    engine.wal.as_ref().unwrap().rotate().await.unwrap();
+    // "b" pushes out "a" (one key only): the pop belongs to the next cut.
+    assert_eq!(arrive(&engine, "d2", "b", at + 1).await, 1);
+    engine.flush().await.unwrap();
+    engine.stop_without_flush().await;
+    drop(engine);
+    let engine = Engine::open(s, Mode::Serve).await.unwrap();
+    assert_eq!(
+        arrive(&engine, "d3", "b", at + 2).await,
+        2,
+        "b was forgotten"
+    );
+}
+
+#[tokio::test]
+async fn a_forwards_answer_is_recorded_even_when_the_buffer_is_over_its_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    s.flush_bytes = 64 << 10; // a budget of 256 KiB
+    let engine = Engine::open(s, Mode::Serve).await.unwrap();
+    engine.begin_forward(delivery("fwd")).await.unwrap();
+    let mut big = delivery("big");
+    big.body = crate::model::StoredBody::Text("x".repeat(300 << 10));
+    engine.ingest(big).await.unwrap();
+    assert!(matches!(
+        engine.ingest(delivery("refused")).await,
+        Err(IngestError::Overloaded { .. })
+    ));
+    let answer = ForwardResult {
+        id: "fwd".into(),
+        completed_at_us: 1,
+        status_code: 200,
+        upstream_status: Some(200),
+        upstream_latency_ms: Some(3.0),
+        upstream_error: None,
+    };
+    engine.finish_forward(answer).await.unwrap();
+    assert!(engine.open_forwards.oldest().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_cannot_overrun_the_buffer_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(dir.path());
+    settings.flush_bytes = 1 << 20; // a budget of 4 MiB
+    let engine = Engine::open(settings, Mode::Serve).await.unwrap();
+    let body = crate::model::StoredBody::Text("x".repeat(256 << 10));
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let engine = Arc::clone(&engine);
+            let mut d = delivery(&format!("big-{i}"));
+            d.body = body.clone();
+            tokio::spawn(async move { engine.ingest(d).await })
+        })
+        .collect();
+    let mut accepted = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => accepted += 1,
+            Err(IngestError::Overloaded { .. }) => {}
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    // 16 records of 256 KiB fill 4 MiB; their headers and fields take a little more.
+    assert!(
+        (8..=16).contains(&accepted),
+        "{accepted} of 64 accepted into a 4 MiB budget"
+    );
+    assert_eq!(
+        engine.reserved.load(Ordering::Relaxed),
+        0,
+        "reservations returned"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scans_of_large_stored_rows_pass_the_batch_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    s.query.memory_limit = 256 << 20; // batches up to 64 MiB
+    let engine = Engine::open(s, Mode::Serve).await.unwrap();
+    let body = crate::model::StoredBody::Text("b".repeat(30 << 10));
+    for i in 0..2400 {
+        let mut d = delivery(&format!("wide-{i:04}"));
+        d.body = body.clone();
+        engine.ingest(d).await.unwrap();
+    }
+    engine.flush().await.unwrap();
+    // 70 MiB of bodies in one Parquet batch: stored rows, not growth.
+    for sql in [
+        "SELECT sum(length(body)) FROM deliveries",
+        "SELECT count(*) FROM deliveries WHERE body LIKE '%zzz%'",
+        "SELECT id FROM deliveries ORDER BY id LIMIT 3",
+    ] {
+        engine.query().collect(sql).await.expect(sql);
+    }
+}
+
+#[tokio::test]
+async fn a_forward_answered_while_a_flush_runs_survives_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(settings(dir.path()), Mode::Serve)
+        .await
+        .unwrap();
+    engine.begin_forward(delivery("fwd-1")).await.unwrap();
+    let wal = engine.wal.as_ref().unwrap();
+    // A flush cuts the WAL with the forward still open; the app answers while the
+    // flush encodes; the flush commits and releases.
+    let _flushing = engine.flush_lock.lock().await;
+    let cut = engine.cut(wal).await.unwrap();
+    let answer = ForwardResult {
+        id: "fwd-1".into(),
+        completed_at_us: 1_732_300_000_200_000,
+        status_code: 200,
+        upstream_status: Some(200),
+        upstream_latency_ms: Some(80.0),
+        upstream_error: None,
+    };
+    engine.finish_forward(answer).await.unwrap();
+    engine
+        .write_cut(wal, cut, Instant::now(), 1.0)
+        .await
+        .unwrap();
+    // The process dies before the next flush.
+    assert_eq!(
+        rows_after_a_crash(dir.path(), "deliveries", "fwd-1").await,
+        1
+    );
+    assert_eq!(rows_after_a_crash(dir.path(), "outcomes", "fwd-1").await, 1);
+}
