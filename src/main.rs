@@ -7,14 +7,10 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-unsafe extern "C" {
-    // Part of the mimalloc C library linked by the `mimalloc` crate.
-    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
-}
-
-/// Option numbers from mimalloc v3's `mimalloc.h` (the version the crate builds).
-const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
-const MI_OPTION_ALLOW_THP: std::ffi::c_int = 43;
+/// Option numbers from mimalloc v3's `mimalloc.h`, the version the crate builds
+/// (`libmimalloc-sys` names v2's numbers).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
 
 /// Allocator settings measured on the ingest path (`cargo bench --bench ingest`);
 /// `MIMALLOC_*` variables in the environment still win.
@@ -33,7 +29,7 @@ fn tune_allocator() {
     for (env, option, value) in settings {
         if std::env::var_os(env).is_none() {
             // SAFETY: sets a mimalloc option; called before any other thread starts.
-            unsafe { mi_option_set(option, value) };
+            unsafe { libmimalloc_sys::mi_option_set(option, value) };
         }
     }
     // mimalloc reads `allow_thp` once, at its first allocation (before `main`), to
@@ -105,8 +101,11 @@ fn init_logging(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("HOOKSCOPE_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    // Colour only on a terminal, never into log files and pipes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

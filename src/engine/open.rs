@@ -6,7 +6,6 @@
 //! once.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
@@ -29,15 +28,14 @@ fn lock_dir(dir: &Path) -> Result<File, EngineError> {
             path: path.clone(),
             source,
         })?;
-    // SAFETY: flock on a valid, owned file descriptor; no memory is shared.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        return Err(if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            EngineError::Locked(dir.to_path_buf())
-        } else {
-            EngineError::Lock { path, source: err }
-        });
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(EngineError::Locked(dir.to_path_buf()));
+        }
+        Err(std::fs::TryLockError::Error(source)) => {
+            return Err(EngineError::Lock { path, source });
+        }
     }
     Ok(file)
 }

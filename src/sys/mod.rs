@@ -13,16 +13,6 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 
-// Links the mimalloc C library into every build of the library (its tests too), not
-// only into the binary that makes it the global allocator.
-use mimalloc as _;
-
-unsafe extern "C" {
-    // Part of the mimalloc C library linked by the `mimalloc` crate (the binary's
-    // global allocator).
-    fn mi_collect(force: bool);
-}
-
 /// Returns the memory this process has freed to the OS now, on the calling thread.
 ///
 /// The allocator returns freed memory after a delay (1 s, see `main.rs`), in whichever
@@ -33,7 +23,7 @@ unsafe extern "C" {
 /// right after it frees the flushed rows.
 pub fn return_free_memory() {
     // SAFETY: mi_collect takes no pointers; it is safe to call from any thread.
-    unsafe { mi_collect(true) }
+    unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
 /// Writes a file's dirty pages back in steps of this size.
