@@ -49,60 +49,25 @@ pub struct Dur(pub Duration);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
-/// Parses `"10s"`-style durations.
+/// Parses a duration: `"250ms"`, `"10s"`, `"5m"`, `"1h30m"`, `"7d"` (humantime), or a
+/// number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| {
-        format!("invalid duration {s:?}: expected e.g. \"500ms\", \"10s\", \"5m\", \"1h\", \"7d\"")
-    })?;
-    let secs = match unit.trim() {
-        "us" | "µs" => n / 1_000_000.0,
-        "ms" => n / 1000.0,
-        "" | "s" | "sec" | "secs" => n,
-        "m" | "min" | "mins" => n * 60.0,
-        "h" | "hr" | "hours" => n * 3600.0,
-        "d" | "day" | "days" => n * 86400.0,
-        other => {
-            return Err(format!(
-                "invalid duration unit {other:?} in {s:?}: use us, ms, s, m, h or d"
-            ));
-        }
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("invalid duration {s:?}"));
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
     }
-    Ok(Duration::from_secs_f64(secs))
+    humantime::parse_duration(s).map_err(|e| {
+        format!("invalid duration {s:?} ({e}): expected e.g. \"500ms\", \"10s\", \"5m\", \"1h\", \"7d\"")
+    })
 }
 
-/// Parses `"10MiB"`-style sizes.
+/// Parses a size: a number of bytes or `"10MiB"`, `"1GiB"`, `"512KiB"`, `"1GB"`
+/// (bytesize).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: expected bytes or e.g. \"10MiB\", \"1GiB\""))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "kib" => 1024.0,
-        "m" | "mb" => 1e6,
-        "mib" => 1024.0 * 1024.0,
-        "g" | "gb" => 1e9,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        other => {
-            return Err(format!(
-                "invalid size unit {other:?} in {s:?}: use B, KiB, MiB, GiB, KB, MB or GB"
-            ));
-        }
-    };
-    Ok((n * mult) as u64)
+    s.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("invalid size {s:?} ({e}): expected bytes or e.g. \"10MiB\", \"1GiB\""))
 }
 
 impl<'de> Deserialize<'de> for Dur {
@@ -158,30 +123,23 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
-/// One secret or several (rotation): `secret = "a"` or `secret = ["new", "old"]`.
+/// One secret or several (rotation): `secret = "a"` or `secret = ["new", "old"]`;
+/// empty ones (an unset `${VAR}`) are dropped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Secrets(pub Vec<String>);
 
 impl<'de> Deserialize<'de> for Secrets {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[serde_with::serde_as]
         #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum OneOrMany {
-            One(String),
-            Many(Vec<String>),
-        }
-        Ok(match OneOrMany::deserialize(d)? {
-            OneOrMany::One(s) => Secrets(vec![s]),
-            OneOrMany::Many(v) => Secrets(v),
-        }
-        .without_empty())
+        #[serde(transparent)]
+        struct OneOrMany(#[serde_as(as = "serde_with::OneOrMany<_>")] Vec<String>);
+        let OneOrMany(all) = OneOrMany::deserialize(d)?;
+        Ok(Secrets(all.into_iter().filter(|s| !s.is_empty()).collect()))
     }
 }
 
 impl Secrets {
-    fn without_empty(self) -> Self {
-        Secrets(self.0.into_iter().filter(|s| !s.is_empty()).collect())
-    }
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
