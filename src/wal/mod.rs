@@ -64,7 +64,7 @@ pub use writer::DEFAULT_COMMIT_DELAY;
 use writer::*;
 
 /// When an append is acknowledged relative to the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncMode {
     /// Acknowledge only after `fdatasync` (the default).
