@@ -906,11 +906,15 @@ kind = "log"
 
     #[test]
     fn every_key_has_an_environment_override_and_a_line_in_the_readme() {
-        let mut c = Config::default();
         // Optional keys, set so that they are listed.
-        c.storage = Some("file:///lake".into());
-        c.remote_addr_header = Some("x-forwarded-for".into());
-        c.auth.token = Some("t".into());
+        let c = Config {
+            storage: Some("file:///lake".into()),
+            remote_addr_header: Some("x-forwarded-for".into()),
+            auth: AuthSection {
+                token: Some("t".into()),
+            },
+            ..Config::default()
+        };
         let mut keys = Vec::new();
         key_paths("", &toml::Value::try_from(&c).unwrap(), &mut keys);
         assert!(keys.len() > 20, "{keys:?}");
