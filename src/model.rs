@@ -11,7 +11,7 @@
 
 use thiserror::Error;
 
-/// Signature verification result of a delivery (SPEC §4 `signature_status`).
+/// Signature verification result of a delivery (the `signature_status` column).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignatureStatus {
     /// The signature matched one of the configured secrets.
@@ -117,7 +117,7 @@ impl Delivery {
     }
 }
 
-/// One processing report (SPEC §4 `outcomes`).
+/// One processing report (a row of `outcomes`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
     pub id: String,

@@ -1,12 +1,18 @@
-//! The SQL tables hookscope keeps (SPEC §4): their names, Arrow schemas and time
-//! columns. Every step that touches rows (buffer, Parquet, catalog) takes its schema
-//! from here, so a column is defined once.
+//! The SQL tables hookscope keeps: for each, one list of its columns (name, type,
+//! nullability, how it is stored, what it means, and, for the tables the write path
+//! fills, how a record gives its value). Everything else is generated from that list:
+//! the Arrow schema, the buffer's column builders, the Parquet column settings, and
+//! the column reference in `docs/tables.md` (a test keeps the file in step).
 //!
-//! Invariant: schemas only ever gain nullable columns at the end; files written by an
-//! older build stay readable.
+//! Invariants: a column is defined once, here; schemas only ever gain nullable
+//! columns at the end, so files written by an older build stay readable.
 
 use std::sync::{Arc, LazyLock};
 
+use arrow::array::{
+    ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder,
+    StringBuilder, TimestampMicrosecondBuilder,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 /// A table of the lake.
@@ -35,6 +41,17 @@ impl Table {
         Table::ALL.into_iter().find(|t| t.name() == name)
     }
 
+    /// What one row is.
+    pub fn about(self) -> &'static str {
+        match self {
+            Table::Deliveries => "One row per request on `/webhook/{source}`",
+            Table::Outcomes => {
+                "One row per processing report (`/report/{source}`), or per forwarded delivery's answer"
+            }
+            Table::Alerts => "One row per alert fired (saved-query alerts; empty until they land)",
+        }
+    }
+
     /// The timestamp column that partitions files and sorts rows.
     pub fn time_column(self) -> &'static str {
         match self {
@@ -44,14 +61,93 @@ impl Table {
         }
     }
 
-    /// The Arrow schema.
-    pub fn schema(self) -> SchemaRef {
+    /// The columns, in order.
+    pub fn columns(self) -> &'static [Column] {
         match self {
-            Table::Deliveries => Arc::clone(&DELIVERIES),
-            Table::Outcomes => Arc::clone(&OUTCOMES),
-            Table::Alerts => Arc::clone(&ALERTS),
+            Table::Deliveries => deliveries::COLUMNS,
+            Table::Outcomes => outcomes::COLUMNS,
+            Table::Alerts => ALERT_COLUMNS,
         }
     }
+
+    /// The Arrow schema.
+    pub fn schema(self) -> SchemaRef {
+        static SCHEMAS: LazyLock<[SchemaRef; 3]> =
+            LazyLock::new(|| Table::ALL.map(|t| schema_of(t.columns())));
+        Arc::clone(&SCHEMAS[self as usize])
+    }
+
+    /// The names of the columns stored with `role`.
+    pub fn columns_stored_as(self, role: Role) -> impl Iterator<Item = &'static str> {
+        self.columns()
+            .iter()
+            .filter(move |c| c.role == role)
+            .map(|c| c.name)
+    }
+}
+
+/// The type of a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    /// `Timestamp(Microsecond, "UTC")`.
+    Timestamp,
+    Int32,
+    Int64,
+    Float64,
+    Bool,
+}
+
+impl Kind {
+    pub fn data_type(self) -> DataType {
+        match self {
+            Kind::Text => DataType::Utf8,
+            Kind::Timestamp => timestamp_type(),
+            Kind::Int32 => DataType::Int32,
+            Kind::Int64 => DataType::Int64,
+            Kind::Float64 => DataType::Float64,
+            Kind::Bool => DataType::Boolean,
+        }
+    }
+
+    fn sql_name(self) -> &'static str {
+        match self {
+            Kind::Text => "text",
+            Kind::Timestamp => "timestamp (µs, UTC)",
+            Kind::Int32 => "int32",
+            Kind::Int64 => "int64",
+            Kind::Float64 => "float64",
+            Kind::Bool => "boolean",
+        }
+    }
+}
+
+/// How a column is stored in Parquet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Short values that repeat: dictionary-encoded, with statistics.
+    Plain,
+    /// Free text, large and unique per row: no dictionary (it would only overflow)
+    /// and no statistics (min/max of a body prunes nothing, and costs CPU and footer
+    /// space).
+    Bulky,
+    /// (Nearly) unique per row but short: no dictionary (interning values that never
+    /// repeat cost ~10% of a flush's CPU and made files larger); statistics kept
+    /// (ULIDs sort by time, so min/max prune lookups by id).
+    Unique,
+    /// Timestamps: no dictionary, delta-encoded (rows are sorted by the time column,
+    /// so its deltas are small).
+    Time,
+}
+
+/// One column of a table.
+#[derive(Debug, Clone, Copy)]
+pub struct Column {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub nullable: bool,
+    pub role: Role,
+    pub doc: &'static str,
 }
 
 /// `Timestamp(Microsecond, "UTC")`, the type of every time column.
@@ -59,76 +155,299 @@ pub fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-fn utf8(name: &str, nullable: bool) -> Field {
-    Field::new(name, DataType::Utf8, nullable)
+fn schema_of(columns: &[Column]) -> SchemaRef {
+    Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|c| Field::new(c.name, c.kind.data_type(), c.nullable))
+            .collect::<Vec<_>>(),
+    ))
 }
 
-fn ts(name: &str, nullable: bool) -> Field {
-    Field::new(name, timestamp_type(), nullable)
+/// Rows per chunk the buffer's builders are sized for.
+pub const CHUNK_ROWS: usize = 8192;
+/// The most bytes a chunk's builders grow to before the buffer freezes them.
+pub const CHUNK_BYTES: usize = 32 << 20;
+
+/// Bytes to reserve for a string column of a new chunk, from the average row size of
+/// the last one: reserving up front spares the doubling (allocate, copy, free) of
+/// multi-megabyte buffers on the ingest path. A chunk is frozen at `CHUNK_BYTES`
+/// whatever its rows: never reserve past that (a few multi-megabyte bodies would
+/// otherwise ask for gigabytes).
+fn reserve_for(bytes: usize, rows: usize) -> usize {
+    if rows == 0 {
+        return 0;
+    }
+    ((bytes / rows) * CHUNK_ROWS).min(CHUNK_BYTES) * 9 / 8
 }
 
-static DELIVERIES: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(vec![
-        utf8("id", false),
-        ts("received_at", false),
-        utf8("source", false),
-        utf8("provider", false),
-        utf8("event_type", true),
-        utf8("event_id", true),
-        utf8("delivery_id", true),
-        utf8("dedup_key", false),
-        Field::new("attempt", DataType::Int32, false),
-        Field::new("is_duplicate", DataType::Boolean, false),
-        Field::new("retry_gap_ms", DataType::Float64, true),
-        ts("sent_at", true),
-        Field::new("delivery_lag_ms", DataType::Float64, true),
-        utf8("signature_status", false),
-        utf8("method", false),
-        utf8("path", false),
-        utf8("query", false),
-        utf8("content_type", true),
-        utf8("user_agent", true),
-        utf8("remote_addr", true),
-        utf8("headers", false),
-        utf8("body", true),
-        utf8("body_base64", true),
-        Field::new("payload_size", DataType::Int64, false),
-        utf8("payload_sha256", false),
-        utf8("payload_issues", true),
-        Field::new("status_code", DataType::Int32, false),
-        Field::new("upstream_status", DataType::Int32, true),
-        Field::new("upstream_latency_ms", DataType::Float64, true),
-        utf8("upstream_error", true),
-    ]))
-});
+/// Defines a table's columns once: the `COLUMNS` list, and `Builders`, the Arrow
+/// builders the buffer appends records to (`push`) and freezes (`finish`).
+/// Each column: `name: Kind req|opt Role = value_expression, "meaning";` where the
+/// expression reads the row (`req` columns give a value, `opt` ones an `Option`).
+macro_rules! table_columns {
+    ($row:ty, |$r:ident| {
+        $( $name:ident : $kind:ident $null:ident $role:ident = $value:expr, $doc:literal; )*
+    }) => {
+        use super::*;
 
-static OUTCOMES: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(vec![
-        utf8("id", false),
-        ts("reported_at", false),
-        utf8("source", false),
-        utf8("delivery_id", true),
-        utf8("event_id", true),
-        utf8("status", false),
-        Field::new("processing_time_ms", DataType::Float64, true),
-        utf8("error_type", true),
-        utf8("error_message", true),
-        Field::new("records_processed", DataType::Int64, true),
-        utf8("attributes", false),
-    ]))
-});
+        /// The columns, in order.
+        pub const COLUMNS: &[Column] = &[
+            $( Column {
+                name: stringify!($name),
+                kind: Kind::$kind,
+                nullable: table_columns!(@nullable $null),
+                role: Role::$role,
+                doc: $doc,
+            }, )*
+        ];
 
-static ALERTS: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(vec![
-        ts("fired_at", false),
-        utf8("rule", false),
-        utf8("source", true),
-        utf8("severity", false),
-        utf8("message", false),
-        utf8("details", false),
-        ts("resolved_at", true),
-    ]))
-});
+        /// One Arrow builder per column.
+        pub struct Builders {
+            $( $name: table_columns!(@builder $kind), )*
+        }
+
+        impl Default for Builders {
+            fn default() -> Self {
+                Self { $( $name: table_columns!(@new $kind), )* }
+            }
+        }
+
+        impl Builders {
+            /// Appends one row.
+            pub fn push(&mut self, $r: $row) {
+                $( table_columns!(@append self.$name, $null, $value); )*
+            }
+
+            /// Rows appended since the last `finish`.
+            pub fn len(&self) -> usize {
+                let lens = [$( ArrayBuilder::len(&self.$name), )*];
+                lens[0]
+            }
+
+            /// True when no row was appended since the last `finish`.
+            pub fn is_empty(&self) -> bool {
+                self.len() == 0
+            }
+
+            /// The columns of the rows appended, in order; the builders start over,
+            /// sized for another chunk like this one.
+            pub fn finish(&mut self) -> Vec<ArrayRef> {
+                let rows = self.len();
+                vec![ $( table_columns!(@finish self.$name, $kind, rows), )* ]
+            }
+        }
+    };
+    (@nullable req) => { false };
+    (@nullable opt) => { true };
+    (@builder Text) => { StringBuilder };
+    (@builder Timestamp) => { TimestampMicrosecondBuilder };
+    (@builder Int32) => { Int32Builder };
+    (@builder Int64) => { Int64Builder };
+    (@builder Float64) => { Float64Builder };
+    (@builder Bool) => { BooleanBuilder };
+    (@new Timestamp) => { TimestampMicrosecondBuilder::new().with_timezone("UTC") };
+    (@new $kind:ident) => { <table_columns!(@builder $kind)>::new() };
+    (@append $b:expr, req, $v:expr) => { $b.append_value($v) };
+    (@append $b:expr, opt, $v:expr) => { $b.append_option($v) };
+    (@finish $b:expr, Text, $rows:ident) => {{
+        let bytes = $b.values_slice().len();
+        let array: ArrayRef = Arc::new($b.finish());
+        $b = StringBuilder::with_capacity(CHUNK_ROWS, reserve_for(bytes, $rows));
+        array
+    }};
+    (@finish $b:expr, $kind:ident, $rows:ident) => {{
+        let array: ArrayRef = Arc::new($b.finish());
+        array
+    }};
+}
+
+/// `deliveries`: one row per request on `/webhook/{source}`.
+pub mod deliveries {
+    use crate::buffer::Derived;
+    use crate::model::{Delivery, StoredBody};
+    use base64::Engine as _;
+
+    table_columns!((&Delivery, Derived), |r| {
+        id: Text req Unique = &r.0.id,
+            "ULID assigned on receipt (time-sortable; returned to the sender)";
+        received_at: Timestamp req Time = r.0.received_at_us,
+            "when the request arrived";
+        source: Text req Plain = &r.0.source,
+            "the `{source}` path segment";
+        provider: Text req Plain = &r.0.provider,
+            "stripe, github, shopify, slack, standard, svix, twilio, paypal, token, hmac or generic: configured, or detected from the headers";
+        event_type: Text opt Plain = r.0.event_type.as_deref(),
+            "the provider's event type (X-GitHub-Event, X-Shopify-Topic, body `type` …)";
+        event_id: Text opt Unique = r.0.event_id.as_deref(),
+            "the provider's stable id of the event (Stripe body `id`, `X-GitHub-Delivery`, `webhook-id` …)";
+        delivery_id: Text opt Unique = r.0.delivery_id.as_deref(),
+            "a per-attempt id where the provider has one (`X-Shopify-Webhook-Id`, PayPal transmission id)";
+        dedup_key: Text req Unique = &r.0.dedup_key,
+            "event_id when known, else `sha256:` of the body";
+        attempt: Int32 req Plain = r.1.attempt,
+            "1 for the first arrival of a dedup_key at a source, 2 for the second …; a provider's own number (Slack `X-Slack-Retry-Num` + 1) wins";
+        is_duplicate: Bool req Plain = r.1.is_duplicate,
+            "attempt > 1";
+        retry_gap_ms: Float64 opt Unique = r.1.retry_gap_ms,
+            "ms since the previous arrival of the same dedup_key (null on the first)";
+        sent_at: Timestamp opt Time = r.0.sent_at_us,
+            "the provider's own time of the event or signature (Stripe `t=`, `webhook-timestamp` …)";
+        delivery_lag_ms: Float64 opt Unique = r.0.delivery_lag_ms(),
+            "received_at − sent_at, in ms";
+        signature_status: Text req Plain = r.0.signature_status.as_str(),
+            "valid, invalid, expired, missing, or unchecked (no secret configured)";
+        method: Text req Plain = &r.0.method,
+            "the request method";
+        path: Text req Plain = &r.0.path,
+            "the request path";
+        query: Text req Plain = &r.0.query,
+            "the query string";
+        content_type: Text opt Plain = r.0.content_type.as_deref(),
+            "the Content-Type header";
+        user_agent: Text opt Plain = r.0.user_agent.as_deref(),
+            "the User-Agent header";
+        remote_addr: Text opt Unique = r.0.remote_addr.as_deref(),
+            "the peer address (or the configured proxy header's first entry)";
+        headers: Text req Bulky = &r.0.headers_json,
+            "JSON object of the request headers, lower-case names, secrets redacted";
+        body: Text opt Bulky = match &r.0.body {
+                StoredBody::Text(t) => Some(t.as_str()),
+                _ => None,
+            },
+            "the body as text when it is UTF-8";
+        body_base64: Text opt Bulky = match &r.0.body {
+                StoredBody::Binary(b) => Some(base64::engine::general_purpose::STANDARD.encode(b)),
+                _ => None,
+            },
+            "the body in base64 when it is not UTF-8";
+        payload_size: Int64 req Plain = r.0.payload_size,
+            "body bytes";
+        payload_sha256: Text req Unique = &r.0.payload_sha256,
+            "SHA-256 of the body, hex";
+        payload_issues: Text opt Bulky = r.0.payload_issues.as_deref(),
+            "JSON array of integrity problems found on receipt (not JSON under a JSON content type, a required field missing, over the size limit); null when none";
+        status_code: Int32 req Plain = r.0.status_code,
+            "what hookscope answered";
+        upstream_status: Int32 opt Plain = r.0.upstream_status,
+            "with `forward_to`: the app's HTTP status";
+        upstream_latency_ms: Float64 opt Unique = r.0.upstream_latency_ms,
+            "with `forward_to`: the app's response time, in ms";
+        upstream_error: Text opt Plain = r.0.upstream_error.as_deref(),
+            "with `forward_to`: timeout, connect, … when the app did not answer";
+    });
+}
+
+/// `outcomes`: one row per processing report.
+pub mod outcomes {
+    use crate::model::Outcome;
+
+    table_columns!(&Outcome, |o| {
+        id: Text req Unique = &o.id,
+            "ULID of the report (a forwarded delivery's answer: the delivery's id)";
+        reported_at: Timestamp req Time = o.reported_at_us,
+            "when the report arrived";
+        source: Text req Plain = &o.source,
+            "the `{source}` path segment";
+        delivery_id: Text opt Unique = o.delivery_id.as_deref(),
+            "hookscope's delivery id or the provider's delivery id, as reported";
+        event_id: Text opt Unique = o.event_id.as_deref(),
+            "the provider's event id, as reported";
+        status: Text req Plain = &o.status,
+            "success or failure";
+        processing_time_ms: Float64 opt Unique = o.processing_time_ms,
+            "how long processing took, in ms";
+        error_type: Text opt Plain = o.error_type.as_deref(),
+            "a short error class";
+        error_message: Text opt Bulky = o.error_message.as_deref(),
+            "the error's message";
+        records_processed: Int64 opt Plain = o.records_processed,
+            "how many records the app processed";
+        attributes: Text req Bulky = &o.attributes,
+            "JSON object of other attributes";
+    });
+}
+
+const ALERT_COLUMNS: &[Column] = &[
+    Column {
+        name: "fired_at",
+        kind: Kind::Timestamp,
+        nullable: false,
+        role: Role::Time,
+        doc: "when the alert fired",
+    },
+    Column {
+        name: "rule",
+        kind: Kind::Text,
+        nullable: false,
+        role: Role::Plain,
+        doc: "the saved query that fired",
+    },
+    Column {
+        name: "source",
+        kind: Kind::Text,
+        nullable: true,
+        role: Role::Plain,
+        doc: "the source it is about",
+    },
+    Column {
+        name: "severity",
+        kind: Kind::Text,
+        nullable: false,
+        role: Role::Plain,
+        doc: "the rule's severity",
+    },
+    Column {
+        name: "message",
+        kind: Kind::Text,
+        nullable: false,
+        role: Role::Bulky,
+        doc: "what happened",
+    },
+    Column {
+        name: "details",
+        kind: Kind::Text,
+        nullable: false,
+        role: Role::Bulky,
+        doc: "JSON object of the rows that fired it",
+    },
+    Column {
+        name: "resolved_at",
+        kind: Kind::Timestamp,
+        nullable: true,
+        role: Role::Time,
+        doc: "when it resolved; null while firing",
+    },
+];
+
+/// The column reference (the text of `docs/tables.md`).
+pub fn reference_markdown() -> String {
+    let mut out = String::from(
+        "# Tables\n\n\
+         hookscope's SQL tables (`/query`, `hookscope query`) and the Parquet files under\n\
+         `<data>/<table>/date=YYYY-MM-DD/hour=HH/`. Timestamps are\n\
+         `Timestamp(Microsecond, \"UTC\")`. This file is generated from the column list in\n\
+         `src/tables.rs`; a test fails when they differ.\n",
+    );
+    for table in Table::ALL {
+        out.push_str(&format!(
+            "\n## `{}`\n\n{}; partitioned and sorted by `{}`.\n\n| column | type | null | meaning |\n| --- | --- | --- | --- |\n",
+            table.name(),
+            table.about(),
+            table.time_column()
+        ));
+        for c in table.columns() {
+            out.push_str(&format!(
+                "| `{}` | {} | {} | {} |\n",
+                c.name,
+                c.kind.sql_name(),
+                if c.nullable { "yes" } else { "no" },
+                c.doc
+            ));
+        }
+    }
+    out
+}
 
 #[cfg(test)]
 mod tests {
@@ -142,6 +461,21 @@ mod tests {
             assert_eq!(field.data_type(), &timestamp_type());
             assert!(!field.is_nullable());
             assert_eq!(Table::from_name(t.name()), Some(t));
+        }
+    }
+
+    #[test]
+    fn the_column_reference_is_up_to_date() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/tables.md");
+        let written = std::fs::read_to_string(path).unwrap_or_default();
+        if written != reference_markdown() {
+            if std::env::var_os("HOOKSCOPE_WRITE_DOCS").is_some() {
+                std::fs::write(path, reference_markdown()).unwrap();
+            } else {
+                panic!(
+                    "docs/tables.md differs from the column list in src/tables.rs; run `HOOKSCOPE_WRITE_DOCS=1 cargo test the_column_reference` to write it"
+                );
+            }
         }
     }
 }

@@ -15,25 +15,19 @@
 //!   twice.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{
-    ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder,
-    StringBuilder, TimestampMicrosecondBuilder,
-};
+use arrow::array::ArrayRef;
 use arrow::compute::concat_batches;
 use arrow::record_batch::RecordBatch;
-use base64::Engine as _;
 
 use crate::model::{Delivery, Outcome, StoredBody};
-use crate::tables::Table;
+use crate::tables::{self, Table};
 
-/// Rows per chunk beyond which the active builders are frozen on their own…
-const CHUNK_ROWS: usize = 8192;
-/// …or bytes. Arrow's string builders hold at most 2 GiB per column (32-bit offsets)
-/// and panic past it, so a chunk must never grow near that, whatever the bodies.
-pub(crate) const CHUNK_BYTES: usize = 32 << 20;
+/// Rows per chunk beyond which the active builders are frozen on their own, or bytes:
+/// Arrow's string builders hold at most 2 GiB per column (32-bit offsets) and panic
+/// past it, so a chunk must never grow near that, whatever the bodies.
+use crate::tables::{CHUNK_BYTES, CHUNK_ROWS};
 /// Chunks smaller than this are merged with their predecessor on freeze.
 const SMALL_CHUNK: usize = 1024;
 
@@ -184,14 +178,14 @@ impl<C: Columns> TableBuffer<C> {
 /// All tables' buffered rows. Not synchronised: the catalog owns it behind a lock.
 #[derive(Default)]
 pub struct Buffer {
-    deliveries: TableBuffer<DeliveryColumns>,
-    outcomes: TableBuffer<OutcomeColumns>,
+    deliveries: TableBuffer<tables::deliveries::Builders>,
+    outcomes: TableBuffer<tables::outcomes::Builders>,
 }
 
 impl Buffer {
     /// Appends a durable delivery with its derived columns.
     pub fn push_delivery(&mut self, seq: u64, d: &Delivery, derived: Derived) {
-        self.deliveries.active.push(d, derived);
+        self.deliveries.active.push((d, derived));
         let body = match &d.body {
             StoredBody::Text(t) => t.len(),
             StoredBody::Binary(b) => b.len() * 4 / 3,
@@ -268,268 +262,27 @@ impl Buffer {
     }
 }
 
-fn utc_ts_builder() -> TimestampMicrosecondBuilder {
-    TimestampMicrosecondBuilder::new().with_timezone("UTC")
-}
-
-/// Bytes to reserve for a string column of a new chunk, from the average row size of
-/// the last one: reserving up front spares the doubling (allocate, copy, free) of
-/// multi-megabyte buffers on the ingest path.
-fn reserve_for(bytes: usize, rows: usize) -> usize {
-    if rows == 0 {
-        return 0;
-    }
-    // A chunk is frozen at CHUNK_BYTES whatever its rows: never reserve past that
-    // (a few multi-megabyte bodies would otherwise ask for gigabytes).
-    ((bytes / rows) * CHUNK_ROWS).min(CHUNK_BYTES) * 9 / 8
-}
-
-fn string_builder(bytes: usize) -> StringBuilder {
-    StringBuilder::with_capacity(CHUNK_ROWS, bytes)
-}
-
-struct DeliveryColumns {
-    id: StringBuilder,
-    received_at: TimestampMicrosecondBuilder,
-    source: StringBuilder,
-    provider: StringBuilder,
-    event_type: StringBuilder,
-    event_id: StringBuilder,
-    delivery_id: StringBuilder,
-    dedup_key: StringBuilder,
-    attempt: Int32Builder,
-    is_duplicate: BooleanBuilder,
-    retry_gap_ms: Float64Builder,
-    sent_at: TimestampMicrosecondBuilder,
-    delivery_lag_ms: Float64Builder,
-    signature_status: StringBuilder,
-    method: StringBuilder,
-    path: StringBuilder,
-    query: StringBuilder,
-    content_type: StringBuilder,
-    user_agent: StringBuilder,
-    remote_addr: StringBuilder,
-    headers: StringBuilder,
-    body: StringBuilder,
-    body_base64: StringBuilder,
-    payload_size: Int64Builder,
-    payload_sha256: StringBuilder,
-    payload_issues: StringBuilder,
-    status_code: Int32Builder,
-    upstream_status: Int32Builder,
-    upstream_latency_ms: Float64Builder,
-    upstream_error: StringBuilder,
-}
-
-impl Default for DeliveryColumns {
-    fn default() -> Self {
-        Self {
-            id: StringBuilder::new(),
-            received_at: utc_ts_builder(),
-            source: StringBuilder::new(),
-            provider: StringBuilder::new(),
-            event_type: StringBuilder::new(),
-            event_id: StringBuilder::new(),
-            delivery_id: StringBuilder::new(),
-            dedup_key: StringBuilder::new(),
-            attempt: Int32Builder::new(),
-            is_duplicate: BooleanBuilder::new(),
-            retry_gap_ms: Float64Builder::new(),
-            sent_at: utc_ts_builder(),
-            delivery_lag_ms: Float64Builder::new(),
-            signature_status: StringBuilder::new(),
-            method: StringBuilder::new(),
-            path: StringBuilder::new(),
-            query: StringBuilder::new(),
-            content_type: StringBuilder::new(),
-            user_agent: StringBuilder::new(),
-            remote_addr: StringBuilder::new(),
-            headers: StringBuilder::new(),
-            body: StringBuilder::new(),
-            body_base64: StringBuilder::new(),
-            payload_size: Int64Builder::new(),
-            payload_sha256: StringBuilder::new(),
-            payload_issues: StringBuilder::new(),
-            status_code: Int32Builder::new(),
-            upstream_status: Int32Builder::new(),
-            upstream_latency_ms: Float64Builder::new(),
-            upstream_error: StringBuilder::new(),
-        }
-    }
-}
-
-impl DeliveryColumns {
-    fn push(&mut self, d: &Delivery, derived: Derived) {
-        self.id.append_value(&d.id);
-        self.received_at.append_value(d.received_at_us);
-        self.source.append_value(&d.source);
-        self.provider.append_value(&d.provider);
-        self.event_type.append_option(d.event_type.as_deref());
-        self.event_id.append_option(d.event_id.as_deref());
-        self.delivery_id.append_option(d.delivery_id.as_deref());
-        self.dedup_key.append_value(&d.dedup_key);
-        self.attempt.append_value(derived.attempt);
-        self.is_duplicate.append_value(derived.is_duplicate);
-        self.retry_gap_ms.append_option(derived.retry_gap_ms);
-        self.sent_at.append_option(d.sent_at_us);
-        self.delivery_lag_ms.append_option(d.delivery_lag_ms());
-        self.signature_status
-            .append_value(d.signature_status.as_str());
-        self.method.append_value(&d.method);
-        self.path.append_value(&d.path);
-        self.query.append_value(&d.query);
-        self.content_type.append_option(d.content_type.as_deref());
-        self.user_agent.append_option(d.user_agent.as_deref());
-        self.remote_addr.append_option(d.remote_addr.as_deref());
-        self.headers.append_value(&d.headers_json);
-        match &d.body {
-            StoredBody::Text(t) => {
-                self.body.append_value(t);
-                self.body_base64.append_null();
-            }
-            StoredBody::Binary(b) => {
-                self.body.append_null();
-                self.body_base64
-                    .append_value(base64::engine::general_purpose::STANDARD.encode(b));
-            }
-            StoredBody::Omitted => {
-                self.body.append_null();
-                self.body_base64.append_null();
-            }
-        }
-        self.payload_size.append_value(d.payload_size);
-        self.payload_sha256.append_value(&d.payload_sha256);
-        self.payload_issues
-            .append_option(d.payload_issues.as_deref());
-        self.status_code.append_value(d.status_code);
-        self.upstream_status.append_option(d.upstream_status);
-        self.upstream_latency_ms
-            .append_option(d.upstream_latency_ms);
-        self.upstream_error
-            .append_option(d.upstream_error.as_deref());
-    }
-}
-
-impl Columns for DeliveryColumns {
+impl Columns for tables::deliveries::Builders {
     fn table() -> Table {
         Table::Deliveries
     }
     fn len(&self) -> usize {
-        self.id.len()
+        self.len()
     }
     fn finish(&mut self) -> Vec<ArrayRef> {
-        let rows = self.id.len();
-        let headers = reserve_for(self.headers.values_slice().len(), rows);
-        let body = reserve_for(self.body.values_slice().len(), rows);
-        let body_base64 = reserve_for(self.body_base64.values_slice().len(), rows);
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(self.id.finish()),
-            Arc::new(self.received_at.finish()),
-            Arc::new(self.source.finish()),
-            Arc::new(self.provider.finish()),
-            Arc::new(self.event_type.finish()),
-            Arc::new(self.event_id.finish()),
-            Arc::new(self.delivery_id.finish()),
-            Arc::new(self.dedup_key.finish()),
-            Arc::new(self.attempt.finish()),
-            Arc::new(self.is_duplicate.finish()),
-            Arc::new(self.retry_gap_ms.finish()),
-            Arc::new(self.sent_at.finish()),
-            Arc::new(self.delivery_lag_ms.finish()),
-            Arc::new(self.signature_status.finish()),
-            Arc::new(self.method.finish()),
-            Arc::new(self.path.finish()),
-            Arc::new(self.query.finish()),
-            Arc::new(self.content_type.finish()),
-            Arc::new(self.user_agent.finish()),
-            Arc::new(self.remote_addr.finish()),
-            Arc::new(self.headers.finish()),
-            Arc::new(self.body.finish()),
-            Arc::new(self.body_base64.finish()),
-            Arc::new(self.payload_size.finish()),
-            Arc::new(self.payload_sha256.finish()),
-            Arc::new(self.payload_issues.finish()),
-            Arc::new(self.status_code.finish()),
-            Arc::new(self.upstream_status.finish()),
-            Arc::new(self.upstream_latency_ms.finish()),
-            Arc::new(self.upstream_error.finish()),
-        ];
-        self.headers = string_builder(headers);
-        self.body = string_builder(body);
-        self.body_base64 = string_builder(body_base64);
-        columns
+        self.finish()
     }
 }
 
-struct OutcomeColumns {
-    id: StringBuilder,
-    reported_at: TimestampMicrosecondBuilder,
-    source: StringBuilder,
-    delivery_id: StringBuilder,
-    event_id: StringBuilder,
-    status: StringBuilder,
-    processing_time_ms: Float64Builder,
-    error_type: StringBuilder,
-    error_message: StringBuilder,
-    records_processed: Int64Builder,
-    attributes: StringBuilder,
-}
-
-impl Default for OutcomeColumns {
-    fn default() -> Self {
-        Self {
-            id: StringBuilder::new(),
-            reported_at: utc_ts_builder(),
-            source: StringBuilder::new(),
-            delivery_id: StringBuilder::new(),
-            event_id: StringBuilder::new(),
-            status: StringBuilder::new(),
-            processing_time_ms: Float64Builder::new(),
-            error_type: StringBuilder::new(),
-            error_message: StringBuilder::new(),
-            records_processed: Int64Builder::new(),
-            attributes: StringBuilder::new(),
-        }
-    }
-}
-
-impl OutcomeColumns {
-    fn push(&mut self, o: &Outcome) {
-        self.id.append_value(&o.id);
-        self.reported_at.append_value(o.reported_at_us);
-        self.source.append_value(&o.source);
-        self.delivery_id.append_option(o.delivery_id.as_deref());
-        self.event_id.append_option(o.event_id.as_deref());
-        self.status.append_value(&o.status);
-        self.processing_time_ms.append_option(o.processing_time_ms);
-        self.error_type.append_option(o.error_type.as_deref());
-        self.error_message.append_option(o.error_message.as_deref());
-        self.records_processed.append_option(o.records_processed);
-        self.attributes.append_value(&o.attributes);
-    }
-}
-
-impl Columns for OutcomeColumns {
+impl Columns for tables::outcomes::Builders {
     fn table() -> Table {
         Table::Outcomes
     }
     fn len(&self) -> usize {
-        self.id.len()
+        self.len()
     }
     fn finish(&mut self) -> Vec<ArrayRef> {
-        vec![
-            Arc::new(self.id.finish()),
-            Arc::new(self.reported_at.finish()),
-            Arc::new(self.source.finish()),
-            Arc::new(self.delivery_id.finish()),
-            Arc::new(self.event_id.finish()),
-            Arc::new(self.status.finish()),
-            Arc::new(self.processing_time_ms.finish()),
-            Arc::new(self.error_type.finish()),
-            Arc::new(self.error_message.finish()),
-            Arc::new(self.records_processed.finish()),
-            Arc::new(self.attributes.finish()),
-        ]
+        self.finish()
     }
 }
 

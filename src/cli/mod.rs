@@ -35,7 +35,7 @@ pub enum Command {
   hookscope query \"SELECT * FROM deliveries\" -o deliveries.parquet
   hookscope query \"SELECT count(*) FROM deliveries\" --server http://127.0.0.1:8080
 
-Tables: deliveries, outcomes, alerts (see SPEC §4). Only read-only statements run.")]
+Tables: deliveries, outcomes, alerts (their columns: docs/tables.md, or DESCRIBE deliveries). Only read-only statements run.")]
     Query(QueryArgs),
 }
 

@@ -1,4 +1,4 @@
-//! Configuration (SPEC §7): `hookscope.toml`, every key optional, overridable by
+//! Configuration: `hookscope.toml`, every key optional, overridable by
 //! `HOOKSCOPE_*` environment variables, with `${VAR}` in values read from the
 //! environment.
 //!

@@ -1,4 +1,4 @@
-//! The HTTP API (SPEC §3): routes, shared state, the bearer-token guard of the read
+//! The HTTP API: routes, shared state, the bearer-token guard of the read
 //! side, and the one error type every handler answers with.
 //!
 //! Invariants:

@@ -24,7 +24,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use thiserror::Error;
 
-use crate::tables::Table;
+use crate::tables::{Role, Table};
 
 /// Rows per batch handed to the Parquet writer (also the step of pacing)…
 const WRITE_BATCH: usize = 2048;
@@ -62,47 +62,6 @@ pub fn partition_of(time_us: i64) -> String {
     dt.format("date=%Y-%m-%d/hour=%H").to_string()
 }
 
-/// Free text, large and unique per row: no dictionary (it would only overflow) and no
-/// statistics (min/max of a body prunes nothing, and costs CPU and footer space).
-fn bulky_columns(table: Table) -> &'static [&'static str] {
-    match table {
-        Table::Deliveries => &["headers", "body", "body_base64", "payload_issues"],
-        Table::Outcomes => &["error_message", "attributes"],
-        Table::Alerts => &["message", "details"],
-    }
-}
-
-/// (Nearly) unique per row but short: no dictionary (interning values that never
-/// repeat cost ~10% of a flush's CPU and made files larger); statistics kept (ULIDs
-/// sort by time, so min/max prune lookups by id).
-fn unique_columns(table: Table) -> &'static [&'static str] {
-    match table {
-        Table::Deliveries => &[
-            "id",
-            "event_id",
-            "delivery_id",
-            "payload_sha256",
-            "dedup_key",
-            "remote_addr",
-            "retry_gap_ms",
-            "delivery_lag_ms",
-            "upstream_latency_ms",
-        ],
-        Table::Outcomes => &["id", "delivery_id", "event_id", "processing_time_ms"],
-        Table::Alerts => &[],
-    }
-}
-
-/// Timestamps: no dictionary, delta-encoded (rows are sorted by the time column, so
-/// its deltas are small; files ~8% smaller than dictionary or plain).
-fn time_columns(table: Table) -> &'static [&'static str] {
-    match table {
-        Table::Deliveries => &["received_at", "sent_at"],
-        Table::Outcomes => &["reported_at"],
-        Table::Alerts => &["fired_at", "resolved_at"],
-    }
-}
-
 /// Writer settings for lake files.
 pub fn writer_properties(table: Table, zstd_level: i32) -> Result<WriterProperties, PersistError> {
     let schema = table.schema();
@@ -110,18 +69,18 @@ pub fn writer_properties(table: Table, zstd_level: i32) -> Result<WriterProperti
         .index_of(table.time_column())
         .map_err(|_| PersistError::NoTimeColumn(table.name(), table.time_column()))?;
     let mut builder = WriterProperties::builder();
-    for col in bulky_columns(table) {
+    for col in table.columns_stored_as(Role::Bulky) {
         builder = builder
-            .set_column_dictionary_enabled(ColumnPath::from(*col), false)
-            .set_column_statistics_enabled(ColumnPath::from(*col), EnabledStatistics::None);
+            .set_column_dictionary_enabled(ColumnPath::from(col), false)
+            .set_column_statistics_enabled(ColumnPath::from(col), EnabledStatistics::None);
     }
-    for col in unique_columns(table) {
-        builder = builder.set_column_dictionary_enabled(ColumnPath::from(*col), false);
+    for col in table.columns_stored_as(Role::Unique) {
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(col), false);
     }
-    for col in time_columns(table) {
+    for col in table.columns_stored_as(Role::Time) {
         builder = builder
-            .set_column_dictionary_enabled(ColumnPath::from(*col), false)
-            .set_column_encoding(ColumnPath::from(*col), Encoding::DELTA_BINARY_PACKED);
+            .set_column_dictionary_enabled(ColumnPath::from(col), false)
+            .set_column_encoding(ColumnPath::from(col), Encoding::DELTA_BINARY_PACKED);
     }
     Ok(builder
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(zstd_level)?))
@@ -415,24 +374,5 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, (0..20).map(|i| format!("r{i:02}")).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn column_settings_name_real_columns() {
-        // A misspelt name would silently keep the default settings.
-        for table in [Table::Deliveries, Table::Outcomes, Table::Alerts] {
-            let schema = table.schema();
-            for col in bulky_columns(table)
-                .iter()
-                .chain(unique_columns(table))
-                .chain(time_columns(table))
-            {
-                assert!(
-                    schema.index_of(col).is_ok(),
-                    "{} has no {col}",
-                    table.name()
-                );
-            }
-        }
     }
 }
