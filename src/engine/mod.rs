@@ -248,6 +248,23 @@ impl Engine {
         self.append(Entry::ForwardDone(Box::new(result))).await
     }
 
+    /// [`Engine::finish_forward`] in the background, retried (backing off to 10 s)
+    /// while the WAL cannot take it: the answer was already passed to the provider.
+    pub fn finish_forward_soon(self: &Arc<Self>, result: ForwardResult) {
+        let engine = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut wait = Duration::from_millis(200);
+            while let Err(e) = engine.finish_forward(result.clone()).await {
+                if matches!(e, IngestError::ReadOnly) {
+                    return;
+                }
+                tracing::warn!(id = %result.id, error = %e, "could not record the app's answer yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+        });
+    }
+
     async fn append(&self, entry: Entry) -> Result<Applied, IngestError> {
         let wal = self.wal.as_ref().ok_or(IngestError::ReadOnly)?;
         // The answer to a forward completes work already durable (its start): it is

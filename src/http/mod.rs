@@ -70,6 +70,44 @@ impl ApiError {
     }
 }
 
+/// Storage could not take the record (503, retry shortly); a read-only engine is a
+/// server bug (500).
+impl From<crate::engine::IngestError> for ApiError {
+    fn from(e: crate::engine::IngestError) -> Self {
+        match e {
+            crate::engine::IngestError::ReadOnly => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
+            other => ApiError::unavailable(other.to_string()),
+        }
+    }
+}
+
+/// A source name from the path, valid and (with `strict_sources`) configured: the
+/// `{source}` of `/webhook/{source}` and `/report/{source}…`. Refused with 400 (bad
+/// name) or 404 (unknown source under `strict_sources`).
+pub struct ValidSource(pub String);
+
+impl axum::extract::FromRequestParts<Arc<AppState>> for ValidSource {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
+        let params = axum::extract::RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+        let source = params
+            .iter()
+            .find(|(name, _)| *name == "source")
+            .map(|(_, value)| value.to_string())
+            .unwrap_or_default();
+        webhook::check_source(state, &source)?;
+        Ok(ValidSource(source))
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.message }).to_string();

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ValidSource};
 use crate::config::is_valid_name;
 use crate::ingest::receive::{BodyRead, RequestParts};
 use crate::model::{Delivery, ForwardResult};
@@ -53,18 +53,15 @@ pub(super) fn check_source(state: &AppState, source: &str) -> Result<(), ApiErro
     Ok(())
 }
 
-pub async fn ingest(State(state): State<Arc<AppState>>, req: Request) -> Response {
+pub async fn ingest(
+    State(state): State<Arc<AppState>>,
+    ValidSource(source): ValidSource,
+    req: Request,
+) -> Result<Response, ApiError> {
     let arrived = std::time::Instant::now();
     let received_at_us = chrono::Utc::now().timestamp_micros();
     let (parts, body) = req.into_parts();
-    let source = parts
-        .uri
-        .path()
-        .strip_prefix("/webhook/")
-        .unwrap_or_default();
-    if let Err(e) = check_source(&state, source) {
-        return e.into_response();
-    }
+    let source = source.as_str();
     let forward_to = state
         .receiver
         .source_config(source)
@@ -80,7 +77,7 @@ pub async fn ingest(State(state): State<Arc<AppState>>, req: Request) -> Respons
         .into_response();
         resp.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return resp;
+        return Ok(resp);
     }
     let limit = state.config.max_body_bytes.0;
     let declared = parts
@@ -88,16 +85,12 @@ pub async fn ingest(State(state): State<Arc<AppState>>, req: Request) -> Respons
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let body = match read_body(body, declared, limit).await {
-        Ok(b) => b,
-        Err(e) => {
-            return ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("could not read the request body: {e}"),
-            )
-            .into_response();
-        }
-    };
+    let body = read_body(body, declared, limit).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("could not read the request body: {e}"),
+        )
+    })?;
     let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
@@ -129,29 +122,25 @@ pub async fn ingest(State(state): State<Arc<AppState>>, req: Request) -> Respons
     let status = received.delivery.status_code;
     let status_text = received.delivery.signature_status.as_str();
     let provider = received.delivery.provider.clone();
-    match state.engine.ingest(received.delivery).await {
-        Ok(applied) => {
-            state.metrics.ack.observe(arrived.elapsed().as_secs_f64());
-            let code = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
-            state
-                .metrics
-                .deliveries
-                .inc(&[source, &provider, status_text, code.as_str()]);
-            let error = if status == 413 {
-                Some(format!(
-                    "body exceeds the {limit}-byte limit; recorded without its body"
-                ))
-            } else if received.rejected {
-                Some(format!(
-                    "signature {status_text}; the delivery was recorded but not accepted"
-                ))
-            } else {
-                None
-            };
-            ack(code, applied.duplicate, error, &id)
-        }
-        Err(e) => ApiError::unavailable(e.to_string()).into_response(),
-    }
+    let applied = state.engine.ingest(received.delivery).await?;
+    state.metrics.ack.observe(arrived.elapsed().as_secs_f64());
+    let code = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
+    state
+        .metrics
+        .deliveries
+        .inc(&[source, &provider, status_text, code.as_str()]);
+    let error = if status == 413 {
+        Some(format!(
+            "body exceeds the {limit}-byte limit; recorded without its body"
+        ))
+    } else if received.rejected {
+        Some(format!(
+            "signature {status_text}; the delivery was recorded but not accepted"
+        ))
+    } else {
+        None
+    };
+    Ok(ack(code, applied.duplicate, error, &id))
 }
 
 /// The answer to a recorded delivery (keys in this order, as clients have seen them).
@@ -195,16 +184,14 @@ async fn forward(
     timeout: Duration,
     parts: &axum::http::request::Parts,
     body: Bytes,
-) -> Response {
+) -> Result<Response, ApiError> {
     let id = delivery.id.clone();
     let labels = [
         delivery.source.clone(),
         delivery.provider.clone(),
         delivery.signature_status.as_str().to_string(),
     ];
-    if let Err(e) = state.engine.begin_forward(delivery).await {
-        return ApiError::unavailable(e.to_string()).into_response();
-    }
+    state.engine.begin_forward(delivery).await?;
     let answer = state
         .forwarder
         .forward(
@@ -226,19 +213,10 @@ async fn forward(
         upstream_error: answer.upstream_error.clone(),
     };
     // The delivery is already durable; the provider gets the app's answer now and the
-    // answer is recorded right after (sharing group commits). If the process stops
-    // before that record is durable, the next start records the forward as
-    // interrupted: nothing is lost, nothing doubled.
-    let engine = Arc::clone(&state.engine);
-    let record_id = id.clone();
-    tokio::spawn(async move {
-        let mut wait = Duration::from_millis(200);
-        while let Err(e) = engine.finish_forward(result.clone()).await {
-            tracing::warn!(id = %record_id, error = %e, "could not record the app's answer yet; retrying");
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(10));
-        }
-    });
+    // engine records the answer right after. If the process stops before that record
+    // is durable, the next start records the forward as interrupted: nothing is lost,
+    // nothing doubled.
+    state.engine.finish_forward_soon(result);
     state
         .metrics
         .deliveries
@@ -248,7 +226,7 @@ async fn forward(
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-hookscope-id", v);
     }
-    resp
+    Ok(resp)
 }
 
 /// Reads the body, stopping past `limit` bytes.

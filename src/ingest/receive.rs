@@ -11,6 +11,7 @@
 //! - This module does no I/O and keeps no state; it knows request parts (`http`
 //!   types), not the server.
 
+use crate::ingest::providers::ConfigProblem;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
@@ -86,31 +87,47 @@ pub struct Received {
     pub rejected: bool,
 }
 
+/// Settings the receive step cannot work with.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SetupError {
+    #[error("source {name:?}: {problem}")]
+    Source {
+        name: String,
+        problem: ConfigProblem,
+    },
+    #[error("remote_addr_header {0:?} is not a valid header name")]
+    RemoteAddrHeader(String),
+}
+
 impl Receiver {
     /// A receiver for `config`'s sources. Fails on a source whose provider settings
     /// are unusable (unknown provider, bad algorithm …).
-    pub fn new(config: &Config) -> Result<Self, String> {
+    pub fn new(config: &Config) -> Result<Self, SetupError> {
         let mut sources = HashMap::new();
         for s in &config.sources {
             let provider = match s.provider.as_deref() {
-                Some(name) => Some(providers::by_name(name).ok_or_else(|| {
-                    format!(
-                        "source {:?}: unknown provider {name:?}; use one of {}",
-                        s.name,
+                Some(name) => Some(providers::by_name(name).ok_or_else(|| SetupError::Source {
+                    name: s.name.clone(),
+                    problem: ConfigProblem(format!(
+                        "unknown provider {name:?}; use one of {}",
                         providers::NAMES.join(", ")
-                    )
+                    )),
                 })?),
                 None => None,
             };
             if let Some(p) = provider {
-                p.check_config(s)
-                    .map_err(|e| format!("source {:?}: {e}", s.name))?;
+                p.check_config(s).map_err(|problem| SetupError::Source {
+                    name: s.name.clone(),
+                    problem,
+                })?;
             }
             if s.require_signature && s.secret.is_empty() {
-                return Err(format!(
-                    "source {:?}: require_signature is set but no secret is configured (is its environment variable set?)",
-                    s.name
-                ));
+                return Err(SetupError::Source {
+                    name: s.name.clone(),
+                    problem: ConfigProblem(
+                        "require_signature is set but no secret is configured (is its environment variable set?)".into(),
+                    ),
+                });
             }
             let mut redact: Vec<String> = s
                 .redact_headers
@@ -132,7 +149,7 @@ impl Receiver {
         let remote_addr_header = match &config.remote_addr_header {
             Some(h) => Some(
                 HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
-                    .map_err(|_| format!("remote_addr_header {h:?} is not a valid header name"))?,
+                    .map_err(|_| SetupError::RemoteAddrHeader(h.clone()))?,
             ),
             None => None,
         };

@@ -43,37 +43,80 @@ fn clip(s: Option<String>) -> Option<String> {
     })
 }
 
-fn status_of(s: &str) -> Result<&'static str, String> {
-    match s {
-        "success" => Ok("success"),
-        "failure" => Ok("failure"),
-        other => Err(format!(
-            "status must be \"success\" or \"failure\", got {other:?}"
-        )),
+/// Why a report (or a batch) was refused; nothing of it was recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("body is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error(
+        "expected a JSON object {{\"status\": \"success\" | \"failure\", …}} or an array of them"
+    )]
+    NotAReport,
+    #[error("the report array is empty")]
+    Empty,
+    #[error("{0} reports in one batch; send at most {MAX_BATCH}")]
+    TooMany(usize),
+    /// A report's field (`index`: its place in a batch).
+    #[error("{}{problem}", index.map(|i| format!("report [{i}]: ")).unwrap_or_default())]
+    Field {
+        index: Option<usize>,
+        problem: String,
+    },
+}
+
+impl ReportError {
+    fn field(problem: impl Into<String>) -> Self {
+        ReportError::Field {
+            index: None,
+            problem: problem.into(),
+        }
+    }
+
+    /// The same error, said of the report at `index` of a batch.
+    fn at(self, index: usize) -> Self {
+        match self {
+            ReportError::Field { problem, .. } => ReportError::Field {
+                index: Some(index),
+                problem,
+            },
+            other => other,
+        }
     }
 }
 
-fn check_time(ms: Option<f64>) -> Result<Option<f64>, String> {
+fn status_of(s: &str) -> Result<&'static str, ReportError> {
+    match s {
+        "success" => Ok("success"),
+        "failure" => Ok("failure"),
+        other => Err(ReportError::field(format!(
+            "status must be \"success\" or \"failure\", got {other:?}"
+        ))),
+    }
+}
+
+fn check_time(ms: Option<f64>) -> Result<Option<f64>, ReportError> {
     match ms {
-        Some(v) if !v.is_finite() || v < 0.0 => {
-            Err(format!("processing_time_ms must be a number ≥ 0, got {v}"))
-        }
+        Some(v) if !v.is_finite() || v < 0.0 => Err(ReportError::field(format!(
+            "processing_time_ms must be a number ≥ 0, got {v}"
+        ))),
         other => Ok(other),
     }
 }
 
-fn outcome(source: &str, r: ReportIn, now_us: i64) -> Result<Outcome, String> {
+fn outcome(source: &str, r: ReportIn, now_us: i64) -> Result<Outcome, ReportError> {
     let status = status_of(&r.status)?;
     let processing_time_ms = check_time(r.processing_time_ms)?;
     if let Some(n) = r.records_processed
         && n < 0
     {
-        return Err(format!("records_processed must be ≥ 0, got {n}"));
+        return Err(ReportError::field(format!(
+            "records_processed must be ≥ 0, got {n}"
+        )));
     }
     let attributes = match r.attributes {
         None | Some(serde_json::Value::Null) => "{}".to_string(),
         Some(v @ serde_json::Value::Object(_)) => v.to_string(),
-        Some(_) => return Err("attributes must be a JSON object".into()),
+        Some(_) => return Err(ReportError::field("attributes must be a JSON object")),
     };
     Ok(Outcome {
         id: new_id(now_us),
@@ -91,39 +134,28 @@ fn outcome(source: &str, r: ReportIn, now_us: i64) -> Result<Outcome, String> {
 }
 
 /// Parses one JSON report object or an array of them.
-pub fn parse(source: &str, body: &[u8], now_us: i64) -> Result<Vec<Outcome>, String> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
-    match value {
+pub fn parse(source: &str, body: &[u8], now_us: i64) -> Result<Vec<Outcome>, ReportError> {
+    let one = |v: serde_json::Value| {
+        serde_json::from_value::<ReportIn>(v)
+            .map_err(|e| ReportError::field(e.to_string()))
+            .and_then(|r| outcome(source, r, now_us))
+    };
+    match serde_json::from_slice(body).map_err(ReportError::NotJson)? {
         serde_json::Value::Array(items) => {
             if items.is_empty() {
-                return Err("the report array is empty".into());
+                return Err(ReportError::Empty);
             }
             if items.len() > MAX_BATCH {
-                return Err(format!(
-                    "{} reports in one batch; send at most {MAX_BATCH}",
-                    items.len()
-                ));
+                return Err(ReportError::TooMany(items.len()));
             }
             items
                 .into_iter()
                 .enumerate()
-                .map(|(i, item)| {
-                    serde_json::from_value::<ReportIn>(item)
-                        .map_err(|e| e.to_string())
-                        .and_then(|r| outcome(source, r, now_us))
-                        .map_err(|e| format!("report [{i}]: {e}"))
-                })
+                .map(|(i, item)| one(item).map_err(|e| e.at(i)))
                 .collect()
         }
-        v @ serde_json::Value::Object(_) => {
-            let r = serde_json::from_value::<ReportIn>(v).map_err(|e| e.to_string())?;
-            Ok(vec![outcome(source, r, now_us)?])
-        }
-        _ => Err(
-            "expected a JSON object {\"status\": \"success\" | \"failure\", …} or an array of them"
-                .into(),
-        ),
+        v @ serde_json::Value::Object(_) => Ok(vec![one(v)?]),
+        _ => Err(ReportError::NotAReport),
     }
 }
 
@@ -138,7 +170,7 @@ pub struct Ping {
 }
 
 /// The outcome of a one-line ping.
-pub fn ping(source: &str, success: bool, p: Ping, now_us: i64) -> Result<Outcome, String> {
+pub fn ping(source: &str, success: bool, p: Ping, now_us: i64) -> Result<Outcome, ReportError> {
     let r = ReportIn {
         delivery_id: p.delivery_id,
         event_id: p.event_id,
@@ -174,17 +206,21 @@ mod tests {
 
     #[test]
     fn errors_name_the_report_and_the_field() {
-        let e = parse("app", br#"[{"status":"success"},{"status":"ok"}]"#, 0).unwrap_err();
+        let said = |body: &[u8]| parse("app", body, 0).unwrap_err().to_string();
+        let e = said(br#"[{"status":"success"},{"status":"ok"}]"#);
         assert!(e.contains("[1]") && e.contains("status"), "{e}");
-        let e = parse("app", br#"{"delivery_id":"x"}"#, 0).unwrap_err();
+        let e = said(br#"{"delivery_id":"x"}"#);
         assert!(e.contains("missing field `status`"), "{e}");
-        let e = parse("app", br#"{"status":"success","processing_ms":3}"#, 0).unwrap_err();
+        let e = said(br#"{"status":"success","processing_ms":3}"#);
         assert!(e.contains("unknown field `processing_ms`"), "{e}");
-        let e = parse("app", br#"{"status":"success","processing_time_ms":-1}"#, 0).unwrap_err();
+        let e = said(br#"{"status":"success","processing_time_ms":-1}"#);
         assert!(e.contains("processing_time_ms"), "{e}");
-        let e = parse("app", br#"{"status":"success","attributes":[1]}"#, 0).unwrap_err();
+        let e = said(br#"{"status":"success","attributes":[1]}"#);
         assert!(e.contains("attributes"), "{e}");
-        assert!(parse("app", b"not json", 0).is_err());
-        assert!(parse("app", b"[]", 0).is_err());
+        assert!(matches!(
+            parse("app", b"not json", 0),
+            Err(ReportError::NotJson(_))
+        ));
+        assert!(matches!(parse("app", b"[]", 0), Err(ReportError::Empty)));
     }
 }

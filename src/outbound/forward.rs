@@ -49,13 +49,12 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new() -> Result<Self, String> {
+    pub fn new() -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
-            .build()
-            .map_err(|e| format!("cannot build the forwarding HTTP client: {e}"))?;
+            .build()?;
         Ok(Self { client })
     }
 

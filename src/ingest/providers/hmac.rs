@@ -5,6 +5,7 @@
 use super::sig::{self, Algo};
 use super::{Identity, Provider, RequestView, Verification};
 use crate::config::SourceConfig;
+use crate::ingest::providers::ConfigProblem;
 use crate::ingest::receive::generic_event_type;
 use crate::model::SignatureStatus;
 
@@ -17,15 +18,21 @@ struct Settings {
     prefix: String,
 }
 
-fn settings(source: &SourceConfig) -> Result<Settings, String> {
+fn settings(source: &SourceConfig) -> Result<Settings, ConfigProblem> {
     let header = source
         .signature_header
         .clone()
-        .ok_or("provider \"hmac\" needs signature_header (the header carrying the signature)")?
+        .ok_or_else(|| {
+            ConfigProblem(
+                "provider \"hmac\" needs signature_header (the header carrying the signature)"
+                    .into(),
+            )
+        })?
         .to_ascii_lowercase();
     let algo = match &source.algorithm {
-        Some(a) => Algo::parse(a)
-            .ok_or_else(|| format!("algorithm {a:?} is not sha1, sha256 or sha512"))?,
+        Some(a) => Algo::parse(a).ok_or_else(|| {
+            ConfigProblem(format!("algorithm {a:?} is not sha1, sha256 or sha512"))
+        })?,
         None => Algo::Sha256,
     };
     let base64 = match source
@@ -36,7 +43,11 @@ fn settings(source: &SourceConfig) -> Result<Settings, String> {
     {
         None | Some("hex") => false,
         Some("base64") => true,
-        Some(other) => return Err(format!("encoding {other:?} is not hex or base64")),
+        Some(other) => {
+            return Err(ConfigProblem(format!(
+                "encoding {other:?} is not hex or base64"
+            )));
+        }
     };
     Ok(Settings {
         header,
@@ -83,7 +94,7 @@ impl Provider for GenericHmac {
         })
     }
 
-    fn check_config(&self, source: &SourceConfig) -> Result<(), String> {
+    fn check_config(&self, source: &SourceConfig) -> Result<(), ConfigProblem> {
         settings(source).map(|_| ())
     }
 }

@@ -107,6 +107,11 @@ impl Verification {
 }
 
 /// One webhook provider. See the module docs.
+/// A source's settings its provider cannot work with: what is wrong and what to set.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigProblem(pub String);
+
 pub trait Provider: Sync + Send {
     /// The `provider` column value and config name.
     fn name(&self) -> &'static str;
@@ -120,7 +125,7 @@ pub trait Provider: Sync + Send {
     /// Verifies the request's signature with the source's secrets.
     fn verify(&self, req: &RequestView<'_>, source: &SourceConfig) -> Verification;
     /// Checks provider-specific source settings.
-    fn check_config(&self, _source: &SourceConfig) -> Result<(), String> {
+    fn check_config(&self, _source: &SourceConfig) -> Result<(), ConfigProblem> {
         Ok(())
     }
     /// Headers that carry a secret for this provider (never stored).

@@ -5,6 +5,7 @@
 use super::sig;
 use super::{Identity, Provider, RequestView, Verification};
 use crate::config::SourceConfig;
+use crate::ingest::providers::ConfigProblem;
 use crate::ingest::receive::generic_event_type;
 use crate::model::SignatureStatus;
 
@@ -44,13 +45,15 @@ impl Provider for Token {
         })
     }
 
-    fn check_config(&self, source: &SourceConfig) -> Result<(), String> {
+    fn check_config(&self, source: &SourceConfig) -> Result<(), ConfigProblem> {
         match &source.token_header {
             Some(h)
                 if axum::http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
                     .is_err() =>
             {
-                Err(format!("token_header {h:?} is not a valid header name"))
+                Err(ConfigProblem(format!(
+                    "token_header {h:?} is not a valid header name"
+                )))
             }
             _ => Ok(()),
         }
