@@ -114,7 +114,11 @@ pub(super) fn expand_vars(
     table.iter_mut().for_each(|(_, v)| walk(v, env, warnings));
 }
 
-pub(super) fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>, warnings: &mut Vec<String>) -> String {
+pub(super) fn expand(
+    s: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(start) = rest.find("${") {
@@ -150,4 +154,3 @@ pub(super) fn find_line(text: &str, path: &str) -> Option<usize> {
         })
         .map(|i| i + 1)
 }
-

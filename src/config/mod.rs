@@ -477,4 +477,3 @@ impl Config {
         self.sources.iter().find(|s| s.name == name)
     }
 }
-

@@ -88,9 +88,7 @@ fn unknown_keys_are_warnings_with_file_and_line() {
     assert_eq!(c.buffer.max_rows, 5);
     assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
     assert!(c.warnings[0].contains("hookscope.toml:2") && c.warnings[0].contains("colour"));
-    assert!(
-        c.warnings[1].contains("hookscope.toml:5") && c.warnings[1].contains("buffer.turbo")
-    );
+    assert!(c.warnings[1].contains("hookscope.toml:5") && c.warnings[1].contains("buffer.turbo"));
 }
 
 #[test]

@@ -133,4 +133,3 @@ impl Secrets {
         self.0.is_empty()
     }
 }
-

@@ -46,9 +46,11 @@ use parking_lot::Mutex;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::model::{DecodeError, Entry};
+use crate::model::Entry;
 use crate::telemetry::metrics::Histogram;
+use codec::DecodeError;
 
+pub mod codec;
 mod frame;
 mod replay;
 mod spares;
