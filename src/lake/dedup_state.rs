@@ -15,9 +15,8 @@
 //! - Files a manifest no longer names are deleted only after a newer manifest is
 //!   committed (and, left over by a crash, at the next start).
 
-use crate::engine::dedup::{
-    Arrival, DedupIndex, Delta, StateHeader, StateReader, StateWriter, encode_state,
-};
+use crate::engine::dedup::{Arrival, DedupIndex, Delta};
+use crate::lake::dedup_file::{StateError, StateHeader, StateReader, StateWriter, encode_state};
 use crate::lake::manifest::{DedupFiles, Manifest};
 use crate::lake::{Lake, LakeError};
 use crate::sys::{Worker, WorkerGone};
@@ -107,7 +106,7 @@ async fn fetch(lake: &Lake, files: &[String]) -> Result<Vec<(String, bytes::Byte
     Ok(raw)
 }
 
-fn unreadable(path: &str) -> impl Fn(crate::engine::dedup::StateError) -> LoadError + '_ {
+fn unreadable(path: &str) -> impl Fn(StateError) -> LoadError + '_ {
     move |e| LoadError::Unreadable {
         path: path.to_string(),
         reason: e.to_string(),
