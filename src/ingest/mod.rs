@@ -7,6 +7,7 @@
 //! before anything is written; nothing here does I/O or keeps state between requests.
 
 pub mod body_json;
+pub mod headers;
 pub mod providers;
 pub mod receive;
 pub mod report;
