@@ -58,93 +58,65 @@ mod paced;
 
 const STRIPE_SECRET: &str = "whsec_benchmark_secret_0123456789";
 
+/// The ingest benchmark's options (see the file's docs).
+#[derive(clap::Parser)]
+#[command(about = "hookscope ingest load test against a null server")]
 struct Args {
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Rounds (null, hookscope and the variant each run once per round).
+    #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Keep-alive connections of the closed loop.
+    #[arg(long, default_value_t = 64)]
     connections: usize,
+    /// Body bytes per request.
+    #[arg(long, default_value_t = 1024)]
     body: usize,
+    /// Stripe-signed bodies, verified by a configured source.
+    #[arg(long)]
     signed: bool,
+    /// Forwarding overhead against calling the app directly.
+    #[arg(long)]
     forward: bool,
-    /// `--open-only` (with `--rate`): skip the closed loops.
+    /// Skip the closed loops (needs --rate).
+    #[arg(long, requires = "rate")]
     open_only: bool,
-    /// Open-loop arrivals: Poisson (default) or evenly spaced (`--arrivals uniform`).
-    poisson: bool,
+    /// Open-loop arrivals.
+    #[arg(long, value_enum, default_value_t = Arrivals::Poisson)]
+    arrivals: Arrivals,
+    /// hookscope's `[wal] sync`.
+    #[arg(long, default_value = "always")]
     sync: String,
+    /// Open-loop rate (default: half the closed loop's).
+    #[arg(long)]
     rate: Option<u64>,
-    /// `--ab KEY=VALUE` (repeatable): a second hookscope with these environment
-    /// variables, measured in the same rounds (paired A/B comparison).
+    /// KEY=VALUE (repeatable): a second hookscope with these environment variables,
+    /// measured in the same rounds (paired A/B comparison).
+    #[arg(long, value_parser = key_value)]
     ab: Vec<(String, String)>,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Arrivals {
+    /// As from many independent senders.
+    Poisson,
+    /// Evenly spaced.
+    Uniform,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, not {s:?}"))
 }
 
 fn parse_args() -> Args {
-    let mut a = Args {
-        seconds: 10,
-        rounds: 3,
-        connections: 64,
-        body: 1024,
-        signed: false,
-        forward: false,
-        open_only: false,
-        poisson: true,
-        sync: "always".into(),
-        rate: None,
-        ab: Vec::new(),
-    };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < argv.len() {
-        let next = |i: usize| argv.get(i + 1).cloned().unwrap_or_default();
-        match argv[i].as_str() {
-            "--seconds" => {
-                a.seconds = next(i).parse().expect("--seconds N");
-                i += 1;
-            }
-            "--rounds" => {
-                a.rounds = next(i).parse().expect("--rounds N");
-                i += 1;
-            }
-            "--connections" => {
-                a.connections = next(i).parse().expect("--connections N");
-                i += 1;
-            }
-            "--body" => {
-                a.body = next(i).parse().expect("--body BYTES");
-                i += 1;
-            }
-            "--rate" => {
-                a.rate = Some(next(i).parse().expect("--rate N"));
-                i += 1;
-            }
-            "--sync" => {
-                a.sync = next(i);
-                i += 1;
-            }
-            "--ab" => {
-                let kv = next(i);
-                let (k, v) = kv.split_once('=').expect("--ab KEY=VALUE");
-                a.ab.push((k.to_string(), v.to_string()));
-                i += 1;
-            }
-            "--signed" => a.signed = true,
-            "--forward" => a.forward = true,
-            "--open-only" => a.open_only = true,
-            "--arrivals" => {
-                a.poisson = match next(i).as_str() {
-                    "poisson" => true,
-                    "uniform" => false,
-                    other => panic!("--arrivals poisson|uniform, not {other:?}"),
-                };
-                i += 1;
-            }
-            _ => {} // cargo passes --bench
-        }
-        i += 1;
-    }
-    assert!(
-        !a.open_only || a.rate.is_some(),
-        "--open-only needs --rate N (the closed loop that would set the rate is skipped)"
-    );
-    a
+    <Args as clap::Parser>::parse()
 }
 
 fn main() {
@@ -597,7 +569,11 @@ async fn run(args: Args) {
         args.body,
         args.signed,
         args.sync,
-        if args.poisson { "poisson" } else { "uniform" }
+        if args.arrivals == Arrivals::Poisson {
+            "poisson"
+        } else {
+            "uniform"
+        }
     );
     let hookscope_rate = if args.open_only {
         // Warm up (connections, allocator, page cache) as the closed loop would.
@@ -883,8 +859,12 @@ async fn open_loop(name: &str, target: &Target, rate: u64, args: &Args) -> (f64,
     let cpu_before = cpu_seconds(target.child.id());
     let loadgen_before = cpu_seconds(std::process::id());
     let disk_before = disk_written_bytes();
-    let (addr, connections, seconds, poisson) =
-        (target.addr, args.connections, args.seconds, args.poisson);
+    let (addr, connections, seconds, poisson) = (
+        target.addr,
+        args.connections,
+        args.seconds,
+        args.arrivals == Arrivals::Poisson,
+    );
     let out = tokio::task::spawn_blocking(move || {
         paced::run(addr, &reqs, connections, seconds, rate, poisson)
     })

@@ -30,34 +30,23 @@ use hookscope::config::Config;
 use hookscope::engine::{Engine, EngineSettings, IngestError, Mode};
 use hookscope::model::Delivery;
 
+/// The start-up benchmark's options.
+#[derive(clap::Parser)]
+#[command(about = "hookscope start-up of a large lake")]
 struct Args {
+    /// Deliveries to fill the lake with (when it is new).
+    #[arg(long, default_value_t = 1_000_000)]
     rows: u64,
+    /// Keep (and reuse) the lake here instead of a temporary directory.
+    #[arg(long)]
     dir: Option<PathBuf>,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 fn parse_args() -> Args {
-    let mut args = Args {
-        rows: 1_000_000,
-        dir: None,
-    };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < argv.len() {
-        match argv[i].as_str() {
-            "--rows" => {
-                i += 1;
-                args.rows = argv[i].parse().expect("--rows N");
-            }
-            "--dir" => {
-                i += 1;
-                args.dir = Some(PathBuf::from(&argv[i]));
-            }
-            // `cargo bench` passes --bench.
-            _ => {}
-        }
-        i += 1;
-    }
-    args
+    <Args as clap::Parser>::parse()
 }
 
 fn settings(dir: &Path) -> EngineSettings {
