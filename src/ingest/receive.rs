@@ -20,11 +20,11 @@ use bytes::Bytes;
 
 use crate::config::{Config, SourceConfig};
 use crate::ingest::body_json::BodyJson;
-use crate::ingest::providers::{self, Provider, RequestView, Verification};
+use crate::ingest::providers::{self, Registered, RequestView, Verification};
 use crate::model::{Delivery, SignatureStatus, StoredBody};
 
 /// Headers whose values are never stored.
-pub const ALWAYS_REDACTED: &[&str] = &[
+pub(crate) const ALWAYS_REDACTED: &[&str] = &[
     "authorization",
     "proxy-authorization",
     "cookie",
@@ -34,7 +34,7 @@ pub const ALWAYS_REDACTED: &[&str] = &[
 ];
 
 /// The stored value of a redacted header.
-pub const REDACTED: &str = "[redacted]";
+pub(crate) const REDACTED: &str = "[redacted]";
 
 /// The body as read by the HTTP layer.
 #[derive(Debug, Clone)]
@@ -66,7 +66,7 @@ pub struct RequestParts<'a> {
 /// A source as the receive step uses it: config plus its resolved provider.
 struct Source {
     config: SourceConfig,
-    provider: Option<&'static dyn Provider>,
+    provider: Option<&'static Registered>,
     /// Lower-case header names. A handful, so a scan beats hashing each header name.
     redact: Vec<String>,
 }
@@ -110,7 +110,7 @@ impl Receiver {
                     name: s.name.clone(),
                     problem: ConfigProblem(format!(
                         "unknown provider {name:?}; use one of {}",
-                        providers::NAMES.join(", ")
+                        providers::names()
                     )),
                 })?),
                 None => None,
@@ -295,7 +295,7 @@ impl Receiver {
             id: new_id(req.received_at_us),
             received_at_us: req.received_at_us,
             source: req.source.to_string(),
-            provider: provider.name().to_string(),
+            provider: provider.name.to_string(),
             event_type,
             event_id: identity.event_id,
             delivery_id: identity.delivery_id,
@@ -348,14 +348,14 @@ pub fn new_id(at_us: i64) -> String {
 }
 
 /// Event type from a JSON body's top-level `type`, `event_type` or `event`.
-pub fn generic_event_type(json: &BodyJson<'_>) -> Option<String> {
+pub(crate) fn generic_event_type(json: &BodyJson<'_>) -> Option<String> {
     ["type", "event_type", "event"]
         .iter()
         .find_map(|k| json.get(k).and_then(|v| v.string()))
 }
 
 /// True if a JSON value has a non-null value at a dot path (`data.object.id`).
-pub fn has_field(json: &BodyJson<'_>, path: &str) -> bool {
+pub(crate) fn has_field(json: &BodyJson<'_>, path: &str) -> bool {
     json.at(path).is_some_and(|v| !v.is_null())
 }
 
@@ -381,7 +381,7 @@ impl Issues {
 }
 
 use super::headers::socket_addr_text;
-pub use super::headers::{header_str, headers_json, is_json_content_type};
+pub(crate) use super::headers::{header_str, headers_json, is_json_content_type};
 
 #[cfg(test)]
 mod tests {

@@ -8,17 +8,9 @@ use super::{Identity, Provider, RequestView, Verification};
 use crate::config::SourceConfig;
 use crate::model::SignatureStatus;
 
-pub struct GitHub;
+pub(crate) struct GitHub;
 
 impl Provider for GitHub {
-    fn name(&self) -> &'static str {
-        "github"
-    }
-
-    fn detect_headers(&self) -> &[&'static str] {
-        &["x-github-event"]
-    }
-
     fn identify(&self, req: &RequestView<'_>) -> Identity {
         let delivery = req.header("x-github-delivery");
         let event_id = match (req.header("x-github-hook-id"), delivery) {

@@ -3,13 +3,12 @@
 //! prefix (`sha256=`).
 
 use super::sig::{self, Algo};
-use super::{Identity, Provider, RequestView, Verification};
+use super::{Provider, RequestView, Verification};
 use crate::config::SourceConfig;
 use crate::ingest::providers::ConfigProblem;
-use crate::ingest::receive::generic_event_type;
 use crate::model::SignatureStatus;
 
-pub struct GenericHmac;
+pub(crate) struct GenericHmac;
 
 struct Settings {
     header: String,
@@ -58,17 +57,6 @@ fn settings(source: &SourceConfig) -> Result<Settings, ConfigProblem> {
 }
 
 impl Provider for GenericHmac {
-    fn name(&self) -> &'static str {
-        "hmac"
-    }
-
-    fn identify(&self, req: &RequestView<'_>) -> Identity {
-        Identity {
-            event_type: req.json.and_then(generic_event_type),
-            ..Identity::default()
-        }
-    }
-
     fn verify(&self, req: &RequestView<'_>, source: &SourceConfig) -> Verification {
         let Ok(s) = settings(source) else {
             return Verification::status(SignatureStatus::Invalid);

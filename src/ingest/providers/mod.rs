@@ -2,7 +2,8 @@
 //! (event type, ids, send time, attempt) from headers and body.
 //!
 //! Each provider is one file with a unit struct implementing [`Provider`]; the
-//! [`REGISTRY`] lists them. Adding a provider is one new file and one line there.
+//! [`REGISTRY`] names them and the headers that identify them. Adding a provider is
+//! one new file and one line there.
 //!
 //! Invariants:
 //! - Signatures are checked against the raw body bytes, with constant-time
@@ -26,6 +27,7 @@ use axum::http::{HeaderMap, HeaderName};
 
 use crate::config::SourceConfig;
 use crate::ingest::body_json::BodyJson;
+use crate::ingest::receive::generic_event_type;
 use crate::model::SignatureStatus;
 
 /// What a provider sees of a request.
@@ -106,22 +108,22 @@ impl Verification {
     }
 }
 
-/// One webhook provider. See the module docs.
 /// A source's settings its provider cannot work with: what is wrong and what to set.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigProblem(pub String);
 
+/// One webhook provider's scheme. See the module docs; its name and the headers that
+/// identify it are in the [`REGISTRY`].
 pub trait Provider: Sync + Send {
-    /// The `provider` column value and config name.
-    fn name(&self) -> &'static str;
-    /// Headers that, all present, show this provider sent the request (lower case);
-    /// empty for providers that are never detected, only configured.
-    fn detect_headers(&self) -> &[&'static str] {
-        &[]
+    /// Event identity from headers and body; by default only the event type, from the
+    /// body's top-level `type`, `event_type` or `event`.
+    fn identify(&self, req: &RequestView<'_>) -> Identity {
+        Identity {
+            event_type: req.json.and_then(generic_event_type),
+            ..Identity::default()
+        }
     }
-    /// Event identity from headers and body.
-    fn identify(&self, req: &RequestView<'_>) -> Identity;
     /// Verifies the request's signature with the source's secrets.
     fn verify(&self, req: &RequestView<'_>, source: &SourceConfig) -> Verification;
     /// Checks provider-specific source settings.
@@ -139,54 +141,90 @@ pub trait Provider: Sync + Send {
     }
 }
 
+/// A provider as a source names it and as a request shows it; derefs to its scheme.
+pub struct Registered {
+    /// The `provider` column value and config name.
+    pub name: &'static str,
+    /// Headers that, all present, show this provider sent the request (lower case);
+    /// empty for providers that are never detected, only configured.
+    pub detect_headers: &'static [&'static str],
+    scheme: &'static dyn Provider,
+}
+
+impl std::ops::Deref for Registered {
+    type Target = dyn Provider;
+
+    fn deref(&self) -> &Self::Target {
+        self.scheme
+    }
+}
+
+const fn entry(
+    name: &'static str,
+    detect_headers: &'static [&'static str],
+    scheme: &'static dyn Provider,
+) -> Registered {
+    Registered {
+        name,
+        detect_headers,
+        scheme,
+    }
+}
+
 /// Every provider, in detection order; `generic` is the fallback. `token` and `hmac`
 /// are never detected: a source's config names them.
-pub static REGISTRY: &[&dyn Provider] = &[
-    &stripe::Stripe,
-    &github::GitHub,
-    &shopify::Shopify,
-    &slack::Slack,
-    &svix::SVIX,
-    &standard::Scheme::STANDARD,
-    &twilio::Twilio,
-    &paypal::PayPal,
-    &token::Token,
-    &hmac::GenericHmac,
-    &generic::Generic,
+pub(crate) static REGISTRY: &[Registered] = &[
+    entry("stripe", &["stripe-signature"], &stripe::Stripe),
+    entry("github", &["x-github-event"], &github::GitHub),
+    entry("shopify", &["x-shopify-topic"], &shopify::Shopify),
+    entry("slack", &["x-slack-signature"], &slack::Slack),
+    entry("svix", &["svix-id", "svix-signature"], &svix::SVIX),
+    entry(
+        "standard",
+        &["webhook-id", "webhook-signature"],
+        &standard::Scheme::STANDARD,
+    ),
+    entry("twilio", &["x-twilio-signature"], &twilio::Twilio),
+    entry("paypal", &["paypal-transmission-id"], &paypal::PayPal),
+    entry("token", &[], &token::Token),
+    entry("hmac", &[], &hmac::GenericHmac),
+    GENERIC,
 ];
 
-/// Names accepted for `provider` in a source's config.
-pub const NAMES: &[&str] = &[
-    "stripe", "github", "shopify", "slack", "svix", "standard", "twilio", "paypal", "token",
-    "hmac", "generic",
-];
+/// The fallback: any sender, no signature scheme.
+const GENERIC: Registered = entry("generic", &[], &generic::Generic);
+
+/// Names accepted for `provider` in a source's config, comma-separated.
+pub(crate) fn names() -> String {
+    let names: Vec<&str> = REGISTRY.iter().map(|p| p.name).collect();
+    names.join(", ")
+}
 
 /// The provider called `name`.
-pub fn by_name(name: &str) -> Option<&'static dyn Provider> {
-    REGISTRY.iter().copied().find(|p| p.name() == name)
+pub(crate) fn by_name(name: &str) -> Option<&'static Registered> {
+    REGISTRY.iter().find(|p| p.name == name)
 }
 
 /// The provider whose headers these are; `generic` when none matches.
-pub fn detect(headers: &HeaderMap) -> &'static dyn Provider {
+pub(crate) fn detect(headers: &HeaderMap) -> &'static Registered {
     // One pass over the request's few header names first: most deliveries to a
     // generic source carry no identifying header, and a lookup by name per provider
     // costs more (every delivery pays for this).
     let identifying = |name: &HeaderName| {
         REGISTRY
             .iter()
-            .any(|p| p.detect_headers().contains(&name.as_str()))
+            .any(|p| p.detect_headers.contains(&name.as_str()))
     };
     if !headers.keys().any(identifying) {
-        return &generic::Generic;
+        return &GENERIC;
     }
     REGISTRY
         .iter()
-        .copied()
         .find(|p| {
-            let names = p.detect_headers();
+            let names = p.detect_headers;
             !names.is_empty() && names.iter().all(|n| headers.contains_key(*n))
         })
-        .unwrap_or(&generic::Generic)
+        .unwrap_or(&GENERIC)
 }
 
 #[cfg(test)]

@@ -8,17 +8,9 @@ use super::{Identity, Provider, RequestView, Verification};
 use crate::config::SourceConfig;
 use crate::model::SignatureStatus;
 
-pub struct PayPal;
+pub(crate) struct PayPal;
 
 impl Provider for PayPal {
-    fn name(&self) -> &'static str {
-        "paypal"
-    }
-
-    fn detect_headers(&self) -> &[&'static str] {
-        &["paypal-transmission-id"]
-    }
-
     fn identify(&self, req: &RequestView<'_>) -> Identity {
         Identity {
             event_type: req.json_str("event_type"),

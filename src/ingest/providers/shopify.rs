@@ -7,17 +7,9 @@ use super::{Identity, Provider, RequestView, Verification};
 use crate::config::SourceConfig;
 use crate::model::SignatureStatus;
 
-pub struct Shopify;
+pub(crate) struct Shopify;
 
 impl Provider for Shopify {
-    fn name(&self) -> &'static str {
-        "shopify"
-    }
-
-    fn detect_headers(&self) -> &[&'static str] {
-        &["x-shopify-topic"]
-    }
-
     fn identify(&self, req: &RequestView<'_>) -> Identity {
         let h = |n: &str| req.header(n).map(str::to_string);
         Identity {

@@ -45,13 +45,13 @@ pub fn hmac(algo: Algo, key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
 }
 
 /// Constant-time equality (length is not secret).
-pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 /// The SHA-256 of `bytes` as 64 lower-case hex digits. (`hex::encode` goes through a
 /// `char` iterator; every delivery pays for this.)
-pub fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     let digest = sha2::Sha256::digest(bytes);
     let mut out = [0u8; 64];
@@ -62,11 +62,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn hex_decode(s: &str) -> Option<Vec<u8>> {
     hex::decode(s.trim()).ok()
 }
 
-pub fn b64_decode(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn b64_decode(s: &str) -> Option<Vec<u8>> {
     let s = s.trim();
     base64::engine::general_purpose::STANDARD
         .decode(s)
@@ -74,13 +74,14 @@ pub fn b64_decode(s: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
-pub fn b64_encode(b: &[u8]) -> String {
+#[cfg(test)]
+pub(crate) fn b64_encode(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
 /// True if any secret's MAC equals any candidate signature, compared in constant time.
 /// Every pair is compared, so timing does not depend on which one matched.
-pub fn any_secret_matches(
+pub(crate) fn any_secret_matches(
     secrets: &[String],
     candidates: &[Vec<u8>],
     mac: impl Fn(&[u8]) -> Vec<u8>,
@@ -96,18 +97,18 @@ pub fn any_secret_matches(
 }
 
 /// True if `signed_at_secs` is within `tolerance` of `now_us`, in either direction.
-pub fn within_tolerance(signed_at_secs: i64, now_us: i64, tolerance: Duration) -> bool {
+pub(crate) fn within_tolerance(signed_at_secs: i64, now_us: i64, tolerance: Duration) -> bool {
     let skew_us = (now_us - signed_at_secs.saturating_mul(1_000_000)).unsigned_abs();
     skew_us <= tolerance.as_micros() as u64
 }
 
 /// Seconds since the epoch as microseconds.
-pub fn secs_to_us(secs: i64) -> Option<i64> {
+pub(crate) fn secs_to_us(secs: i64) -> Option<i64> {
     secs.checked_mul(1_000_000)
 }
 
 /// An RFC 3339 time as microseconds since the epoch.
-pub fn rfc3339_us(s: &str) -> Option<i64> {
+pub(crate) fn rfc3339_us(s: &str) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(s.trim())
         .ok()
         .map(|t| t.timestamp_micros())

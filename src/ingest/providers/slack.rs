@@ -8,7 +8,7 @@ use super::{Identity, Provider, RequestView, Verification};
 use crate::config::SourceConfig;
 use crate::model::SignatureStatus;
 
-pub struct Slack;
+pub(crate) struct Slack;
 
 fn form_event_type(body: &[u8]) -> Option<String> {
     let mut command = false;
@@ -29,14 +29,6 @@ fn form_event_type(body: &[u8]) -> Option<String> {
 }
 
 impl Provider for Slack {
-    fn name(&self) -> &'static str {
-        "slack"
-    }
-
-    fn detect_headers(&self) -> &[&'static str] {
-        &["x-slack-signature"]
-    }
-
     fn identify(&self, req: &RequestView<'_>) -> Identity {
         let json = req.json;
         let event_type = match json {

@@ -11,38 +11,23 @@ use crate::ingest::receive::generic_event_type;
 use crate::model::SignatureStatus;
 
 /// The header names of a Standard-Webhooks-style scheme.
-pub struct Scheme {
-    pub name: &'static str,
+pub(crate) struct Scheme {
     pub id: &'static str,
     pub timestamp: &'static str,
     pub signature: &'static str,
-    /// `id` and `signature`: both present identify the scheme.
-    pub detect: [&'static str; 2],
 }
 
 impl Scheme {
-    pub const STANDARD: Scheme = Scheme::new(
-        "standard",
-        "webhook-id",
-        "webhook-timestamp",
-        "webhook-signature",
-    );
-    pub const SVIX: Scheme = Scheme::new("svix", "svix-id", "svix-timestamp", "svix-signature");
-
-    const fn new(
-        name: &'static str,
-        id: &'static str,
-        timestamp: &'static str,
-        signature: &'static str,
-    ) -> Scheme {
-        Scheme {
-            name,
-            id,
-            timestamp,
-            signature,
-            detect: [id, signature],
-        }
-    }
+    pub const STANDARD: Scheme = Scheme {
+        id: "webhook-id",
+        timestamp: "webhook-timestamp",
+        signature: "webhook-signature",
+    };
+    pub const SVIX: Scheme = Scheme {
+        id: "svix-id",
+        timestamp: "svix-timestamp",
+        signature: "svix-signature",
+    };
 }
 
 /// The signing key of a secret: base64 after an optional `whsec_` prefix; a secret
@@ -53,14 +38,6 @@ fn key_of(secret: &str) -> Vec<u8> {
 }
 
 impl Provider for Scheme {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-
-    fn detect_headers(&self) -> &[&'static str] {
-        &self.detect
-    }
-
     fn identify(&self, req: &RequestView<'_>) -> Identity {
         Identity {
             event_type: req.json.and_then(generic_event_type),

@@ -29,14 +29,6 @@ fn parse(value: &str) -> Header {
 }
 
 impl Provider for Stripe {
-    fn name(&self) -> &'static str {
-        "stripe"
-    }
-
-    fn detect_headers(&self) -> &[&'static str] {
-        &["stripe-signature"]
-    }
-
     fn identify(&self, req: &RequestView<'_>) -> Identity {
         let signed_at = req.header("stripe-signature").and_then(|v| parse(v).t);
         let created = req

@@ -206,17 +206,17 @@ fn detection_recognises_each_provider_by_its_headers() {
         ("paypal-transmission-id", "paypal"),
     ] {
         let req = Req::new(&[(header, "x")], b"", 0);
-        assert_eq!(detect(&req.headers).name(), name, "{header}");
+        assert_eq!(detect(&req.headers).name, name, "{header}");
     }
     let svix = Req::new(&[("svix-id", "m"), ("svix-signature", "v1,x")], b"", 0);
-    assert_eq!(detect(&svix.headers).name(), "svix");
+    assert_eq!(detect(&svix.headers).name, "svix");
     let standard = Req::new(
         &[("webhook-id", "m"), ("webhook-signature", "v1,x")],
         b"",
         0,
     );
-    assert_eq!(detect(&standard.headers).name(), "standard");
-    assert_eq!(detect(&Req::new(&[], b"", 0).headers).name(), "generic");
+    assert_eq!(detect(&standard.headers).name, "standard");
+    assert_eq!(detect(&Req::new(&[], b"", 0).headers).name, "generic");
 }
 
 #[test]

@@ -3,15 +3,14 @@
 //! secret itself and is never stored.
 
 use super::sig;
-use super::{Identity, Provider, RequestView, Verification};
+use super::{Provider, RequestView, Verification};
 use crate::config::SourceConfig;
 use crate::ingest::providers::ConfigProblem;
-use crate::ingest::receive::generic_event_type;
 use crate::model::SignatureStatus;
 
 pub struct Token;
 
-pub const DEFAULT_HEADER: &str = "x-webhook-token";
+pub(crate) const DEFAULT_HEADER: &str = "x-webhook-token";
 
 fn header_name(source: Option<&SourceConfig>) -> String {
     source
@@ -21,17 +20,6 @@ fn header_name(source: Option<&SourceConfig>) -> String {
 }
 
 impl Provider for Token {
-    fn name(&self) -> &'static str {
-        "token"
-    }
-
-    fn identify(&self, req: &RequestView<'_>) -> Identity {
-        Identity {
-            event_type: req.json.and_then(generic_event_type),
-            ..Identity::default()
-        }
-    }
-
     fn verify(&self, req: &RequestView<'_>, source: &SourceConfig) -> Verification {
         let Some(given) = req.header(&header_name(Some(source))) else {
             return Verification::status(SignatureStatus::Missing);

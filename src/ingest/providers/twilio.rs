@@ -13,7 +13,7 @@ use crate::config::SourceConfig;
 use crate::ingest::receive::is_json_content_type;
 use crate::model::SignatureStatus;
 
-pub struct Twilio;
+pub(crate) struct Twilio;
 
 fn is_form(req: &RequestView<'_>) -> bool {
     req.header("content-type").is_some_and(|ct| {
@@ -64,14 +64,6 @@ pub fn signature(token: &[u8], url: &str, params: &str) -> Vec<u8> {
 }
 
 impl Provider for Twilio {
-    fn name(&self) -> &'static str {
-        "twilio"
-    }
-
-    fn detect_headers(&self) -> &[&'static str] {
-        &["x-twilio-signature"]
-    }
-
     fn signs_the_url(&self) -> bool {
         true
     }
