@@ -3,7 +3,8 @@
 
 use std::process::ExitCode;
 
-// glibc malloc took ~9% of ingest CPU in profiles (many small, short-lived strings).
+// glibc malloc took a large share of ingest CPU in profiles (many small, short-lived
+// strings); numbers in benches/RESULTS.md.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -12,15 +13,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
 
-/// Allocator settings measured on the ingest path (`cargo bench --bench ingest`);
-/// `MIMALLOC_*` variables in the environment still win.
+/// Allocator settings measured on the ingest path (`cargo bench --bench ingest`,
+/// numbers in `benches/RESULTS.md`); `MIMALLOC_*` variables in the environment still
+/// win.
 ///
-/// - Purge delay 1 s instead of 10 ms: a flush frees the whole buffer at once and it
-///   refills at once, so returning memory to the OS right away meant page faults and
-///   address-space lock contention on the ingest path (acks stalled for tens of ms).
-/// - No transparent huge pages: with them, refilling the buffer spent ~9% of all
-///   ingest CPU zeroing 2 MiB pages in the kernel (`clear_page_erms`); without, 0.4%,
-///   ~4 µs less CPU per request and ~60 MiB less resident memory.
+/// - A purge delay of a second instead of mimalloc's default: a flush frees the whole
+///   buffer at once and it refills at once, so returning memory to the OS right away
+///   meant page faults and address-space lock contention on the ingest path
+///   (acknowledgements stalled).
+/// - No transparent huge pages: with them, refilling the buffer spent a large share of
+///   ingest CPU zeroing huge pages in the kernel (`clear_page_erms`), and the process
+///   held more resident memory.
 fn tune_allocator() {
     let settings = [
         ("MIMALLOC_PURGE_DELAY", MI_OPTION_PURGE_DELAY, 1000),

@@ -110,6 +110,7 @@ impl Kind {
         }
     }
 
+    #[cfg(test)]
     fn sql_name(self) -> &'static str {
         match self {
             Kind::Text => "text",
@@ -132,7 +133,8 @@ pub enum Role {
     /// space).
     Bulky,
     /// (Nearly) unique per row but short: no dictionary (interning values that never
-    /// repeat cost ~10% of a flush's CPU and made files larger); statistics kept
+    /// repeat cost a measurable share of a flush's CPU and made files larger);
+    /// statistics kept
     /// (ULIDs sort by time, so min/max prune lookups by id).
     Unique,
     /// Timestamps: no dictionary, delta-encoded (rows are sorted by the time column,
@@ -151,7 +153,7 @@ pub struct Column {
 }
 
 /// `Timestamp(Microsecond, "UTC")`, the type of every time column.
-pub fn timestamp_type() -> DataType {
+pub(crate) fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
@@ -165,9 +167,9 @@ fn schema_of(columns: &[Column]) -> SchemaRef {
 }
 
 /// Rows per chunk the buffer's builders are sized for.
-pub const CHUNK_ROWS: usize = 8192;
+pub(crate) const CHUNK_ROWS: usize = 8192;
 /// The most bytes a chunk's builders grow to before the buffer freezes them.
-pub const CHUNK_BYTES: usize = 32 << 20;
+pub(crate) const CHUNK_BYTES: usize = 32 << 20;
 
 /// Bytes to reserve for a string column of a new chunk, from the average row size of
 /// the last one: reserving up front spares the doubling (allocate, copy, free) of
@@ -420,8 +422,9 @@ const ALERT_COLUMNS: &[Column] = &[
     },
 ];
 
-/// The column reference (the text of `docs/tables.md`).
-pub fn reference_markdown() -> String {
+/// The column reference (the text of `docs/tables.md`, which a test keeps current).
+#[cfg(test)]
+pub(crate) fn reference_markdown() -> String {
     let mut out = String::from(
         "# Tables\n\n\
          hookscope's SQL tables (`/query`, `hookscope query`) and the Parquet files under\n\

@@ -41,7 +41,7 @@ pub struct Derived {
 
 /// An immutable run of buffered rows.
 #[derive(Debug, Clone)]
-pub struct Chunk {
+pub(crate) struct Chunk {
     pub batch: RecordBatch,
     /// Highest WAL sequence number of a row in the batch.
     pub max_seq: u64,

@@ -24,7 +24,7 @@ mod tests;
 mod units;
 
 use env::{ENV_KEYS, Kind, NOT_YET_SUPPORTED, expand_vars, find_line, set_path};
-pub use units::{ByteSize, Dur, Secrets, parse_duration, parse_size};
+pub use units::{ByteSize, Dur, Secrets};
 
 /// Errors loading the configuration.
 #[derive(Debug, Error)]
@@ -171,8 +171,9 @@ pub struct ParquetSection {
 
 impl Default for ParquetSection {
     fn default() -> Self {
-        // Level 1 encodes ~1.3-1.5x faster than 3 for a few percent larger files; the
-        // flush competes with acknowledgements for CPU on small machines.
+        // Level 1 encodes markedly faster than 3 for slightly larger files, and the
+        // flush competes with acknowledgements for CPU on small machines
+        // (benches/RESULTS.md, "Measurements behind design choices").
         Self {
             zstd_level: 1,
             flush_cpu_percent: 50,
@@ -256,7 +257,7 @@ pub struct Config {
 
 /// The largest `max_body_bytes` accepted: a body is one WAL record (at most 1 GiB)
 /// and one value of a string column (at most 2 GiB, and base64 adds a third).
-pub const MAX_BODY_LIMIT: u64 = 256 << 20;
+pub(crate) const MAX_BODY_LIMIT: u64 = 256 << 20;
 
 impl Default for Config {
     fn default() -> Self {
@@ -285,7 +286,7 @@ impl Default for Config {
 }
 
 /// True for names that may be a source (`[A-Za-z0-9_.-]{1,64}`); also used for node ids.
-pub fn is_valid_name(name: &str) -> bool {
+pub(crate) fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name

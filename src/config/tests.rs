@@ -1,5 +1,6 @@
 //! Configuration tests: parsing, overrides, warnings, the README's reference.
 
+use super::units::{parse_duration, parse_size};
 use super::*;
 
 fn no_env(_: &str) -> Option<String> {

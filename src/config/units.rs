@@ -17,7 +17,7 @@ pub struct ByteSize(pub u64);
 
 /// Parses a duration: `"250ms"`, `"10s"`, `"5m"`, `"1h30m"`, `"7d"` (humantime), or a
 /// number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
@@ -31,7 +31,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Parses a size: a number of bytes or `"10MiB"`, `"1GiB"`, `"512KiB"`, `"1GB"`
 /// (bytesize).
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     s.parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())

@@ -27,7 +27,7 @@ pub(super) struct CutState {
 
 /// Forwarded deliveries whose start is durable and whose answer is not yet.
 #[derive(Debug, Default)]
-pub struct OpenForwards {
+pub(crate) struct OpenForwards {
     /// WAL sequence of each open start → delivery id.
     pub(super) open: Mutex<std::collections::BTreeMap<u64, String>>,
 }

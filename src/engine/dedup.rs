@@ -81,7 +81,7 @@ impl Delta {
 
 /// See the module docs.
 #[derive(Debug)]
-pub struct DedupIndex {
+pub(crate) struct DedupIndex {
     window_us: i64,
     max_keys: usize,
     slots: HashMap<u128, Slot, BuildHasherDefault<Prehashed>>,
@@ -161,6 +161,7 @@ impl DedupIndex {
 
     /// Seeds the index with history read back from the lake: `arrivals` earlier
     /// arrivals of `key`, the last at `last_us`. Call in ascending `last_us` order.
+    #[cfg(test)]
     pub fn seed(&mut self, scope: &str, key: &str, arrivals: u32, last_us: i64) {
         let h = key_hash(scope, key);
         self.slots.insert(h, Slot { arrivals, last_us });
@@ -189,21 +190,6 @@ impl DedupIndex {
     /// Keys currently remembered.
     pub fn len(&self) -> usize {
         self.slots.len()
-    }
-
-    /// True when nothing is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
-    /// The window, in microseconds.
-    pub fn window_us(&self) -> i64 {
-        self.window_us
-    }
-
-    /// The most arrivals remembered.
-    pub fn max_keys(&self) -> usize {
-        self.max_keys
     }
 
     fn push(&mut self, a: Arrival) {

@@ -36,7 +36,7 @@ use crate::outbound::forward::Forwarder;
 use crate::telemetry::metrics::{Gauges, Metrics};
 
 /// What every handler shares.
-pub struct AppState {
+pub(crate) struct AppState {
     pub engine: Arc<Engine>,
     pub receiver: Receiver,
     pub forwarder: Forwarder,
@@ -46,7 +46,7 @@ pub struct AppState {
 
 /// An error answer: status plus a message for the `error` field.
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     pub status: StatusCode,
     pub message: String,
     pub retry_after: Option<u32>,
@@ -86,7 +86,7 @@ impl From<crate::engine::IngestError> for ApiError {
 /// A source name from the path, valid and (with `strict_sources`) configured: the
 /// `{source}` of `/webhook/{source}` and `/report/{source}…`. Refused with 400 (bad
 /// name) or 404 (unknown source under `strict_sources`).
-pub struct ValidSource(pub String);
+pub(crate) struct ValidSource(pub String);
 
 impl axum::extract::FromRequestParts<Arc<AppState>> for ValidSource {
     type Rejection = ApiError;
@@ -126,7 +126,7 @@ impl IntoResponse for ApiError {
 }
 
 /// The router of the whole API.
-pub fn router(state: Arc<AppState>) -> Router {
+pub(crate) fn router(state: Arc<AppState>) -> Router {
     let read = Router::new()
         .route("/query", get(query::query_get).post(query::query_post))
         .route("/metrics", get(metrics))

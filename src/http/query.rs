@@ -29,7 +29,7 @@ struct Held {
 const STREAM_AFTER: usize = 1 << 20;
 
 #[derive(Debug, Deserialize, Default)]
-pub struct QueryParams {
+pub(crate) struct QueryParams {
     sql: Option<String>,
     format: Option<String>,
 }
@@ -47,7 +47,7 @@ impl From<QueryError> for ApiError {
     }
 }
 
-pub async fn query_get(
+pub(crate) async fn query_get(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(params): Query<QueryParams>,
@@ -55,7 +55,7 @@ pub async fn query_get(
     run(&state, &headers, params.sql, params.format).await
 }
 
-pub async fn query_post(
+pub(crate) async fn query_post(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(params): Query<QueryParams>,

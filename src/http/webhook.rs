@@ -28,7 +28,7 @@ pub(super) fn invalid_source(source: &str) -> ApiError {
 }
 
 /// Any other shape of `/webhook/...`.
-pub async fn bad_source(req: Request) -> ApiError {
+pub(crate) async fn bad_source(req: Request) -> ApiError {
     let rest = req
         .uri()
         .path()

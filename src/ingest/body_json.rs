@@ -4,7 +4,7 @@
 //! Receiving needs a handful of fields from each body (`type`, `id`, `created`, a
 //! required field's dot path …) and to know whether the body is JSON at all. Parsing
 //! into a `serde_json::Value` allocated every key, string and container of every
-//! body (a 1 KiB Stripe event: ~30 allocations) just to read three of them. A
+//! body (dozens of allocations for a small Stripe event) just to read three of them. A
 //! [`BodyJson`] keeps the text, and each level keeps only the positions of its members
 //! (as [`RawValue`] slices of the text); a member is parsed when it is asked for.
 //!

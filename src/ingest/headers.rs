@@ -45,7 +45,7 @@ fn push_decimal(out: &mut String, mut n: u32) {
 }
 
 /// A header's value as text (lossy for non-UTF-8 bytes).
-pub fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
     headers.get(name).map(|v| match v.to_str() {
         Ok(text) => text.to_owned(),
         Err(_) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
@@ -53,7 +53,7 @@ pub fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 /// `application/json`, `text/json` and `application/*+json`.
-pub fn is_json_content_type(ct: &str) -> bool {
+pub(crate) fn is_json_content_type(ct: &str) -> bool {
     let mime = ct
         .split(';')
         .next()

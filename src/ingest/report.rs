@@ -14,7 +14,7 @@ use crate::ingest::receive::new_id;
 use crate::model::Outcome;
 
 /// Most reports in one batch.
-pub const MAX_BATCH: usize = 10_000;
+pub(crate) const MAX_BATCH: usize = 10_000;
 const MAX_TEXT: usize = 8 * 1024;
 
 #[derive(Debug, Deserialize)]

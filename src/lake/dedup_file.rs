@@ -12,7 +12,7 @@ use crate::engine::dedup::{Arrival, Delta};
 
 /// A persisted dedup file that cannot be read.
 #[derive(Debug, Error, PartialEq)]
-pub enum StateError {
+pub(crate) enum StateError {
     #[error("not a hookscope dedup state file (bad magic)")]
     BadMagic,
     #[error("dedup state format {0} is newer than this build reads ({FORMAT})")]
@@ -30,7 +30,7 @@ const ZSTD_LEVEL: i32 = 1;
 /// What a persisted dedup file's header says: a whole queue (a checkpoint: `popped`
 /// is 0) or the changes of one or more flushes, and how many arrivals follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StateHeader {
+pub(crate) struct StateHeader {
     pub checkpoint: bool,
     pub popped: u64,
     pub count: u64,
@@ -42,7 +42,7 @@ const HEADER: usize = 8 + 4 + 1 + 8 + 8;
 /// u8][popped u64][count u64][count × (at i64, key u128, arrivals u32)][crc32 u32]`,
 /// little-endian, the CRC over everything before it. Streaming, so a checkpoint of
 /// the whole index is never held in memory twice.
-pub struct StateWriter {
+pub(crate) struct StateWriter {
     zstd: zstd::stream::write::Encoder<'static, Vec<u8>>,
     crc: crc32fast::Hasher,
     left: u64,
@@ -95,7 +95,7 @@ impl StateWriter {
 }
 
 /// Reads a state file written by [`StateWriter`] arrival by arrival.
-pub struct StateReader<'a> {
+pub(crate) struct StateReader<'a> {
     input: Box<dyn std::io::Read + 'a>,
     crc: crc32fast::Hasher,
     header: StateHeader,
@@ -187,7 +187,7 @@ impl<'a> StateReader<'a> {
 }
 
 /// A state file holding `delta` (a checkpoint when `checkpoint`).
-pub fn encode_state(checkpoint: bool, delta: &Delta) -> std::io::Result<Vec<u8>> {
+pub(crate) fn encode_state(checkpoint: bool, delta: &Delta) -> std::io::Result<Vec<u8>> {
     let mut w = StateWriter::new(StateHeader {
         checkpoint,
         popped: delta.popped,

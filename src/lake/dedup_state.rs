@@ -22,9 +22,9 @@ use crate::lake::{Lake, LakeError};
 use crate::sys::{Worker, WorkerGone};
 
 /// The folder of dedup state files in the lake.
-pub const DIR: &str = "_dedup";
+pub(crate) const DIR: &str = "_dedup";
 /// At most this many files in a state before a checkpoint replaces them.
-pub const MAX_FILES: usize = 64;
+pub(crate) const MAX_FILES: usize = 64;
 /// Changes smaller than this never force a checkpoint by size.
 const MIN_CHECKPOINT_GROWTH: u64 = 64 * 1024;
 
@@ -56,7 +56,7 @@ pub async fn load(
 }
 
 /// The index as of the manifest, under the configured limits; `None` without state.
-pub async fn restore(
+pub(crate) async fn restore(
     lake: &Lake,
     manifest: &Manifest,
     window_us: i64,

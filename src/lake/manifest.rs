@@ -26,7 +26,7 @@ use crate::lake::{Lake, LakeError};
 use crate::tables::Table;
 
 /// The folder of manifest versions in the lake.
-pub const DIR: &str = "_manifest";
+pub(crate) const DIR: &str = "_manifest";
 const FORMAT: u32 = 1;
 
 /// Errors reading or committing the manifest.

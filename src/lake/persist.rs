@@ -56,14 +56,17 @@ pub struct EncodedFile {
 }
 
 /// The Hive partition of a time: `date=YYYY-MM-DD/hour=HH` (UTC).
-pub fn partition_of(time_us: i64) -> String {
+pub(crate) fn partition_of(time_us: i64) -> String {
     let hour_start = time_us.div_euclid(HOUR_US) * HOUR_US;
     let dt = DateTime::<Utc>::from_timestamp_micros(hour_start).unwrap_or_default();
     dt.format("date=%Y-%m-%d/hour=%H").to_string()
 }
 
 /// Writer settings for lake files.
-pub fn writer_properties(table: Table, zstd_level: i32) -> Result<WriterProperties, PersistError> {
+pub(crate) fn writer_properties(
+    table: Table,
+    zstd_level: i32,
+) -> Result<WriterProperties, PersistError> {
     let schema = table.schema();
     let time_idx = schema
         .index_of(table.time_column())
@@ -97,14 +100,14 @@ pub fn writer_properties(table: Table, zstd_level: i32) -> Result<WriterProperti
 /// Spreads CPU-heavy work over time: after each step, sleeps so that the work takes
 /// at most `share` of one core.
 ///
-/// Why: on a busy machine a flush that encodes flat out (~0.5 s of CPU per 100k
-/// deliveries) leaves no idle core, and every wake-up on the acknowledgement path
-/// (request workers, the WAL writer) then queues behind something. The ingest
-/// benchmark's open loop showed the WAL writer waiting 3–7 ms for a CPU per group
-/// commit during flushes, and acks 20–50 ms late, although the flush thread already
-/// runs at nice 10.
+/// Why: on a busy machine a flush that encodes flat out leaves no idle core, and
+/// every wake-up on the acknowledgement path (request workers, the WAL writer) then
+/// queues behind something. The ingest benchmark's open loop showed the WAL writer
+/// waiting for a CPU at every group commit during flushes, and acknowledgements tens
+/// of milliseconds late, although the flush thread already runs at a lower priority
+/// (`benches/RESULTS.md`).
 #[derive(Debug)]
-pub struct Pacer {
+pub(crate) struct Pacer {
     share: f64,
     /// The thread's CPU time at the end of the last step.
     since: Duration,
@@ -133,7 +136,7 @@ impl Pacer {
 
 /// CPU time used by the calling thread (zero where the clock is unavailable, which
 /// makes a [`Pacer`] never sleep).
-pub fn thread_cpu_time() -> Duration {
+pub(crate) fn thread_cpu_time() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -172,7 +175,7 @@ pub fn encode(
 }
 
 /// [`encode`], pacing its CPU use with `pacer`.
-pub fn encode_paced(
+pub(crate) fn encode_paced(
     table: Table,
     batches: &[RecordBatch],
     zstd_level: i32,

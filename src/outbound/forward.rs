@@ -31,7 +31,7 @@ const HOP_BY_HOP: &[&str] = &[
 
 /// The app's answer, or what hookscope answers in its place.
 #[derive(Debug)]
-pub struct AppAnswer {
+pub(crate) struct AppAnswer {
     /// What the provider gets.
     pub status: StatusCode,
     pub headers: HeaderMap,
@@ -44,7 +44,7 @@ pub struct AppAnswer {
 
 /// The pooled client. Cheap to share.
 #[derive(Clone)]
-pub struct Forwarder {
+pub(crate) struct Forwarder {
     client: reqwest::Client,
 }
 

@@ -259,7 +259,7 @@ fn split_groups(catalog: &Catalog, files: &[&FileEntry], n: usize) -> DfResult<V
 
 /// Inclusive bounds on a time column implied by a scan's filters (microseconds).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TimeRange {
+pub(crate) struct TimeRange {
     pub min: i64,
     pub max: i64,
 }

@@ -22,7 +22,7 @@ use super::QueryError;
 
 /// An output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResultFormat {
+pub(crate) enum ResultFormat {
     Json,
     Ndjson,
     Csv,
@@ -129,7 +129,7 @@ fn table_bytes(batches: &[RecordBatch]) -> u64 {
 const ENCODE_STEP: usize = 1 << 20;
 
 /// Encodes a result, batch by batch. See the module docs.
-pub struct Encoder {
+pub(crate) struct Encoder {
     state: State,
     emitted: u64,
     limit: u64,

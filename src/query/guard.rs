@@ -29,7 +29,7 @@ use futures::StreamExt;
 
 /// The deadline and cancel flag of one query.
 #[derive(Debug, Clone)]
-pub struct QueryGuard {
+pub(crate) struct QueryGuard {
     cancelled: Arc<AtomicBool>,
     deadline: Instant,
     /// The most bytes a batch may hold.
@@ -148,7 +148,7 @@ impl QueryGuard {
 
 /// Passes its input through, checking the [`QueryGuard`] at every batch.
 #[derive(Debug)]
-pub struct GuardedExec {
+pub(crate) struct GuardedExec {
     input: Arc<dyn ExecutionPlan>,
     guard: QueryGuard,
     /// The largest batch this node has passed (its parent compares with it).

@@ -30,13 +30,13 @@ use datafusion::logical_expr::{
 use datafusion::prelude::SessionContext;
 
 /// The most bytes one batch (or one function's output) of a query may hold.
-pub fn batch_limit(memory_limit: usize) -> usize {
+pub(crate) fn batch_limit(memory_limit: usize) -> usize {
     (memory_limit / 4).max(64 << 20)
 }
 
 /// The bytes a batch's rows hold (a slice counts only its own rows, not the buffers
 /// it shares with a larger array).
-pub fn batch_bytes(batch: &RecordBatch) -> usize {
+pub(crate) fn batch_bytes(batch: &RecordBatch) -> usize {
     batch
         .columns()
         .iter()
@@ -45,7 +45,7 @@ pub fn batch_bytes(batch: &RecordBatch) -> usize {
 }
 
 /// The bytes of `array`'s own rows.
-pub fn array_bytes(array: &dyn Array) -> usize {
+pub(crate) fn array_bytes(array: &dyn Array) -> usize {
     match array.data_type() {
         DataType::Utf8View => view_bytes(array.as_string_view().views()),
         DataType::BinaryView => view_bytes(array.as_binary_view().views()),
@@ -67,7 +67,7 @@ fn view_bytes(views: &[u128]) -> usize {
 }
 
 /// The error of a query over a limit of this module.
-pub fn too_large(what: &str, bytes: usize, limit: usize) -> DataFusionError {
+pub(crate) fn too_large(what: &str, bytes: usize, limit: usize) -> DataFusionError {
     DataFusionError::ResourcesExhausted(format!(
         "{what} would hold about {bytes} bytes, over the {limit}-byte limit for one batch (a quarter of [query] memory_limit)"
     ))
@@ -115,7 +115,7 @@ const WRAPPED: &[(&str, Estimate)] = &[
 ];
 
 /// Replaces the session's growing functions by bounded ones (see the module docs).
-pub fn register_bounded_functions(ctx: &SessionContext, limit: usize) {
+pub(crate) fn register_bounded_functions(ctx: &SessionContext, limit: usize) {
     let state = ctx.state();
     let functions = state.scalar_functions();
     for (name, estimate) in WRAPPED {

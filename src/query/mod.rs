@@ -348,7 +348,7 @@ impl ResultStream {
 }
 
 /// Refuses anything but a read-only statement; reports syntax errors as `Invalid`.
-pub fn check_read_only(sql: &str) -> Result<(), QueryError> {
+pub(crate) fn check_read_only(sql: &str) -> Result<(), QueryError> {
     let statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})
         .map_err(|e| QueryError::Invalid(e.to_string()))?;
     if statements.len() != 1 {

@@ -15,13 +15,13 @@ use std::path::Path;
 
 /// Returns the memory this process has freed to the OS now, on the calling thread.
 ///
-/// The allocator returns freed memory after a delay (1 s, see `main.rs`), in whichever
-/// thread next calls into it. After a flush that is ~200 MiB at once, and the thread
-/// was a request worker: a syscall trace of the ingest benchmark showed 460
-/// `madvise(DONTNEED)` calls (223 MiB) on a Tokio worker in the same 250 ms as the
-/// open loop's worst acknowledgement (92 ms). The flush thread calls this instead,
-/// right after it frees the flushed rows.
-pub fn return_free_memory() {
+/// The allocator returns freed memory after a delay (see `main.rs`), in whichever
+/// thread next calls into it. After a flush that is the whole buffer at once, and the
+/// thread was a request worker: a syscall trace of the ingest benchmark showed
+/// hundreds of `madvise(DONTNEED)` calls on a Tokio worker at the moment of the open
+/// loop's worst acknowledgement (`benches/RESULTS.md`). The flush thread calls this
+/// instead, right after it frees the flushed rows.
+pub(crate) fn return_free_memory() {
     // SAFETY: mi_collect takes no pointers; it is safe to call from any thread.
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
@@ -33,7 +33,7 @@ const WRITEBACK_STEP: u64 = 1 << 20;
 /// time: each step is a short request at the device, so other writers' syncs (the
 /// WAL's) interleave with it instead of queueing behind the whole file. The caller
 /// still syncs the file afterwards (this does not flush the device cache).
-pub fn paced_writeback(file: &File, from: u64) -> io::Result<()> {
+pub(crate) fn paced_writeback(file: &File, from: u64) -> io::Result<()> {
     let len = file.metadata()?.len();
     #[cfg(target_os = "linux")]
     {
@@ -68,7 +68,7 @@ pub fn paced_writeback(file: &File, from: u64) -> io::Result<()> {
 /// encoding, preparing WAL segments) that must not delay acknowledgements. (Not
 /// `SCHED_IDLE`: a starved thread holding a kernel lock, such as the address-space
 /// lock while it frees memory, stalled every other thread for a second in tests.)
-pub fn lower_thread_priority() {
+pub(crate) fn lower_thread_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: gettid and setpriority on the calling thread only change its own
     // scheduling priority; a failure leaves the default priority.
@@ -130,14 +130,14 @@ impl Worker {
 }
 
 /// fsyncs a directory, so that the names created, renamed or removed in it are durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
 /// Creates `dir` and any missing parents, and fsyncs the parent of every directory it
 /// creates: a new directory's name lives in its parent, and without that sync a power
 /// loss can take the directory (and every file later made durable inside it) away.
-pub fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
+pub(crate) fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
     let mut missing = Vec::new();
     let mut cur = Some(dir);
     while let Some(d) = cur {

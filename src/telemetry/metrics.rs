@@ -95,15 +95,15 @@ impl Histogram {
 /// Distinct label sets one counter keeps. Source names come from request paths, so a
 /// client posting to ever new names must not grow `/metrics` (or the lookup) without
 /// bound: label sets first seen after this many are counted under [`OVERFLOW_LABEL`].
-pub const MAX_LABEL_SETS: usize = 1000;
+pub(crate) const MAX_LABEL_SETS: usize = 1000;
 
 /// The value of every label of the set that counts what came after [`MAX_LABEL_SETS`].
-pub const OVERFLOW_LABEL: &str = "_other";
+pub(crate) const OVERFLOW_LABEL: &str = "_other";
 
 /// Counters keyed by label values, found by hash without allocating once a label set
 /// has been seen; at most [`MAX_LABEL_SETS`] sets plus the overflow set.
 #[derive(Debug, Default)]
-pub struct LabeledCounter {
+pub(crate) struct LabeledCounter {
     sets: Mutex<LabelSets>,
 }
 
@@ -186,7 +186,7 @@ fn escape(v: &str) -> String {
 
 /// Every metric of the process.
 #[derive(Debug, Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// Labels: source, provider, signature_status, status_code.
     pub deliveries: LabeledCounter,
     /// Labels: source, status.
@@ -199,7 +199,7 @@ pub struct Metrics {
 
 /// Gauges read at render time.
 #[derive(Debug, Default)]
-pub struct Gauges {
+pub(crate) struct Gauges {
     pub buffer_rows: u64,
     pub parquet_files: u64,
     pub alerts_firing: u64,

@@ -59,10 +59,10 @@ mod tests;
 mod writer;
 
 use frame::*;
-pub use replay::read_only_replay;
+pub(crate) use replay::read_only_replay;
 use replay::*;
 use spares::Spares;
-pub use writer::DEFAULT_COMMIT_DELAY;
+pub(crate) use writer::DEFAULT_COMMIT_DELAY;
 use writer::*;
 
 /// When an append is acknowledged relative to the disk.
@@ -78,7 +78,7 @@ pub enum SyncMode {
 
 /// Where and how the WAL writes.
 #[derive(Debug, Clone)]
-pub struct WalConfig {
+pub(crate) struct WalConfig {
     pub dir: PathBuf,
     pub sync: SyncMode,
     /// A segment is closed and a new one started past this size.
@@ -123,7 +123,7 @@ impl WalError {
 }
 
 /// Receives records once they are durable, in sequence order, on the WAL thread.
-pub trait Applier: Send + 'static {
+pub(crate) trait Applier: Send + 'static {
     /// What an append's caller gets back for its record.
     type Output: Send + 'static;
     /// Applies a durable group; returns one output per record, in order.
@@ -138,7 +138,7 @@ pub trait Applier: Send + 'static {
 }
 
 /// A record handed to [`Wal::append`], encoded by the caller (off the WAL thread).
-pub struct Pending {
+pub(crate) struct Pending {
     pub entry: Entry,
     pub payload: Vec<u8>,
 }
@@ -151,12 +151,18 @@ impl Pending {
 }
 
 /// An appended record: its sequence number and what the applier said of it.
-pub struct Committed<T> {
+pub(crate) struct Committed<T> {
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the engine needs only `applied`")
+    )]
     pub seq: u64,
     pub applied: T,
     /// The record itself, handed back so that its memory is freed on the appending
     /// thread: a block freed by another thread costs the allocator a cross-thread
-    /// free and a later collection (measured: ~3% of the server's CPU at full load).
+    /// free and a later collection, a measurable share of the server's CPU at full
+    /// load (`benches/RESULTS.md`).
+    #[expect(dead_code, reason = "held only to be dropped by the appending thread")]
     pub record: Pending,
 }
 
@@ -254,7 +260,7 @@ pub struct ReplaySummary {
 }
 
 /// Handle to the WAL writer thread. Cheap to clone.
-pub struct Wal<T> {
+pub(crate) struct Wal<T> {
     tx: mpsc::Sender<Request<T>>,
     status: Arc<WalStatus>,
 }

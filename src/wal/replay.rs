@@ -12,7 +12,7 @@ use super::*;
 
 /// Reads every record under `dir` in order without changing anything (for offline
 /// tools reading a live or crashed lake). A torn tail is skipped, not cut.
-pub fn read_only_replay(
+pub(crate) fn read_only_replay(
     dir: &Path,
     mut f: impl FnMut(u64, Entry),
 ) -> Result<ReplaySummary, WalError> {

@@ -14,8 +14,8 @@
 //! - Released segments are kept as spares, as many as the WAL started since the
 //!   previous release plus one (at least [`MIN_SPARES`], at most [`MAX_SPARES`]), so
 //!   that in a steady state every new segment is a recycled one: zero-filling a fresh
-//!   64 MiB file once per flush and deleting a surplus one after it (as a fixed limit
-//!   of three did at 20k deliveries/s) put ~128 MiB of extra device writes and frees
+//!   segment once per flush and deleting a surplus one after it (as a fixed limit of
+//!   three did under heavy load) put two segments' worth of device writes and frees
 //!   into every flush cycle, and WAL syncs queued behind them. Beyond a moment's
 //!   overlap, ready plus being prepared never exceeds that limit; the preparer fills
 //!   one file at a time, at low CPU priority, with paced writeback so WAL syncs do not
@@ -25,7 +25,8 @@
 //! - The writer thread only renames: deleting an extra spare (renamed to
 //!   `*.discard` first, so it is never taken) and syncing the directory after a
 //!   release run on the same background thread. Every pause of the writer holds up
-//!   all acknowledgements, and the two took ~15 ms per flush in the ingest benchmark.
+//!   all acknowledgements, and the two took milliseconds per flush in the ingest
+//!   benchmark (`benches/RESULTS.md`).
 //!   The deletion frees the spare's blocks a few MiB at a time, because freeing them
 //!   at once stalls every sync on the device (see [`remove_gradually`]).
 
@@ -152,7 +153,7 @@ impl Spares {
                 .unwrap_or(0);
             let extra = self.ready.swap_remove(smallest).0;
             // Out of the spares' namespace now; deleted on the background thread
-            // (freeing 64 MiB of blocks took ~15 ms with online discard).
+            // (freeing a segment's blocks takes milliseconds with online discard).
             let doomed = extra.with_extension(DISCARD_EXT);
             fs::rename(&extra, &doomed)?;
             self.send(Job::Remove(doomed));
@@ -315,11 +316,11 @@ const FREE_STEP: u64 = 4 << 20;
 const FREE_PAUSE: Duration = Duration::from_millis(20);
 
 /// Deletes `path` after shrinking it [`FREE_STEP`] at a time: freeing many blocks at
-/// once stalls the device. Next to a probe doing 16 KiB `pwrite` + `fdatasync` (as the
-/// WAL does), unlinking a 64 MiB file on ext4 with online discard held the probe's
-/// syncs up for 15–22 ms in each of 5 tries; shrinking it 4 MiB every 20 ms kept them
-/// at 2.4–5.1 ms (the ingest benchmark showed the same stall after every flush). For
-/// the background thread only: it takes ~350 ms for a full segment.
+/// once stalls the device: next to a probe doing small `pwrite` + `fdatasync` (as the
+/// WAL does), unlinking a whole segment on ext4 with online discard held the probe's
+/// syncs up several times longer than shrinking it step by step did (measurements in
+/// `benches/RESULTS.md`; the ingest benchmark showed the same stall after every
+/// flush). For the background thread only: a full segment takes a while.
 fn remove_gradually(path: &Path) {
     if let Ok(file) = OpenOptions::new().write(true).open(path) {
         let mut len = file_len(path);

@@ -21,10 +21,10 @@ pub(super) const MAX_GROUP: usize = 4096;
 /// Under concurrent load, a group is written no sooner than this after the previous
 /// group's write began (see [`Writer::commit_delay`]). Off by default: groups form by
 /// themselves from the appends that arrive during the previous sync. In paired
-/// benchmark runs (2026-11-23) 300 µs tripled the records per group and saved ~10%
-/// of the CPU per request in the open loop, but did not lower its p99, raised its
-/// p50 by ~0.2 ms and cost 14% of the closed-loop rate (`benches/RESULTS.md`).
-pub const DEFAULT_COMMIT_DELAY: Duration = Duration::ZERO;
+/// benchmark runs a delay saved CPU per request in the open loop but did not lower
+/// its tail latency, raised its median and cost closed-loop throughput
+/// (`benches/RESULTS.md`).
+pub(crate) const DEFAULT_COMMIT_DELAY: Duration = Duration::ZERO;
 /// The commit delay applies only when the previous group had at least this many
 /// records (a lone client never waits)…
 pub(super) const COMMIT_DELAY_MIN_GROUP: usize = 2;
@@ -124,7 +124,7 @@ pub(super) type AppendReply<T> = oneshot::Sender<Result<Committed<T>, WalError>>
 impl<A: Applier> Writer<A> {
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Request<A::Output>>) {
         // The commit delay sleeps for a few hundred microseconds; Linux's default
-        // timer slack (50 µs) would add a fifth to it.
+        // timer slack would add a noticeable fraction to it.
         #[cfg(target_os = "linux")]
         // SAFETY: prctl with integer arguments; sets this thread's timer slack (ns).
         unsafe {
@@ -391,8 +391,8 @@ impl<A: Applier> Writer<A> {
     /// sleeps once, until `commit_delay` after the previous group's write began, and
     /// takes what arrived meanwhile.
     ///
-    /// Every sync costs about the same CPU whatever it covers (~45 µs on the
-    /// development VM, mostly virtualisation exits), so at a moderate, steady load,
+    /// Every sync costs about the same CPU whatever it covers (on a VM mostly
+    /// virtualisation exits), so at a moderate, steady load,
     /// where appends arrive one by one and each group holds a few, spacing the syncs
     /// saves CPU for the requests themselves. It never waits for a lone client (the
     /// previous group held one record), nor for a group that is already large, nor
