@@ -39,6 +39,16 @@ pub struct Derived {
     pub retry_gap_ms: Option<f64>,
 }
 
+impl Derived {
+    /// A first arrival.
+    #[cfg(test)]
+    pub(crate) const FIRST: Derived = Derived {
+        attempt: 1,
+        is_duplicate: false,
+        retry_gap_ms: None,
+    };
+}
+
 /// An immutable run of buffered rows.
 #[derive(Debug, Clone)]
 pub(crate) struct Chunk {
@@ -262,29 +272,24 @@ impl Buffer {
     }
 }
 
-impl Columns for tables::deliveries::Builders {
-    fn table() -> Table {
-        Table::Deliveries
-    }
-    fn len(&self) -> usize {
-        self.len()
-    }
-    fn finish(&mut self) -> Vec<ArrayRef> {
-        self.finish()
-    }
+/// `Columns` for the builders `table_columns!` generated for each table.
+macro_rules! columns_of {
+    ($($module:ident => $table:ident),*) => {$(
+        impl Columns for tables::$module::Builders {
+            fn table() -> Table {
+                Table::$table
+            }
+            fn len(&self) -> usize {
+                self.len()
+            }
+            fn finish(&mut self) -> Vec<ArrayRef> {
+                self.finish()
+            }
+        }
+    )*};
 }
 
-impl Columns for tables::outcomes::Builders {
-    fn table() -> Table {
-        Table::Outcomes
-    }
-    fn len(&self) -> usize {
-        self.len()
-    }
-    fn finish(&mut self) -> Vec<ArrayRef> {
-        self.finish()
-    }
-}
+columns_of!(deliveries => Deliveries, outcomes => Outcomes);
 
 #[cfg(test)]
 mod tests {
@@ -292,11 +297,7 @@ mod tests {
     use crate::model::tests::sample_delivery;
     use arrow::array::AsArray;
 
-    const D: Derived = Derived {
-        attempt: 1,
-        is_duplicate: false,
-        retry_gap_ms: None,
-    };
+    const D: Derived = Derived::FIRST;
 
     fn rows(batches: &[RecordBatch]) -> usize {
         batches.iter().map(|b| b.num_rows()).sum()

@@ -393,6 +393,19 @@ mod tests {
         Receiver::new(&config).unwrap()
     }
 
+    /// A `POST /webhook/src` from 127.0.0.1 with these headers.
+    fn post(headers: &HeaderMap) -> RequestParts<'_> {
+        RequestParts {
+            source: "src",
+            method: "POST",
+            path: "/webhook/src",
+            query: "",
+            headers,
+            peer: Some("127.0.0.1:4000".parse().unwrap()),
+            received_at_us: 1_700_000_000_000_000,
+        }
+    }
+
     fn receive(r: &Receiver, headers: &[(&str, &str)], body: &[u8]) -> Delivery {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
@@ -401,17 +414,11 @@ mod tests {
                 HeaderValue::from_str(v).unwrap(),
             );
         }
-        let req = RequestParts {
-            source: "src",
-            method: "POST",
-            path: "/webhook/src",
-            query: "",
-            headers: &map,
-            peer: Some("127.0.0.1:4000".parse().unwrap()),
-            received_at_us: 1_700_000_000_000_000,
-        };
-        r.receive(&req, &BodyRead::Complete(Bytes::copy_from_slice(body)))
-            .delivery
+        r.receive(
+            &post(&map),
+            &BodyRead::Complete(Bytes::copy_from_slice(body)),
+        )
+        .delivery
     }
 
     #[test]
@@ -518,17 +525,8 @@ mod tests {
     fn oversized_bodies_are_recorded_without_body() {
         let r = receiver("");
         let map = HeaderMap::new();
-        let req = RequestParts {
-            source: "src",
-            method: "POST",
-            path: "/webhook/src",
-            query: "",
-            headers: &map,
-            peer: None,
-            received_at_us: 0,
-        };
         let got = r.receive(
-            &req,
+            &post(&map),
             &BodyRead::TooLarge {
                 declared: Some(20),
                 received: 0,

@@ -281,11 +281,7 @@ mod tests {
     #[test]
     fn rows_are_split_by_hour_and_sorted_within_a_file() {
         let mut buf = Buffer::default();
-        let d = Derived {
-            attempt: 1,
-            is_duplicate: false,
-            retry_gap_ms: None,
-        };
+        let d = Derived::FIRST;
         let base = 1_732_300_000_000_000 - 1_732_300_000_000_000 % HOUR_US;
         // Out of order, spanning two hours.
         let times = [
@@ -345,11 +341,7 @@ mod tests {
     #[test]
     fn rows_with_large_bodies_are_written_in_byte_bounded_steps() {
         let mut buf = Buffer::default();
-        let d = Derived {
-            attempt: 1,
-            is_duplicate: false,
-            retry_gap_ms: None,
-        };
+        let d = Derived::FIRST;
         let mut row = sample_delivery();
         row.body = crate::model::StoredBody::Text("b".repeat(4 << 20));
         for i in 0..20 {
