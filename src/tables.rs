@@ -232,11 +232,14 @@ macro_rules! table_columns {
                 self.len() == 0
             }
 
-            /// The columns of the rows appended, in order; the builders start over,
-            /// sized for another chunk like this one.
-            pub fn finish(&mut self) -> Vec<ArrayRef> {
+            /// The columns of the rows appended, in order; the builders start over.
+            /// A `full` chunk (frozen by rows or bytes) sizes the next one like it;
+            /// one frozen early (a query's snapshot, a flush's cut) gives back what
+            /// was reserved and lets the next start small, so frequent early freezes
+            /// never hold a full chunk's reservation each.
+            pub fn finish(&mut self, full: bool) -> Vec<ArrayRef> {
                 let rows = self.len();
-                vec![ $( table_columns!(@finish self.$name, $kind, rows), )* ]
+                vec![ $( table_columns!(@finish self.$name, $kind, rows, full), )* ]
             }
         }
     };
@@ -252,15 +255,22 @@ macro_rules! table_columns {
     (@new $kind:ident) => { <table_columns!(@builder $kind)>::new() };
     (@append $b:expr, req, $v:expr) => { $b.append_value($v) };
     (@append $b:expr, opt, $v:expr) => { $b.append_option($v) };
-    (@finish $b:expr, Text, $rows:ident) => {{
+    (@finish $b:expr, Text, $rows:ident, $full:ident) => {{
         let bytes = $b.values_slice().len();
-        let array: ArrayRef = Arc::new($b.finish());
-        $b = StringBuilder::with_capacity(CHUNK_ROWS, reserve_for(bytes, $rows));
-        array
+        let mut array = $b.finish();
+        if $full {
+            $b = StringBuilder::with_capacity(CHUNK_ROWS, reserve_for(bytes, $rows));
+        } else {
+            arrow::array::Array::shrink_to_fit(&mut array);
+        }
+        Arc::new(array) as ArrayRef
     }};
-    (@finish $b:expr, $kind:ident, $rows:ident) => {{
-        let array: ArrayRef = Arc::new($b.finish());
-        array
+    (@finish $b:expr, $kind:ident, $rows:ident, $full:ident) => {{
+        let mut array = $b.finish();
+        if !$full {
+            arrow::array::Array::shrink_to_fit(&mut array);
+        }
+        Arc::new(array) as ArrayRef
     }};
 }
 

@@ -61,7 +61,8 @@ pub(crate) struct Chunk {
 trait Columns: Default + Send {
     fn table() -> Table;
     fn len(&self) -> usize;
-    fn finish(&mut self) -> Vec<ArrayRef>;
+    /// See `Builders::finish` in `tables`.
+    fn finish(&mut self, full: bool) -> Vec<ArrayRef>;
 }
 
 /// One table's buffered rows.
@@ -106,16 +107,17 @@ impl<C: Columns> TableBuffer<C> {
             self.oldest = Some(Instant::now());
         }
         if self.active.len() >= CHUNK_ROWS || self.active_bytes >= CHUNK_BYTES {
-            self.freeze();
+            self.freeze(true);
         }
     }
 
-    fn freeze(&mut self) {
+    /// Freezes the active rows into a chunk; `full` when they reached a chunk's size.
+    fn freeze(&mut self, full: bool) {
         if self.active.len() == 0 {
             return;
         }
         let bytes = std::mem::take(&mut self.active_bytes);
-        let columns = self.active.finish();
+        let columns = self.active.finish(full);
         let batch = match RecordBatch::try_new(C::table().schema(), columns) {
             Ok(b) => b,
             Err(e) => {
@@ -144,12 +146,12 @@ impl<C: Columns> TableBuffer<C> {
     }
 
     fn snapshot(&mut self) -> Vec<RecordBatch> {
-        self.freeze();
+        self.freeze(false);
         self.chunks.iter().map(|c| c.batch.clone()).collect()
     }
 
     fn cut(&mut self, through: u64) {
-        self.freeze();
+        self.freeze(false);
         self.last_cut = through;
     }
 
@@ -208,7 +210,8 @@ impl Buffer {
     /// Appends a durable outcome report.
     pub fn push_outcome(&mut self, seq: u64, o: &Outcome) {
         self.outcomes.active.push(o);
-        self.outcomes.appended(seq, 192 + o.attributes.len());
+        let text = o.attributes.len() + o.error_message.as_ref().map_or(0, String::len);
+        self.outcomes.appended(seq, 192 + text);
     }
 
     /// Every buffered row of `table`, as batches (freezes the active rows).
@@ -282,8 +285,8 @@ macro_rules! columns_of {
             fn len(&self) -> usize {
                 self.len()
             }
-            fn finish(&mut self) -> Vec<ArrayRef> {
-                self.finish()
+            fn finish(&mut self, full: bool) -> Vec<ArrayRef> {
+                self.finish(full)
             }
         }
     )*};
@@ -354,6 +357,36 @@ mod tests {
             );
         }
         assert_eq!(rows(&buf.snapshot(Table::Deliveries)), 40);
+    }
+
+    #[test]
+    fn chunks_frozen_early_give_back_what_was_reserved_for_a_full_one() {
+        let mut buf = Buffer::default();
+        let mut d = sample_delivery();
+        d.body = StoredBody::Text("x".repeat(8 << 10));
+        let mut seq = 0;
+        // Fill one chunk: the next is sized like it (tens of MiB for the bodies).
+        while buf.deliveries.chunks.is_empty() {
+            seq += 1;
+            buf.push_delivery(seq, &d, D);
+        }
+        // Then a query snapshots every few rows, as a busy dashboard would.
+        for _ in 0..20 {
+            for _ in 0..10 {
+                seq += 1;
+                buf.push_delivery(seq, &d, D);
+            }
+            let _ = buf.snapshot(Table::Deliveries);
+        }
+        let held: usize = (buf.deliveries.chunks.iter())
+            .map(|c| c.batch.get_array_memory_size())
+            .sum();
+        assert!(
+            held < CHUNK_BYTES * 3 / 2,
+            "{} MiB held for one full chunk and 200 rows",
+            held >> 20
+        );
+        assert_eq!(rows(&buf.snapshot(Table::Deliveries)), seq as usize);
     }
 
     #[test]
