@@ -70,16 +70,10 @@ impl ApiError {
     }
 }
 
-/// Storage could not take the record (503, retry shortly); a read-only engine is a
-/// server bug (500).
+/// Storage could not take the record: 503, retry shortly.
 impl From<crate::engine::IngestError> for ApiError {
     fn from(e: crate::engine::IngestError) -> Self {
-        match e {
-            crate::engine::IngestError::ReadOnly => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-            }
-            other => ApiError::unavailable(other.to_string()),
-        }
+        ApiError::unavailable(e.to_string())
     }
 }
 
@@ -95,16 +89,16 @@ impl axum::extract::FromRequestParts<Arc<AppState>> for ValidSource {
         parts: &mut axum::http::request::Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, ApiError> {
-        let params = axum::extract::RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-        let source = params
-            .iter()
-            .find(|(name, _)| *name == "source")
-            .map(|(_, value)| value.to_string())
-            .unwrap_or_default();
-        webhook::check_source(state, &source)?;
-        Ok(ValidSource(source))
+        // The name as sent, not percent-decoded: `st%72ipe` is not a name.
+        let path = parts.uri.path();
+        let source = if let Some(rest) = path.strip_prefix("/webhook/") {
+            rest
+        } else {
+            let rest = path.strip_prefix("/report/").unwrap_or_default();
+            rest.split('/').next().unwrap_or_default()
+        };
+        webhook::check_source(state, source)?;
+        Ok(ValidSource(source.to_owned()))
     }
 }
 

@@ -102,7 +102,15 @@ async fn the_same_body_three_times_is_attempts_one_two_three() {
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_source_names_get_400() {
     let (server, _dir) = Server::start(Options::default());
-    for bad in ["a%2Fb", "a/b", &"x".repeat(65), "sp%20ace", "a%00b"] {
+    // Names are taken as sent: `st%72ipe` is not `stripe`.
+    for bad in [
+        "a%2Fb",
+        "a/b",
+        &"x".repeat(65),
+        "sp%20ace",
+        "a%00b",
+        "st%72ipe",
+    ] {
         let (status, answer) = server.post(bad, &[], "x").await;
         assert_eq!(status, 400, "{bad}: {answer}");
         assert!(
@@ -117,6 +125,13 @@ async fn invalid_source_names_get_400() {
         .client
         .post(format!("{}/webhook/", server.url))
         .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let resp = server
+        .client
+        .post(format!("{}/report/st%72ipe/success", server.url))
         .send()
         .await
         .unwrap();
