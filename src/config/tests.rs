@@ -272,6 +272,11 @@ fn durations_and_sizes_parse() {
         Duration::from_secs(7 * 86400)
     );
     assert!(parse_duration("5 fortnights").is_err());
+    // A bare number is seconds, fractions too.
+    assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+    assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+    assert!(parse_duration("-1").is_err());
+    assert!(parse_duration("NaN").is_err());
     assert_eq!(parse_size("10MiB").unwrap(), 10 << 20);
     assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
     assert_eq!(parse_size("512").unwrap(), 512);

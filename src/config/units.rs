@@ -19,8 +19,8 @@ pub struct ByteSize(pub u64);
 /// number of seconds.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|_| format!("invalid duration {s:?}"));
     }
     humantime::parse_duration(s).map_err(|e| {
         format!(
