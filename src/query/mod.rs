@@ -115,7 +115,14 @@ fn query_runtime() -> Result<Handle, QueryError> {
         .enable_all()
         .build()
         .map_err(|e| QueryError::Internal(format!("cannot start the query runtime: {e}")))?;
-    Ok(RT.get_or_init(|| rt).handle().clone())
+    // Two first callers may race: the loser's runtime is shut down without waiting,
+    // as dropping it here, perhaps inside another runtime, would panic.
+    if let Err(spare) = RT.set(rt) {
+        spare.shutdown_background();
+    }
+    RT.get()
+        .map(|rt| rt.handle().clone())
+        .ok_or_else(|| QueryError::Internal("the query runtime was not kept".into()))
 }
 
 impl QueryEngine {
