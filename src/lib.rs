@@ -7,12 +7,14 @@
 //! (the catalog of tables, SQL) → [`http`] (the API and the server). [`outbound`]
 //! forwards deliveries to the app. [`model`] and [`tables`] are the shared vocabulary
 //! (records, table columns), [`config`] the settings, [`telemetry`] the metrics,
-//! [`sys`] the operating-system helpers, and [`cli`] the commands. See ARCHITECTURE.md.
+//! [`sys`] the operating-system helpers, and [`cli`] the commands. [`generate`] writes
+//! synthetic traffic into a lake for benchmarks, tests and demos. See ARCHITECTURE.md.
 
 pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod generate;
 pub mod http;
 pub mod ingest;
 pub mod lake;

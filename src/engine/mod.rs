@@ -18,7 +18,7 @@ pub mod dedup;
 mod flush;
 mod open;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use apply::{CutState, LakeApplier, OpenForwards};
 pub use flush::FlushReport;
