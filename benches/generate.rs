@@ -28,6 +28,9 @@ struct Args {
     /// flushing at that interval leaves a lake; default one per hour.
     #[arg(long, value_parser = humantime::parse_duration)]
     flush_every: Option<Duration>,
+    /// Mean body bytes (each source's sizes are lognormal around its own median).
+    #[arg(long, default_value_t = 1024)]
+    body_bytes: u32,
     /// Keep the lake here instead of a temporary directory (must not hold one).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -56,6 +59,7 @@ fn main() {
             seed: 1,
             flush_every: args.flush_every,
             zstd_level: 1,
+            mean_body_bytes: args.body_bytes,
         };
         let started = Instant::now();
         let last = AtomicU64::new(0);

@@ -53,6 +53,9 @@ pub struct Spec {
     pub flush_every: Option<Duration>,
     /// zstd level of the Parquet files (the server's default is 1).
     pub zstd_level: i32,
+    /// Mean body bytes over all sources; each source keeps its own median relative
+    /// to the others (GitHub's pushes are large, Slack's events small).
+    pub mean_body_bytes: u32,
 }
 
 /// What was written.
@@ -253,7 +256,7 @@ pub async fn generate(
         None => HOUR_US,
     };
     let manifest = Manifest::load(lake).await?;
-    let mut next_file = manifest.next_file_seq.max(1);
+    let next_file = manifest.next_file_seq.max(1);
 
     // The generator fills windows on its own thread; this task encodes and writes
     // them (two cores: one each).
@@ -264,55 +267,40 @@ pub async fn generate(
         .spawn(move || Generator::new(&spec_for_thread, span_us, window_us).run(&tx))
         .map_err(|e| GenerateError::Task(format!("cannot start the generator thread: {e}")))?;
 
-    let mut summary = Summary::default();
-    let mut added = Vec::new();
-    let mut written = Vec::new();
+    let mut out = Written {
+        summary: Summary::default(),
+        added: Vec::new(),
+        paths: Vec::new(),
+        next_file,
+    };
     let result: Result<(), GenerateError> = async {
+        // Each table of a window is encoded on its own blocking thread, and the next
+        // window's encoding starts before this one's files are written.
+        let mut encoding = std::collections::VecDeque::new();
         while let Some(window) = rx.recv().await {
-            summary.deliveries += window.deliveries;
-            summary.retries += window.retries;
-            summary.duplicates += window.duplicates;
-            summary.outcomes += window.outcomes;
-            summary.request_bytes += window.request_bytes;
-            let level = spec.zstd_level;
+            out.summary.deliveries += window.deliveries;
+            out.summary.retries += window.retries;
+            out.summary.duplicates += window.duplicates;
+            out.summary.outcomes += window.outcomes;
+            out.summary.request_bytes += window.request_bytes;
             let mut buffer = window.buffer;
-            let encoded = tokio::task::spawn_blocking(move || {
-                let mut files = Vec::new();
-                for table in [Table::Deliveries, Table::Outcomes] {
-                    let batches = buffer.snapshot(table);
-                    for f in persist::encode(table, &batches, level)? {
-                        files.push((table, f));
-                    }
-                }
-                Ok::<_, PersistError>(files)
-            })
-            .await
-            .map_err(|e| GenerateError::Task(e.to_string()))??;
-            for (table, f) in encoded {
-                let path = format!(
-                    "{}/{}/gen-{:012}.parquet",
-                    table.name(),
-                    f.partition,
-                    next_file
-                );
-                next_file += 1;
-                let bytes = f.bytes.len() as u64;
-                written.push(path.clone());
-                lake.put_durable(&path, f.bytes).await?;
-                summary.files += 1;
-                summary.bytes += bytes;
-                added.push((
+            for table in [Table::Deliveries, Table::Outcomes] {
+                let batches = buffer.snapshot(table);
+                let level = spec.zstd_level;
+                encoding.push_back((
                     table,
-                    FileEntry {
-                        path,
-                        rows: f.rows,
-                        bytes,
-                        min_time_us: f.min_time_us,
-                        max_time_us: f.max_time_us,
-                    },
+                    tokio::task::spawn_blocking(move || persist::encode(table, &batches, level)),
                 ));
             }
-            progress(summary.deliveries);
+            while encoding.len() > 2 {
+                if let Some((table, task)) = encoding.pop_front() {
+                    out.write(lake, table, task).await?;
+                }
+            }
+            progress(out.summary.deliveries);
+        }
+        while let Some((table, task)) = encoding.pop_front() {
+            out.write(lake, table, task).await?;
         }
         Ok(())
     }
@@ -324,7 +312,7 @@ pub async fn generate(
     let outcome = result.and(joined.map(|_| ()));
     let committed = match outcome {
         Ok(()) => {
-            let next = manifest.with_files(added, manifest.wal_through, next_file);
+            let next = manifest.with_files(out.added, manifest.wal_through, out.next_file);
             next.commit(lake).await.map_err(GenerateError::from)
         }
         Err(e) => Err(e),
@@ -332,13 +320,60 @@ pub async fn generate(
     if let Err(e) = committed {
         // Files no manifest names: removed now (or at the next start if this fails).
         if !matches!(&e, GenerateError::Manifest(m) if Manifest::keeps_files(m)) {
-            for path in &written {
+            for path in &out.paths {
                 let _ = lake.delete(path).await;
             }
         }
         return Err(e);
     }
-    Ok(summary)
+    Ok(out.summary)
+}
+
+/// The files written so far.
+struct Written {
+    summary: Summary,
+    added: Vec<(Table, FileEntry)>,
+    paths: Vec<String>,
+    next_file: u64,
+}
+
+impl Written {
+    /// Writes the files `task` encodes for `table`.
+    async fn write(
+        &mut self,
+        lake: &Lake,
+        table: Table,
+        task: tokio::task::JoinHandle<Result<Vec<persist::EncodedFile>, PersistError>>,
+    ) -> Result<(), GenerateError> {
+        let files = task
+            .await
+            .map_err(|e| GenerateError::Task(e.to_string()))??;
+        for f in files {
+            let path = format!(
+                "{}/{}/gen-{:012}.parquet",
+                table.name(),
+                f.partition,
+                self.next_file
+            );
+            self.next_file += 1;
+            let bytes = f.bytes.len() as u64;
+            self.paths.push(path.clone());
+            lake.put_durable(&path, f.bytes).await?;
+            self.summary.files += 1;
+            self.summary.bytes += bytes;
+            self.added.push((
+                table,
+                FileEntry {
+                    path,
+                    rows: f.rows,
+                    bytes,
+                    min_time_us: f.min_time_us,
+                    max_time_us: f.max_time_us,
+                },
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One window's rows, ready to encode.
@@ -378,6 +413,13 @@ impl Generator {
             // Both parameters are finite constants of this module.
             LogNormal::new(median.ln(), sigma).unwrap_or_else(|_| unreachable!())
         };
+        // The profiles' sizes have this mean (a lognormal's mean is its median
+        // times e^(σ²/2)); scaled to the one asked for.
+        let natural_mean: f64 = PROFILES
+            .iter()
+            .map(|p| p.weight * p.size.0 * (p.size.1 * p.size.1 / 2.0).exp())
+            .sum();
+        let size_scale = f64::from(spec.mean_body_bytes.max(1)) / natural_mean;
         let mut rng = StdRng::seed_from_u64(spec.seed);
         let words = (0..512)
             .map(|_| {
@@ -400,7 +442,7 @@ impl Generator {
             next_event: 0,
             sizes: PROFILES
                 .iter()
-                .map(|p| lognormal(p.size.0, p.size.1))
+                .map(|p| lognormal(p.size.0 * size_scale, p.size.1))
                 .collect(),
             processing: PROFILES
                 .iter()
@@ -523,7 +565,7 @@ impl Generator {
         let p = &PROFILES[profile];
         let size = self.sizes[profile]
             .sample(&mut self.rng)
-            .clamp(200.0, 256.0 * 1024.0) as usize;
+            .clamp(100.0, 256.0 * 1024.0) as usize;
         Pending {
             at_us,
             order: 0,
@@ -800,6 +842,7 @@ mod tests {
             seed: 7,
             flush_every: None,
             zstd_level: 1,
+            mean_body_bytes: 4_000,
         }
     }
 
@@ -920,14 +963,25 @@ mod tests {
             .await,
             0
         );
-        let github = number(
+        let median = |source: &str| {
+            format!(
+                "SELECT CAST(approx_percentile_cont(payload_size, 0.5) AS BIGINT) FROM deliveries WHERE source = '{source}'"
+            )
+        };
+        let github = number(&engine, &median("github")).await;
+        let slack = number(&engine, &median("slack")).await;
+        assert!(
+            github > slack * 5,
+            "median sizes: github {github}, slack {slack}"
+        );
+        let mean = number(
             &engine,
-            "SELECT CAST(approx_percentile_cont(payload_size, 0.5) AS BIGINT) FROM deliveries WHERE source = 'github'",
+            "SELECT CAST(avg(payload_size) AS BIGINT) FROM deliveries",
         )
         .await;
         assert!(
-            (5_500..8_500).contains(&github),
-            "github median size {github}"
+            (3_400..4_600).contains(&mean),
+            "mean size {mean}, asked for 4000"
         );
         assert!(summary.bytes * 3 < summary.request_bytes, "{summary:?}");
         // Bodies are JSON whose `type` is the event type.
