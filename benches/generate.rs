@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hookscope::generate::{Spec, generate};
-use hookscope::lake::Lake;
 
 /// The generator benchmark's options.
 #[derive(clap::Parser)]
@@ -51,7 +50,6 @@ fn main() {
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let lake = Lake::local(&dir).expect("lake");
         let spec = Spec {
             deliveries: args.rows,
             end_us: chrono::Utc::now().timestamp_micros(),
@@ -69,7 +67,7 @@ fn main() {
                 eprintln!("  {n} deliveries, {:.1} s", started.elapsed().as_secs_f64());
             }
         };
-        let s = generate(&lake, &spec, &progress).await.expect("generate");
+        let s = generate(&dir, &spec, &progress).await.expect("generate");
         let secs = started.elapsed().as_secs_f64();
         println!(
             "{} deliveries ({} retries, {} duplicates) and {} outcomes over {} days in {secs:.1} s: {:.0} deliveries/s",

@@ -19,6 +19,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt::Write as _;
+use std::path::Path;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -83,6 +84,8 @@ pub enum GenerateError {
     Lake(#[from] LakeError),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
     #[error("the generator stopped: {0}")]
     Task(String),
 }
@@ -211,7 +214,7 @@ const OUTAGE_EVERY_US: i64 = 7 * DAY_US;
 /// A window holds at most this many deliveries.
 const WINDOW_MAX_ROWS: u64 = 65_536;
 /// Expected deliveries per first send (retries and duplicates), to aim at the total.
-const PER_FIRST_SEND: f64 = 1.03;
+const PER_FIRST_SEND: f64 = 1.015;
 
 /// An arrival still to come: a retry or a duplicate of an event already sent.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -230,10 +233,12 @@ struct Pending {
     duplicate_only: bool,
 }
 
-/// Writes the generated traffic into `lake` and commits it with one manifest
-/// version. `progress` is called with the deliveries written so far.
+/// Writes the generated traffic into the lake in `dir` (new or not) and commits it
+/// with one manifest version. Holds the directory's lock meanwhile, so it never runs
+/// beside a server on the same directory. `progress` is called with the deliveries
+/// written so far.
 pub async fn generate(
-    lake: &Lake,
+    dir: &Path,
     spec: &Spec,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Summary, GenerateError> {
@@ -255,6 +260,10 @@ pub async fn generate(
             .clamp(SECOND_US, HOUR_US),
         None => HOUR_US,
     };
+    std::fs::create_dir_all(dir)
+        .map_err(|e| GenerateError::Spec(format!("cannot create {}: {e}", dir.display())))?;
+    let _lock = crate::engine::lock_dir(dir)?;
+    let lake = &Lake::local(dir)?;
     let manifest = Manifest::load(lake).await?;
     let next_file = manifest.next_file_seq.max(1);
 
@@ -827,7 +836,7 @@ fn uuid_like(x: u128) -> String {
 mod tests {
     use super::*;
     use crate::engine::tests::settings;
-    use crate::engine::{Engine, Mode};
+    use crate::engine::{Engine, EngineError, Mode};
     use arrow::array::AsArray;
     use arrow::datatypes::Int64Type;
 
@@ -848,8 +857,7 @@ mod tests {
 
     async fn generated(spec: &Spec) -> (tempfile::TempDir, Summary, std::sync::Arc<Engine>) {
         let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::local(dir.path()).unwrap();
-        let summary = generate(&lake, spec, &|_| {}).await.unwrap();
+        let summary = generate(dir.path(), spec, &|_| {}).await.unwrap();
         let engine = Engine::open(settings(dir.path()), Mode::ReadOnly)
             .await
             .unwrap();
@@ -1029,9 +1037,8 @@ mod tests {
             number(&engine, "SELECT count(*) FROM deliveries").await,
             summary.deliveries as i64
         );
-        // A second run adds to the lake.
-        let lake = Lake::local(dir.path()).unwrap();
-        let more = generate(&lake, &spec(500, 2), &|_| {}).await.unwrap();
+        // A second run adds to the lake; not while a server holds the directory.
+        let more = generate(dir.path(), &spec(500, 2), &|_| {}).await.unwrap();
         let engine = Engine::open(settings(dir.path()), Mode::ReadOnly)
             .await
             .unwrap();
@@ -1039,17 +1046,29 @@ mod tests {
             number(&engine, "SELECT count(*) FROM deliveries").await,
             (summary.deliveries + more.deliveries) as i64
         );
+        let server = Engine::open(settings(dir.path()), Mode::Serve)
+            .await
+            .unwrap();
+        let err = generate(dir.path(), &spec(500, 2), &|_| {})
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, GenerateError::Engine(EngineError::Locked(_))),
+            "{err}"
+        );
+        drop(server);
     }
 
     #[tokio::test]
     async fn an_empty_or_too_short_spec_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::local(dir.path()).unwrap();
-        let err = generate(&lake, &spec(0, 24), &|_| {}).await.unwrap_err();
+        let err = generate(dir.path(), &spec(0, 24), &|_| {})
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("at least one delivery"), "{err}");
         let mut short = spec(10, 1);
         short.span = Duration::from_secs(60);
-        let err = generate(&lake, &short, &|_| {}).await.unwrap_err();
+        let err = generate(dir.path(), &short, &|_| {}).await.unwrap_err();
         assert!(err.to_string().contains("at least an hour"), "{err}");
     }
 }

@@ -23,6 +23,7 @@ pub(crate) mod tests;
 use apply::{CutState, LakeApplier, OpenForwards};
 pub use flush::FlushReport;
 use flush::FlushStatus;
+pub(crate) use open::lock_dir;
 
 use std::fs::File;
 use std::path::PathBuf;

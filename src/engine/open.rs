@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 
 use super::*;
 
-fn lock_dir(dir: &Path) -> Result<File, EngineError> {
+pub(crate) fn lock_dir(dir: &Path) -> Result<File, EngineError> {
     let path = dir.join(".lock");
     let file = OpenOptions::new()
         .create(true)
