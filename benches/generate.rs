@@ -61,13 +61,13 @@ fn main() {
         };
         let started = Instant::now();
         let last = AtomicU64::new(0);
-        let progress = |n: u64| {
+        let progress = move |n: u64| {
             if n >= last.load(Ordering::Relaxed) + 1_000_000 {
                 last.store(n, Ordering::Relaxed);
                 eprintln!("  {n} deliveries, {:.1} s", started.elapsed().as_secs_f64());
             }
         };
-        let s = generate(&dir, &spec, &progress).await.expect("generate");
+        let s = generate(&dir, &spec, progress).await.expect("generate");
         let secs = started.elapsed().as_secs_f64();
         println!(
             "{} deliveries ({} retries, {} duplicates) and {} outcomes over {} days in {secs:.1} s: {:.0} deliveries/s",

@@ -9,12 +9,16 @@
 //! is an ordinary lake, and a server opens it like any other.
 //!
 //! Invariants:
-//! - The same [`Spec`] (seed included) gives the same rows and the same files.
+//! - The same [`Spec`] (seed included) gives the same rows and the same files on a
+//!   new lake; another run on the same lake adds other events with other ids.
 //! - `attempt`, `is_duplicate` and `retry_gap_ms` are what the dedup index derives:
 //!   the n-th arrival of a dedup_key at its source, and the time since the previous
 //!   one (the schedule's gap, exactly).
 //! - Nothing is visible until the one manifest commit at the end; files of a run that
-//!   stops before it are removed at the next start, like a flush's.
+//!   stops before it are removed at a server's next start, like a flush's.
+//! - Generated rows are not added to a persisted dedup index: a lake generated
+//!   without a server has none, and a server's first start rebuilds it from the
+//!   lake's recent days, as for a lake written before the index was persisted.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -237,7 +241,21 @@ struct Pending {
 /// with one manifest version. Holds the directory's lock meanwhile, so it never runs
 /// beside a server on the same directory. `progress` is called with the deliveries
 /// written so far.
+///
+/// The work runs as a task of its own that holds the lock to the end: dropping the
+/// returned future does not stop it half-way or release the lock under a write.
 pub async fn generate(
+    dir: &Path,
+    spec: &Spec,
+    progress: impl Fn(u64) + Send + Sync + 'static,
+) -> Result<Summary, GenerateError> {
+    let (dir, spec) = (dir.to_path_buf(), spec.clone());
+    tokio::spawn(async move { generate_locked(&dir, &spec, &progress).await })
+        .await
+        .map_err(|e| GenerateError::Task(e.to_string()))?
+}
+
+async fn generate_locked(
     dir: &Path,
     spec: &Spec,
     progress: &(dyn Fn(u64) + Sync),
@@ -271,9 +289,11 @@ pub async fn generate(
     // them (two cores: one each).
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Window>(2);
     let spec_for_thread = spec.clone();
+    // Another run on the same lake continues it: other events, other ids.
+    let run = manifest.version;
     let generator = std::thread::Builder::new()
         .name("hookscope-generate".into())
-        .spawn(move || Generator::new(&spec_for_thread, span_us, window_us).run(&tx))
+        .spawn(move || Generator::new(&spec_for_thread, run, span_us, window_us).run(&tx))
         .map_err(|e| GenerateError::Task(format!("cannot start the generator thread: {e}")))?;
 
     let mut out = Written {
@@ -314,10 +334,12 @@ pub async fn generate(
         Ok(())
     }
     .await;
+    // Closing the channel stops the generator at its next window.
     drop(rx);
-    let joined = generator
-        .join()
-        .map_err(|_| GenerateError::Task("the generator thread panicked".into()));
+    let joined = tokio::task::spawn_blocking(move || generator.join())
+        .await
+        .map_err(|e| GenerateError::Task(e.to_string()))
+        .and_then(|r| r.map_err(|_| GenerateError::Task("the generator thread panicked".into())));
     let outcome = result.and(joined.map(|_| ()));
     let committed = match outcome {
         Ok(()) => {
@@ -416,7 +438,8 @@ struct Generator {
 }
 
 impl Generator {
-    fn new(spec: &Spec, span_us: i64, window_us: i64) -> Self {
+    /// `run` is the lake's manifest version: each run on a lake draws other events.
+    fn new(spec: &Spec, run: u64, span_us: i64, window_us: i64) -> Self {
         let hours = span_us as f64 / HOUR_US as f64;
         let lognormal = |median: f64, sigma: f64| {
             // Both parameters are finite constants of this module.
@@ -429,7 +452,7 @@ impl Generator {
             .map(|p| p.weight * p.size.0 * (p.size.1 * p.size.1 / 2.0).exp())
             .sum();
         let size_scale = f64::from(spec.mean_body_bytes.max(1)) / natural_mean;
-        let mut rng = StdRng::seed_from_u64(spec.seed);
+        let mut rng = StdRng::seed_from_u64(spec.seed ^ run.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let words = (0..512)
             .map(|_| {
                 let len = rng.random_range(3..10);
@@ -448,7 +471,7 @@ impl Generator {
             per_day: spec.deliveries as f64 / PER_FIRST_SEND / (hours / 24.0),
             pending: BinaryHeap::new(),
             order: 0,
-            next_event: 0,
+            next_event: run << 40,
             sizes: PROFILES
                 .iter()
                 .map(|p| lognormal(p.size.0 * size_scale, p.size.1))
@@ -857,7 +880,7 @@ mod tests {
 
     async fn generated(spec: &Spec) -> (tempfile::TempDir, Summary, std::sync::Arc<Engine>) {
         let dir = tempfile::tempdir().unwrap();
-        let summary = generate(dir.path(), spec, &|_| {}).await.unwrap();
+        let summary = generate(dir.path(), spec, |_| {}).await.unwrap();
         let engine = Engine::open(settings(dir.path()), Mode::ReadOnly)
             .await
             .unwrap();
@@ -1038,7 +1061,7 @@ mod tests {
             summary.deliveries as i64
         );
         // A second run adds to the lake; not while a server holds the directory.
-        let more = generate(dir.path(), &spec(500, 2), &|_| {}).await.unwrap();
+        let more = generate(dir.path(), &spec(500, 2), |_| {}).await.unwrap();
         let engine = Engine::open(settings(dir.path()), Mode::ReadOnly)
             .await
             .unwrap();
@@ -1046,29 +1069,60 @@ mod tests {
             number(&engine, "SELECT count(*) FROM deliveries").await,
             (summary.deliveries + more.deliveries) as i64
         );
+        // … with other events and ids, so attempts still count without holes.
+        assert_eq!(
+            number(
+                &engine,
+                "SELECT count(*) - count(DISTINCT id) FROM deliveries"
+            )
+            .await,
+            0
+        );
+        assert_eq!(
+            number(
+                &engine,
+                "SELECT count(*) FROM (SELECT source, dedup_key, count(*) AS c, max(attempt) AS m \
+                 FROM deliveries GROUP BY source, dedup_key) WHERE c <> m"
+            )
+            .await,
+            0
+        );
         let server = Engine::open(settings(dir.path()), Mode::Serve)
             .await
             .unwrap();
-        let err = generate(dir.path(), &spec(500, 2), &|_| {})
+        let err = generate(dir.path(), &spec(500, 2), |_| {})
             .await
             .unwrap_err();
         assert!(
             matches!(err, GenerateError::Engine(EngineError::Locked(_))),
             "{err}"
         );
+        // The server goes on with the lake: a delivery, a flush, all rows there.
+        let mut d = crate::model::tests::sample_delivery();
+        d.provider_attempt = None;
+        server.ingest(d).await.unwrap();
+        server.flush().await.unwrap();
+        server.shutdown().await.unwrap();
         drop(server);
+        let engine = Engine::open(settings(dir.path()), Mode::ReadOnly)
+            .await
+            .unwrap();
+        assert_eq!(
+            number(&engine, "SELECT count(*) FROM deliveries").await,
+            (summary.deliveries + more.deliveries + 1) as i64
+        );
     }
 
     #[tokio::test]
     async fn an_empty_or_too_short_spec_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let err = generate(dir.path(), &spec(0, 24), &|_| {})
+        let err = generate(dir.path(), &spec(0, 24), |_| {})
             .await
             .unwrap_err();
         assert!(err.to_string().contains("at least one delivery"), "{err}");
         let mut short = spec(10, 1);
         short.span = Duration::from_secs(60);
-        let err = generate(dir.path(), &short, &|_| {}).await.unwrap_err();
+        let err = generate(dir.path(), &short, |_| {}).await.unwrap_err();
         assert!(err.to_string().contains("at least an hour"), "{err}");
     }
 }
