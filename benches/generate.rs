@@ -38,16 +38,12 @@ struct Args {
     bench: bool,
 }
 
+#[path = "common/lake_dir.rs"]
+mod lake_dir;
+
 fn main() {
     let args = <Args as clap::Parser>::parse();
-    let tmp;
-    let dir = match &args.dir {
-        Some(d) => d.clone(),
-        None => {
-            tmp = tempfile::tempdir().expect("temp dir");
-            tmp.path().join("lake")
-        }
-    };
+    let (_tmp, dir) = lake_dir::lake_dir(args.dir.as_ref());
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let spec = Spec {

@@ -214,17 +214,13 @@ fn drop_dedup_state(dir: &Path) {
     .expect("write");
 }
 
+#[path = "common/lake_dir.rs"]
+mod lake_dir;
+
 fn main() {
     let args = parse_args();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let tmp;
-    let dir = match &args.dir {
-        Some(d) => d.clone(),
-        None => {
-            tmp = tempfile::tempdir().expect("temp dir");
-            tmp.path().join("lake")
-        }
-    };
+    let (_tmp, dir) = lake_dir::lake_dir(args.dir.as_ref());
     rt.block_on(async {
         if !dir.join("_manifest").exists() {
             eprintln!("filling {} with {} deliveries", dir.display(), args.rows);
