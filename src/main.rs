@@ -97,6 +97,7 @@ fn run(args: Cli) -> anyhow::Result<()> {
             }
             runtime.block_on(cli::query::run(query, config))
         }
+        Command::Bench(bench) => runtime.block_on(cli::bench::run(bench, config)),
     }
 }
 

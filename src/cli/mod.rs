@@ -37,6 +37,23 @@ pub enum Command {
 
 Tables: deliveries, outcomes, alerts (their columns: docs/tables.md, or DESCRIBE deliveries). Only read-only statements run.")]
     Query(QueryArgs),
+
+    /// Time the standard analytic set on a generated lake (or your own).
+    #[command(after_help = "Examples:
+  hookscope bench                 # 1M deliveries over 30 days, in data/bench-1000000-30d
+  hookscope bench --rows 10000000 --days 30 --format json
+  hookscope bench --rows 1000000 --flush-every 10s --data-dir /tmp/small-files
+  hookscope bench --data-dir data/lake --query last_hour --query lookup_id
+
+A directory that already holds a lake is measured as it is (a generated one is reused);
+an empty or missing one is filled with generated traffic first: six sources, retries on
+each provider's schedule, duplicates, failures, lognormal sizes and latencies.
+
+The set: latency_by_hour, retry_intervals, size_trend, volume_spikes, volume_7d, last_hour,
+lookup_id, lookup_event. Times are anchored at the lake's newest delivery. Each query
+runs once untimed, then --runs times; the median is reported, with the rows of its table
+in its time range per second, and the rows it returned.")]
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -50,6 +67,39 @@ pub struct ServeArgs {
     /// Allow listening beyond loopback without a token.
     #[arg(long)]
     pub insecure: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Deliveries to generate (when the lake is generated).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rows: u64,
+    /// Days the generated traffic spans, ending now.
+    #[arg(long, default_value_t = 30)]
+    pub days: u64,
+    /// The lake to measure or fill (default: data/bench-<rows>-<days>d).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Output: table or json.
+    #[arg(long, short = 'f')]
+    pub format: Option<String>,
+    /// Timed runs per query (after one untimed run).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Run only these queries of the set (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub query: Vec<String>,
+    /// Generate one file per partition and window of this length (e.g. 10s), as a
+    /// server flushing at that interval leaves a lake; default one per hour.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub flush_every: Option<std::time::Duration>,
+    /// Seed of the generated traffic.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Include each query's result rows in the json output (to check them against
+    /// another engine).
+    #[arg(long)]
+    pub results: bool,
 }
 
 #[derive(Debug, Args)]
@@ -70,4 +120,5 @@ pub struct QueryArgs {
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
 }
+pub mod bench;
 pub mod query;

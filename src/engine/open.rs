@@ -104,7 +104,12 @@ impl Engine {
             Worker::start("hookscope-flush")
                 .map_err(|e| EngineError::Task(format!("cannot start the flush thread: {e}")))?,
         );
-        let (dedup, dedup_rebase) = open_dedup(&catalog, &settings, &background).await?;
+        // A read-only open needs the dedup index only for WAL records past the
+        // committed manifest (it derives their attempt numbers): it loads it only then.
+        let (dedup, dedup_rebase) = match mode {
+            Mode::Serve => open_dedup(&catalog, &settings, &background).await?,
+            Mode::ReadOnly => (empty_dedup(&settings), false),
+        };
         let open_forwards = Arc::new(OpenForwards::default());
         let last_cut = Arc::new(Mutex::new(None));
         let mut applier = LakeApplier {
@@ -133,11 +138,33 @@ impl Engine {
             Mode::ReadOnly => {
                 #[cfg(test)]
                 tests::pause_before_the_wal(&settings.data_dir).await;
-                let summary = tokio::task::spawn_blocking(move || {
-                    wal::read_only_replay(&wal_dir, |seq, entry| applier.replay(seq, entry))
+                let (summary, records) = tokio::task::spawn_blocking(move || {
+                    let mut records = Vec::new();
+                    wal::read_only_replay(&wal_dir, |seq, entry| {
+                        if seq > skip_through
+                            || matches!(entry, Entry::ForwardStart(_) | Entry::ForwardDone(_))
+                        {
+                            records.push((seq, entry));
+                        }
+                    })
+                    .map(|summary| (summary, records))
                 })
                 .await
                 .map_err(|e| EngineError::Task(e.to_string()))??;
+                let adds_deliveries = records.iter().any(|(seq, entry)| {
+                    *seq > skip_through
+                        && matches!(entry, Entry::Delivery(_) | Entry::ForwardDone(_))
+                });
+                if adds_deliveries {
+                    applier.dedup = open_dedup(&catalog, &settings, &background).await?.0;
+                }
+                tokio::task::spawn_blocking(move || {
+                    for (seq, entry) in records {
+                        applier.replay(seq, entry);
+                    }
+                })
+                .await
+                .map_err(|e| EngineError::Task(e.to_string()))?;
                 (None, summary)
             }
         };
@@ -230,6 +257,11 @@ async fn remove_uncommitted(lake: &Lake, manifest: &Manifest) {
     }
 }
 
+fn empty_dedup(settings: &EngineSettings) -> DedupIndex {
+    let window_us = i64::try_from(settings.dedup_window.as_micros()).unwrap_or(i64::MAX);
+    DedupIndex::new(window_us, settings.dedup_max_keys)
+}
+
 /// The dedup index as of the committed manifest: its persisted state, or (a lake
 /// written before the state was persisted, or whose state cannot be read) one rebuilt
 /// from the committed deliveries.
@@ -249,7 +281,7 @@ async fn open_dedup(
     {
         Ok(Some(index)) => return Ok((index, false)),
         Ok(None) if manifest.files(Table::Deliveries).is_empty() => {
-            return Ok((DedupIndex::new(window_us, max_keys), false));
+            return Ok((empty_dedup(settings), false));
         }
         Ok(None) => {}
         Err(e) => {

@@ -398,3 +398,38 @@ async fn a_forward_answered_while_a_flush_runs_survives_a_crash() {
     );
     assert_eq!(rows_after_a_crash(dir.path(), "outcomes", "fwd-1").await, 1);
 }
+
+#[tokio::test]
+async fn a_read_only_open_numbers_the_wal_s_arrivals_after_the_committed_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = chrono::Utc::now().timestamp_micros() - 60_000_000;
+    let engine = Engine::open(settings(dir.path()), Mode::Serve)
+        .await
+        .unwrap();
+    assert_eq!(arrive(&engine, "first", "k", at).await, 1);
+    engine.flush().await.unwrap();
+    assert_eq!(arrive(&engine, "second", "k", at + 1_000_000).await, 2);
+    engine.stop_without_flush().await;
+    drop(engine);
+    let reader = Engine::open(settings(dir.path()), Mode::ReadOnly)
+        .await
+        .unwrap();
+    let (_, batches) = reader
+        .query()
+        .collect("SELECT attempt, retry_gap_ms FROM deliveries WHERE id = 'second'")
+        .await
+        .unwrap();
+    let b = &batches[0];
+    assert_eq!(
+        b.column(0)
+            .as_primitive::<arrow::datatypes::Int32Type>()
+            .value(0),
+        2
+    );
+    assert_eq!(
+        b.column(1)
+            .as_primitive::<arrow::datatypes::Float64Type>()
+            .value(0),
+        1000.0
+    );
+}
