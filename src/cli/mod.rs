@@ -54,6 +54,23 @@ lookup_id, lookup_event. Times are anchored at the lake's newest delivery. Each 
 runs once untimed, then --runs times; the median is reported, with the rows of its table
 in its time range per second, and the rows it returned.")]
     Bench(BenchArgs),
+
+    /// Merge the small Parquet files of each partition into large sorted ones.
+    #[command(after_help = "Examples:
+  hookscope compact
+  hookscope compact --data-dir /var/lib/hookscope
+
+A running server does this in the background ([parquet] compact_interval); this command
+is for a lake no server runs on (it needs the data directory's lock). Rows are swapped
+in one manifest commit: a query sees every row exactly once, before, during and after.")]
+    Compact(CompactArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// Data directory (overrides data_dir).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -121,4 +138,5 @@ pub struct QueryArgs {
     pub server: Option<String>,
 }
 pub mod bench;
+pub mod compact;
 pub mod query;

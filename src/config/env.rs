@@ -74,6 +74,11 @@ pub(super) const ENV_KEYS: &[(&str, &str, Kind)] = &[
         "parquet.flush_cpu_percent",
         Kind::Int,
     ),
+    (
+        "HOOKSCOPE_PARQUET_COMPACT_INTERVAL",
+        "parquet.compact_interval",
+        Kind::Str,
+    ),
 ];
 
 pub(super) fn set_path(table: &mut toml::Table, path: &str, value: toml::Value) {

@@ -167,6 +167,9 @@ pub struct ParquetSection {
     /// they sleep between steps to stay under it, so acknowledgements find an idle
     /// core. Flushes on shutdown run flat out.
     pub flush_cpu_percent: u32,
+    /// How often the server merges small files of a partition into one sorted file
+    /// (0 turns background compaction off; `hookscope compact` still works).
+    pub compact_interval: Dur,
 }
 
 impl Default for ParquetSection {
@@ -177,6 +180,7 @@ impl Default for ParquetSection {
         Self {
             zstd_level: 1,
             flush_cpu_percent: 50,
+            compact_interval: Dur(Duration::from_secs(30)),
         }
     }
 }

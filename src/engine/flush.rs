@@ -345,7 +345,7 @@ impl Engine {
     }
 }
 
-async fn discard<'a>(lake: &Lake, paths: impl Iterator<Item = &'a str>) {
+pub(super) async fn discard<'a>(lake: &Lake, paths: impl Iterator<Item = &'a str>) {
     for p in paths {
         if let Err(e) = lake.delete(p).await {
             tracing::warn!(path = p, error = %e, "could not remove an uncommitted Parquet file");

@@ -14,6 +14,7 @@
 //!   opens take no lock and change nothing.
 
 mod apply;
+mod compact;
 pub mod dedup;
 mod flush;
 mod open;
@@ -21,6 +22,8 @@ mod open;
 pub(crate) mod tests;
 
 use apply::{CutState, LakeApplier, OpenForwards};
+pub use compact::CompactReport;
+use compact::Retired;
 pub use flush::FlushReport;
 use flush::FlushStatus;
 pub(crate) use open::lock_dir;
@@ -111,6 +114,8 @@ pub struct EngineSettings {
     pub zstd_level: i32,
     /// Share of one core the background flusher's encoding may use (0-1].
     pub flush_cpu_share: f64,
+    /// How often the server compacts in the background (zero: never).
+    pub compact_interval: Duration,
 }
 
 impl EngineSettings {
@@ -133,6 +138,7 @@ impl EngineSettings {
             dedup_max_keys: c.dedup.max_keys,
             zstd_level: c.parquet.zstd_level,
             flush_cpu_share: f64::from(c.parquet.flush_cpu_percent) / 100.0,
+            compact_interval: c.parquet.compact_interval.0,
         }
     }
 }
@@ -184,6 +190,8 @@ pub struct Engine {
     /// The persisted dedup state could not be read at open: the index was rebuilt
     /// from the lake, and the first commit replaces the old state by a checkpoint.
     dedup_rebase: AtomicBool,
+    /// Files replaced by compaction, deleted once no query can read them.
+    retired: Mutex<Retired>,
     _lock: Option<File>,
 }
 
@@ -359,6 +367,8 @@ impl Engine {
         if let Some(wal) = &self.wal {
             wal.shutdown().await;
         }
+        // No query runs any more: files compaction replaced can go now.
+        self.delete_retired(true).await;
         result.map(|_| ())
     }
 }

@@ -183,6 +183,7 @@ impl Engine {
             dedup_pending: Mutex::new(Delta::default()),
             file_seq_floor: AtomicU64::new(0),
             dedup_rebase: AtomicBool::new(dedup_rebase),
+            retired: Mutex::new(Retired::default()),
             _lock: lock,
         });
         engine.resolve_interrupted_forwards().await?;

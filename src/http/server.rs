@@ -59,7 +59,9 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
     });
     let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let flusher = engine.spawn_flusher(stop_rx);
+    let flusher = engine.spawn_flusher(stop_rx.clone());
+    let interval = engine.settings().compact_interval;
+    let compactor = (!interval.is_zero()).then(|| engine.spawn_compactor(interval, stop_rx));
     // Machine-readable first line on stdout: tests and scripts wait for it.
     println!("hookscope listening on http://{local}");
     tracing::info!(%local, "listening");
@@ -73,6 +75,9 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
     tracing::info!("shutting down: flushing the buffer to Parquet");
     let _ = stop_tx.send(true);
     let _ = flusher.await;
+    if let Some(compactor) = compactor {
+        let _ = compactor.await;
+    }
     engine
         .shutdown()
         .await

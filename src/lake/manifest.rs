@@ -180,6 +180,29 @@ impl Manifest {
         next
     }
 
+    /// The next version: `self` with `removed` files of `table` replaced by `added`
+    /// (compaction; retention adds nothing). WAL reach and the dedup state stay.
+    pub fn replacing(
+        &self,
+        table: Table,
+        removed: &[FileEntry],
+        added: Vec<FileEntry>,
+    ) -> Manifest {
+        let mut next = self.clone();
+        next.format = FORMAT;
+        next.version += 1;
+        let files = next.tables.entry(table.name().to_string()).or_default();
+        files.retain(|f| !removed.iter().any(|r| r.path == f.path));
+        files.extend(added);
+        next
+    }
+
+    /// True if every one of `files` is committed for `table` in this version.
+    pub fn holds(&self, table: Table, files: &[FileEntry]) -> bool {
+        let committed = self.files(table);
+        files.iter().all(|f| committed.contains(f))
+    }
+
     /// Makes this version durable: **when this returns `Ok`, it is the committed
     /// state.** Then deletes versions older than the previous one (best effort).
     ///

@@ -21,10 +21,12 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::config::TableParquetOptions;
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result as DfResult;
@@ -125,6 +127,12 @@ impl Catalog {
         dropped
     }
 
+    /// Publishes a committed manifest that moved files but reaches no further into
+    /// the WAL (compaction, retention): the buffer is untouched.
+    pub fn replace_manifest(&self, manifest: Manifest) {
+        self.state.lock().manifest = Arc::new(manifest);
+    }
+
     /// (rows, approximate bytes, oldest row's arrival) of the buffer.
     pub fn buffer_stats(&self) -> (usize, usize, Option<Instant>) {
         let state = self.state.lock();
@@ -194,7 +202,22 @@ impl TableProvider for LakeTable {
 
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         if !files.is_empty() {
-            let mut source = ParquetSource::new(Arc::clone(&self.schema));
+            // The session's Parquet settings (pushdown, page index, bloom filters), and
+            // footers and page indexes kept in the session's metadata cache: lake files
+            // never change under a name, so a cached footer stays right.
+            let options = TableParquetOptions {
+                global: state.config_options().execution.parquet.clone(),
+                ..Default::default()
+            };
+            let runtime = state.runtime_env();
+            let store = runtime.object_store(self.catalog.lake().url())?;
+            let reader = CachedParquetFileReaderFactory::new(
+                store,
+                runtime.cache_manager.get_file_metadata_cache(),
+            );
+            let mut source = ParquetSource::new(Arc::clone(&self.schema))
+                .with_table_parquet_options(options)
+                .with_parquet_file_reader_factory(Arc::new(reader));
             if let Some(predicate) = conjunction(filters.iter().cloned()) {
                 let df_schema = DFSchema::try_from(Arc::clone(&self.schema))?;
                 // A filter the physical planner cannot take is simply not used for pruning.
