@@ -16,6 +16,7 @@ pub mod catalog;
 pub mod format;
 mod guard;
 pub mod limits;
+mod window;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -162,7 +164,13 @@ impl QueryEngine {
             .with_memory_limit(limits.memory_limit, 1.0)
             .build_arc()
             .map_err(QueryError::from_df)?;
-        let mut ctx = SessionContext::new_with_config_rt(config, runtime);
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(window::LagWindowRule))
+            .build();
+        let mut ctx = SessionContext::new_with_state(state);
         let lake = catalog.lake();
         ctx.register_object_store(lake.url().as_ref(), Arc::clone(lake.store()));
         for table in Table::ALL {
