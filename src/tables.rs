@@ -137,6 +137,10 @@ pub enum Role {
     /// statistics kept
     /// (ULIDs sort by time, so min/max prune lookups by id).
     Unique,
+    /// Looked up by equality (provider event ids, delivery ids, dedup keys): like
+    /// `Unique`, plus a bloom filter per row group, so a lookup skips the row groups
+    /// (files) that cannot hold the value; min/max prune nothing for random ids.
+    Key,
     /// Timestamps: no dictionary, delta-encoded (rows are sorted by the time column,
     /// so its deltas are small).
     Time,
@@ -291,11 +295,11 @@ pub mod deliveries {
             "stripe, github, shopify, slack, standard, svix, twilio, paypal, token, hmac or generic: configured, or detected from the headers";
         event_type: Text opt Plain = r.0.event_type.as_deref(),
             "the provider's event type (X-GitHub-Event, X-Shopify-Topic, body `type` …)";
-        event_id: Text opt Unique = r.0.event_id.as_deref(),
+        event_id: Text opt Key = r.0.event_id.as_deref(),
             "the provider's stable id of the event (Stripe body `id`, `X-GitHub-Delivery`, `webhook-id` …)";
-        delivery_id: Text opt Unique = r.0.delivery_id.as_deref(),
+        delivery_id: Text opt Key = r.0.delivery_id.as_deref(),
             "a per-attempt id where the provider has one (`X-Shopify-Webhook-Id`, PayPal transmission id)";
-        dedup_key: Text req Unique = &r.0.dedup_key,
+        dedup_key: Text req Key = &r.0.dedup_key,
             "event_id when known, else `sha256:` of the body";
         attempt: Int32 req Plain = r.1.attempt,
             "1 for the first arrival of a dedup_key at a source, 2 for the second …; a provider's own number (Slack `X-Slack-Retry-Num` + 1) wins";
@@ -361,9 +365,9 @@ pub mod outcomes {
             "when the report arrived";
         source: Text req Plain = &o.source,
             "the `{source}` path segment";
-        delivery_id: Text opt Unique = o.delivery_id.as_deref(),
+        delivery_id: Text opt Key = o.delivery_id.as_deref(),
             "hookscope's delivery id or the provider's delivery id, as reported";
-        event_id: Text opt Unique = o.event_id.as_deref(),
+        event_id: Text opt Key = o.event_id.as_deref(),
             "the provider's event id, as reported";
         status: Text req Plain = &o.status,
             "success or failure";

@@ -32,6 +32,8 @@ const WRITE_BATCH: usize = 2048;
 /// (gathering rows past it panics in Arrow).
 const WRITE_BATCH_BYTES: usize = 64 << 20;
 const HOUR_US: i64 = 3_600_000_000;
+/// False-positive rate of the bloom filters on lookup keys.
+const BLOOM_FPP: f64 = 0.01;
 
 /// Errors encoding Parquet.
 #[derive(Debug, Error)]
@@ -66,6 +68,7 @@ pub(crate) fn partition_of(time_us: i64) -> String {
 pub(crate) fn writer_properties(
     table: Table,
     zstd_level: i32,
+    rows: u64,
 ) -> Result<WriterProperties, PersistError> {
     let schema = table.schema();
     let time_idx = schema
@@ -79,6 +82,15 @@ pub(crate) fn writer_properties(
     }
     for col in table.columns_stored_as(Role::Unique) {
         builder = builder.set_column_dictionary_enabled(ColumnPath::from(col), false);
+    }
+    // Sized for the file's rows (the writer's default assumes a million distinct
+    // values, far larger than a flush's file needs).
+    for col in table.columns_stored_as(Role::Key) {
+        builder = builder
+            .set_column_dictionary_enabled(ColumnPath::from(col), false)
+            .set_column_bloom_filter_enabled(ColumnPath::from(col), true)
+            .set_column_bloom_filter_fpp(ColumnPath::from(col), BLOOM_FPP)
+            .set_column_bloom_filter_max_ndv(ColumnPath::from(col), rows.max(1));
     }
     for col in table.columns_stored_as(Role::Time) {
         builder = builder
@@ -201,7 +213,6 @@ pub(crate) fn encode_paced(
     order.sort_by_key(|(t, _, _)| *t);
     let text_bytes: Vec<Vec<usize>> = batches.iter().map(|b| row_text_bytes(b)).collect();
 
-    let props = writer_properties(table, zstd_level)?;
     let schema = table.schema();
     let mut files = Vec::new();
     let mut start = 0;
@@ -213,8 +224,8 @@ pub(crate) fn encode_paced(
                 .position(|(t, _, _)| t.div_euclid(HOUR_US) != hour)
                 .unwrap_or(order.len() - start);
         let run = &order[start..end];
-        let mut writer =
-            ArrowWriter::try_new(Vec::new(), Arc::clone(&schema), Some(props.clone()))?;
+        let props = writer_properties(table, zstd_level, run.len() as u64)?;
+        let mut writer = ArrowWriter::try_new(Vec::new(), Arc::clone(&schema), Some(props))?;
         let mut indices = Vec::with_capacity(WRITE_BATCH);
         let mut bytes = 0;
         for (i, (_, b, r)) in run.iter().enumerate() {

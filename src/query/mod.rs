@@ -18,6 +18,7 @@ mod guard;
 pub mod limits;
 mod window;
 
+use std::num::NonZeroUsize;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,9 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::context::SQLOptions;
+use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
@@ -157,11 +160,25 @@ impl QueryEngine {
         dedicated_runtime: bool,
         threads: usize,
     ) -> Result<Self, QueryError> {
-        let config = SessionConfig::new()
+        // DataFusion's own `DATAFUSION_*` variables tune the session (for experiments);
+        // the settings below win.
+        let config = SessionConfig::from_env()
+            .unwrap_or_default()
             .with_information_schema(true)
             .with_target_partitions(threads);
+        // A fair pool: each sort or join that can spill gets its share and spills past
+        // it, instead of the first to grow starving the others into an error.
+        let pool = TrackConsumersPool::new(
+            FairSpillPool::new(limits.memory_limit),
+            NonZeroUsize::MIN.saturating_add(4),
+        );
+        // Footers and page indexes of the lake's files stay in memory between queries
+        // (a year of compacted hourly files holds tens of thousands).
+        let cache =
+            CacheManagerConfig::default().with_metadata_cache_limit(limits.memory_limit / 4);
         let runtime = RuntimeEnvBuilder::new()
-            .with_memory_limit(limits.memory_limit, 1.0)
+            .with_memory_pool(Arc::new(pool))
+            .with_cache_manager(cache)
             .build_arc()
             .map_err(QueryError::from_df)?;
         let state = SessionStateBuilder::new()
