@@ -13,6 +13,7 @@
 //! - The CLI and the server run the same [`QueryEngine`].
 
 pub mod catalog;
+mod date_trunc;
 pub mod format;
 mod guard;
 pub mod limits;
@@ -195,6 +196,7 @@ impl QueryEngine {
                 .map_err(QueryError::from_df)?;
         }
         datafusion_functions_json::register_all(&mut ctx).map_err(QueryError::from_df)?;
+        ctx.register_udf(date_trunc::UtcDateTrunc::udf());
         limits::register_bounded_functions(&ctx, limits::batch_limit(limits.memory_limit));
         let runtime = if dedicated_runtime {
             Some(query_runtime()?)
