@@ -18,7 +18,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.data_dir.display()
         );
     }
-    let engine = Engine::open(EngineSettings::from_config(&config), Mode::Serve)
+    let mut settings = EngineSettings::from_config(&config);
+    // No ingest to leave a core to: merge flat out.
+    settings.flush_cpu_share = 1.0;
+    let engine = Engine::open(settings, Mode::Serve)
         .await
         .with_context(|| {
             format!(
@@ -39,6 +42,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             total.bytes_before += pass.bytes_before;
             total.bytes_after += pass.bytes_after;
             total.skipped += pass.skipped;
+            total.failed += pass.failed;
             if done {
                 break;
             }
@@ -59,6 +63,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         files(&engine),
         files_before,
     );
+    if total.failed > 0 {
+        println!(
+            "{} groups could not be merged and were left as they are (the log says why)",
+            total.failed
+        );
+    }
+    let retired = engine.retired_files();
+    if retired > 0 {
+        println!(
+            "the {retired} replaced files stay until no query can still read them ([query] timeout, {}); the next start of the server or of this command after that removes them",
+            humantime::format_duration(config.query.timeout.0)
+        );
+    }
     Ok(())
 }
 

@@ -12,12 +12,14 @@
 //!    manifest names (removed at the next start);
 //! 4. publish the manifest to the catalog: new scans read the merged file;
 //! 5. once every query that may have planned a scan of the inputs is past its
-//!    deadline, delete the inputs.
+//!    deadline, delete the inputs. The manifest lists them as retired until then, so
+//!    neither a restart nor another process removes them early.
 //!
-//! Invariant: at every instant exactly one committed version names each row (the
-//! inputs, or the merged file), so queries see every row exactly once.
+//! Invariants: at every instant exactly one committed version names each row (the
+//! inputs, or the merged file), so queries see every row exactly once; a group that
+//! cannot be merged is logged and skipped, never blocking the others.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::flush::discard;
 use super::*;
@@ -35,14 +37,10 @@ pub struct CompactReport {
     pub bytes_after: u64,
     /// Groups skipped because another commit changed their files meanwhile.
     pub skipped: u64,
+    /// Groups that could not be merged (logged; their files stay as they are).
+    pub failed: u64,
     /// Replaced files deleted (by this call, of this or earlier compactions).
     pub deleted: u64,
-}
-
-/// Files replaced by a committed compaction, kept until no query can read them.
-#[derive(Debug, Default)]
-pub(crate) struct Retired {
-    files: Vec<(Instant, Vec<String>)>,
 }
 
 impl Engine {
@@ -53,8 +51,16 @@ impl Engine {
     }
 
     /// Merges what `policy` says is due, then deletes replaced files whose grace is
-    /// over. Only a writing engine compacts.
+    /// over. Only a writing engine compacts. Stops between groups once `stop` is set.
     pub async fn compact(&self, policy: &Policy) -> Result<CompactReport, EngineError> {
+        self.compact_until(policy, &AtomicBool::new(false)).await
+    }
+
+    async fn compact_until(
+        &self,
+        policy: &Policy,
+        stop: &AtomicBool,
+    ) -> Result<CompactReport, EngineError> {
         if self.wal.is_none() {
             return Err(EngineError::Task(
                 "this engine was opened read-only; compaction needs the data directory's lock"
@@ -65,9 +71,21 @@ impl Engine {
         let groups = plan::plan(&self.catalog.manifest(), now_us, policy);
         let mut report = CompactReport::default();
         for group in groups {
-            self.compact_group(&group, &mut report).await?;
+            if stop.load(Ordering::Acquire) {
+                break;
+            }
+            if let Err(e) = self.compact_group(&group, &mut report).await {
+                report.failed += 1;
+                tracing::warn!(
+                    table = group.table.name(),
+                    partition = %group.partition,
+                    files = group.files.len(),
+                    error = %e,
+                    "could not merge a partition's small files; they stay as they are"
+                );
+            }
         }
-        report.deleted += self.delete_retired(false).await;
+        report.deleted += self.delete_retired().await;
         Ok(report)
     }
 
@@ -141,12 +159,23 @@ impl Engine {
             report.skipped += 1;
             return Ok(());
         }
-        let next = manifest.replacing(group.table, &group.files, added);
+        let now_us = chrono::Utc::now().timestamp_micros();
+        let grace_us = i64::try_from(self.retire_grace().as_micros()).unwrap_or(i64::MAX);
+        let mut next = manifest.replacing(
+            group.table,
+            &group.files,
+            added,
+            now_us,
+            now_us.saturating_add(grace_us),
+        );
+        self.apply_floors(&mut next);
         if let Err(e) = next.commit(&lake).await {
-            drop(guard);
-            if !Manifest::keeps_files(&e) {
+            if Manifest::keeps_files(&e) {
+                self.raise_floors(&next);
+            } else {
                 discard(&lake, written.iter().map(String::as_str)).await;
             }
+            drop(guard);
             return Err(e.into());
         }
         crate::sys::failpoint::crash("compact_after_commit");
@@ -154,11 +183,7 @@ impl Engine {
         self.catalog.replace_manifest(next);
         drop(guard);
 
-        // 5. The inputs go once no query can still read them.
-        self.retired.lock().files.push((
-            Instant::now() + self.retire_grace(),
-            group.files.iter().map(|f| f.path.clone()).collect(),
-        ));
+        // 5. The inputs go once no query can still read them (`delete_retired`).
         report.merged_files += group.files.len() as u64;
         report.written_files += written.len() as u64;
         report.rows += group.rows();
@@ -176,25 +201,22 @@ impl Engine {
         Ok(())
     }
 
-    /// Deletes replaced files whose grace is over (all of them with `all`: nothing
-    /// reads them any more, as at shutdown). Returns how many it deleted.
-    pub(crate) async fn delete_retired(&self, all: bool) -> u64 {
-        let now = Instant::now();
-        let due: Vec<String> = {
-            let mut retired = self.retired.lock();
-            let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut retired.files)
-                .into_iter()
-                .partition(|(at, _)| all || *at <= now);
-            retired.files = keep;
-            due.into_iter().flat_map(|(_, paths)| paths).collect()
-        };
+    /// Deletes the retired files whose time has come (the committed manifest lists
+    /// them until a later commit forgets them). Returns how many it deleted.
+    pub(crate) async fn delete_retired(&self) -> u64 {
+        let now_us = chrono::Utc::now().timestamp_micros();
+        let manifest = self.catalog.manifest();
         let mut deleted = 0;
-        for path in due {
-            match self.catalog.lake().delete(&path).await {
+        for retired in manifest
+            .retired
+            .iter()
+            .filter(|r| r.delete_after_us <= now_us)
+        {
+            match self.catalog.lake().delete(&retired.path).await {
                 Ok(()) => deleted += 1,
                 // Left for the next start, which removes files no manifest names.
                 Err(e) => {
-                    tracing::warn!(path, error = %e, "could not delete a replaced Parquet file")
+                    tracing::warn!(path = %retired.path, error = %e, "could not delete a replaced Parquet file")
                 }
             }
             crate::sys::failpoint::crash("compact_after_delete");
@@ -202,9 +224,10 @@ impl Engine {
         deleted
     }
 
-    /// Replaced files still waiting for their grace to end.
+    /// Replaced files waiting for their grace to end.
     pub fn retired_files(&self) -> usize {
-        self.retired.lock().files.iter().map(|(_, p)| p.len()).sum()
+        let now_us = chrono::Utc::now().timestamp_micros();
+        self.catalog.manifest().retired_paths(now_us).count()
     }
 
     /// Compacts in the background every `every`, until `stop` fires.
@@ -216,13 +239,25 @@ impl Engine {
         let engine = Arc::clone(self);
         tokio::spawn(async move {
             let policy = Policy::default();
+            let stopping = Arc::new(AtomicBool::new(false));
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
                     _ = stop.changed() => return,
                 }
-                if let Err(e) = engine.compact(&policy).await {
+                // A shutdown during a pass ends it after the group at hand.
+                let mut watch = stop.clone();
+                let flag = Arc::clone(&stopping);
+                let watcher = tokio::spawn(async move {
+                    let _ = watch.changed().await;
+                    flag.store(true, Ordering::Release);
+                });
+                if let Err(e) = engine.compact_until(&policy, &stopping).await {
                     tracing::warn!(error = %e, "compaction failed; the files stay as they are and it is tried again");
+                }
+                watcher.abort();
+                if stopping.load(Ordering::Acquire) {
+                    return;
                 }
             }
         })

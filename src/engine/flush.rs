@@ -278,13 +278,14 @@ impl Engine {
         paths.extend(dedup.written.iter().cloned());
         let mut next = manifest.with_files(added, through, next_file_seq);
         next.dedup = Some(dedup.state);
+        self.apply_floors(&mut next);
         if let Err(e) = next.commit(&lake).await {
             // A version renamed into place may be the committed state after a crash:
             // its files stay (the next start removes them if it is not), and no later
-            // flush may write (or discard) a file under their names.
+            // commit may write (or discard) a file under their names or reuse its
+            // version number.
             if Manifest::keeps_files(&e) {
-                self.file_seq_floor
-                    .fetch_max(next.next_file_seq, Ordering::AcqRel);
+                self.raise_floors(&next);
             } else {
                 discard(&lake, paths.iter().map(String::as_str)).await;
             }

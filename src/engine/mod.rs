@@ -23,7 +23,6 @@ pub(crate) mod tests;
 
 use apply::{CutState, LakeApplier, OpenForwards};
 pub use compact::CompactReport;
-use compact::Retired;
 pub use flush::FlushReport;
 use flush::FlushStatus;
 pub(crate) use open::lock_dir;
@@ -190,8 +189,9 @@ pub struct Engine {
     /// The persisted dedup state could not be read at open: the index was rebuilt
     /// from the lake, and the first commit replaces the old state by a checkpoint.
     dedup_rebase: AtomicBool,
-    /// Files replaced by compaction, deleted once no query can read them.
-    retired: Mutex<Retired>,
+    /// No manifest version at or below this is written again: a version renamed into
+    /// place whose fsync failed may be the committed state (see `raise_floors`).
+    version_floor: AtomicU64,
     _lock: Option<File>,
 }
 
@@ -209,6 +209,26 @@ impl Drop for Reservation<'_> {
 }
 
 impl Engine {
+    /// Raises `next`'s version number and file numbers above those of any commit
+    /// that may have taken effect without being confirmed.
+    pub(super) fn apply_floors(&self, next: &mut Manifest) {
+        next.version = next
+            .version
+            .max(self.version_floor.load(Ordering::Acquire).saturating_add(1));
+        next.next_file_seq = next
+            .next_file_seq
+            .max(self.file_seq_floor.load(Ordering::Acquire));
+    }
+
+    /// After a commit renamed into place but not confirmed durable (it may be the
+    /// committed state after a crash, and readers may have loaded it): no later
+    /// version reuses its number, and no later file its names.
+    pub(super) fn raise_floors(&self, next: &Manifest) {
+        self.version_floor.fetch_max(next.version, Ordering::AcqRel);
+        self.file_seq_floor
+            .fetch_max(next.next_file_seq, Ordering::AcqRel);
+    }
+
     pub fn settings(&self) -> &EngineSettings {
         &self.settings
     }
@@ -367,8 +387,9 @@ impl Engine {
         if let Some(wal) = &self.wal {
             wal.shutdown().await;
         }
-        // No query runs any more: files compaction replaced can go now.
-        self.delete_retired(true).await;
+        // Replaced files whose grace is over; the others stay listed in the manifest
+        // for the next start (another process may still read them).
+        self.delete_retired().await;
         result.map(|_| ())
     }
 }

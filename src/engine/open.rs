@@ -183,7 +183,7 @@ impl Engine {
             dedup_pending: Mutex::new(Delta::default()),
             file_seq_floor: AtomicU64::new(0),
             dedup_rebase: AtomicBool::new(dedup_rebase),
-            retired: Mutex::new(Retired::default()),
+            version_floor: AtomicU64::new(0),
             _lock: lock,
         });
         engine.resolve_interrupted_forwards().await?;
@@ -237,8 +237,13 @@ async fn remove_uncommitted(lake: &Lake, manifest: &Manifest) {
     for path in lake.remove_staging_files(&with_manifests) {
         tracing::info!(path = %path.display(), "removed a staging file left by an interrupted write");
     }
-    let committed: std::collections::HashSet<&str> =
-        manifest.all_paths().chain(manifest.dedup_paths()).collect();
+    // Files a compaction replaced stay until their time: another process may read them.
+    let now_us = chrono::Utc::now().timestamp_micros();
+    let committed: std::collections::HashSet<&str> = manifest
+        .all_paths()
+        .chain(manifest.dedup_paths())
+        .chain(manifest.retired_paths(now_us))
+        .collect();
     for folder in folders {
         let listed = match lake.list(folder).await {
             Ok(l) => l,

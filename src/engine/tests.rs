@@ -572,14 +572,13 @@ async fn two_compactions_at_once_swap_each_file_once() {
         engine.catalog().manifest().files(Table::Deliveries).len(),
         1
     );
-    // The loser's merged files were removed: only committed files and retired ones
-    // are on disk.
+    // The loser's merged file was removed: on disk are the committed file and the
+    // six it replaced, retired until no query can read them.
+    let retired = engine.retired_files();
+    assert_eq!(retired, 6);
     engine.shutdown().await.unwrap();
-    let mut on_disk = Vec::new();
-    for entry in walk(&dir.path().join("deliveries")) {
-        on_disk.push(entry);
-    }
-    assert_eq!(on_disk.len(), 1, "{on_disk:?}");
+    let on_disk = walk(&dir.path().join("deliveries"));
+    assert_eq!(on_disk.len(), 1 + retired, "{on_disk:?}");
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -593,4 +592,95 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Twelve deliveries an hour ago in `flushes` files of the same partition.
+async fn small_files(engine: &Engine, flushes: i64, prefix: &str, hours_ago: i64) {
+    let t = chrono::Utc::now().timestamp_micros() - hours_ago * 3_600_000_000;
+    let base = t - t % 3_600_000_000;
+    for f in 0..flushes {
+        let mut d = delivery(&format!("{prefix}-{f}"));
+        d.received_at_us = base + f;
+        engine.ingest(d).await.unwrap();
+        engine.flush().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_files_outlive_a_restart_for_readers_that_planned_them() {
+    use crate::lake::compact::Policy;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(settings(dir.path()), Mode::Serve)
+        .await
+        .unwrap();
+    small_files(&engine, 4, "r", 1).await;
+    // Another process reads the lake as it is now (four files).
+    let reader = Engine::open(settings(dir.path()), Mode::ReadOnly)
+        .await
+        .unwrap();
+    assert_eq!(
+        engine
+            .compact(&Policy::default())
+            .await
+            .unwrap()
+            .merged_files,
+        4
+    );
+    engine.shutdown().await.unwrap();
+    drop(engine);
+    // The next start keeps the replaced files: their grace is not over.
+    let engine = Engine::open(settings(dir.path()), Mode::Serve)
+        .await
+        .unwrap();
+    assert_eq!(engine.retired_files(), 4);
+    assert_eq!(checksum(&reader).await.0, 4, "the reader lost its files");
+    assert_eq!(checksum(&engine).await.0, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_that_cannot_be_merged_does_not_stop_the_others() {
+    use crate::lake::compact::Policy;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(settings(dir.path()), Mode::Serve)
+        .await
+        .unwrap();
+    small_files(&engine, 3, "bad", 3).await;
+    small_files(&engine, 3, "good", 2).await;
+    // One file of the older partition is damaged on disk.
+    let damaged = engine.catalog().manifest().files(Table::Deliveries)[0]
+        .path
+        .clone();
+    std::fs::write(dir.path().join(&damaged), b"not parquet").unwrap();
+    let report = engine.compact(&Policy::default()).await.unwrap();
+    assert_eq!(report.failed, 1, "{report:?}");
+    assert_eq!(report.merged_files, 3, "{report:?}");
+    let files = engine
+        .catalog()
+        .manifest()
+        .files(Table::Deliveries)
+        .to_vec();
+    assert_eq!(
+        files.len(),
+        4,
+        "three damaged-partition files and one merged"
+    );
+    assert!(files.iter().any(|f| f.path == damaged));
+}
+
+#[tokio::test]
+async fn a_version_that_may_have_been_committed_is_never_written_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(settings(dir.path()), Mode::Serve)
+        .await
+        .unwrap();
+    engine.ingest(delivery("a")).await.unwrap();
+    engine.flush().await.unwrap();
+    let current = engine.catalog().manifest();
+    // A commit of the next version was renamed into place but not confirmed: the
+    // catalog stays where it was, and the next commit must not reuse its number.
+    let unconfirmed = current.next_version(chrono::Utc::now().timestamp_micros());
+    engine.raise_floors(&unconfirmed);
+    engine.ingest(delivery("b")).await.unwrap();
+    engine.flush().await.unwrap();
+    assert_eq!(engine.catalog().manifest().version, unconfirmed.version + 1);
 }

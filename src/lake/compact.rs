@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, new_null_array};
-use arrow::compute::cast;
+use arrow::compute::{CastOptions, cast_with_options};
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use thiserror::Error;
@@ -25,6 +25,11 @@ use crate::lake::persist::{self, EncodedFile, Pacer, PersistError};
 use crate::tables::Table;
 
 const HOUR_US: i64 = 3_600_000_000;
+/// A value that does not convert is an error, never a null: a merge must not lose it.
+const STRICT: CastOptions<'static> = CastOptions {
+    safe: false,
+    format_options: arrow::util::display::FormatOptions::new(),
+};
 
 /// When files are merged.
 #[derive(Debug, Clone)]
@@ -48,7 +53,7 @@ impl Default for Policy {
     fn default() -> Self {
         Self {
             small_bytes: 16 << 20,
-            max_merge_bytes: 64 << 20,
+            max_merge_bytes: 32 << 20,
             open_min_files: 32,
             settle_us: 120_000_000,
         }
@@ -198,12 +203,15 @@ pub(crate) fn merge(
             got,
         });
     }
-    Ok(persist::encode_paced(
-        group.table,
-        &batches,
-        zstd_level,
-        pacer,
-    )?)
+    let files = persist::encode_paced(group.table, &batches, zstd_level, pacer)?;
+    let written: u64 = files.iter().map(|f| f.rows).sum();
+    if written != got {
+        return Err(CompactError::RowCount {
+            expected: got,
+            got: written,
+        });
+    }
+    Ok(files)
 }
 
 /// `batch` with the table's current columns: a column files of an older version lack
@@ -222,7 +230,7 @@ fn to_schema(
     for field in schema.fields() {
         let column = match batch.column_by_name(field.name()) {
             Some(c) if c.data_type() == field.data_type() => Arc::clone(c),
-            Some(c) => cast(c, field.data_type()).map_err(|e| {
+            Some(c) => cast_with_options(c, field.data_type(), &STRICT).map_err(|e| {
                 problem(
                     field.name(),
                     format!("cannot be read as {}: {e}", field.data_type()),

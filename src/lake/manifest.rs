@@ -28,6 +28,8 @@ use crate::tables::Table;
 /// The folder of manifest versions in the lake.
 pub(crate) const DIR: &str = "_manifest";
 const FORMAT: u32 = 1;
+/// Listings a load tries when the versions it listed vanish before it reads them.
+const LOAD_ATTEMPTS: usize = 5;
 
 /// Errors reading or committing the manifest.
 #[derive(Debug, Error)]
@@ -77,6 +79,19 @@ pub struct Manifest {
     /// persisted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup: Option<DedupFiles>,
+    /// Files a compaction replaced, kept on disk until no query that may have planned
+    /// a scan of them still runs (in this process or another): no start removes them
+    /// before `delete_after_us`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<RetiredFile>,
+}
+
+/// A replaced file waiting for its deletion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetiredFile {
+    pub path: String,
+    /// Microseconds UTC.
+    pub delete_after_us: i64,
 }
 
 /// The persisted dedup index: files under `_dedup/`, read in order (the first may be
@@ -107,11 +122,30 @@ impl Manifest {
     /// format or a manifest this build cannot read stops the open, because falling
     /// back would drop the files it names.
     pub async fn load(lake: &Lake) -> Result<Manifest, ManifestError> {
+        // A writer deletes old versions after each commit: versions listed here may be
+        // gone when they are read. Listing again finds the newer ones.
+        for _ in 0..LOAD_ATTEMPTS {
+            if let Some(manifest) = Self::load_listed(lake).await? {
+                return Ok(manifest);
+            }
+        }
+        Err(ManifestError::Corrupt {
+            path: DIR.into(),
+            reason: format!(
+                "every listed version vanished before it could be read, {LOAD_ATTEMPTS} times (a writer committing very fast?); try again"
+            ),
+        })
+    }
+
+    /// The newest readable version; `None` if versions were listed but every one
+    /// was gone when read.
+    async fn load_listed(lake: &Lake) -> Result<Option<Manifest>, ManifestError> {
         let mut versions = list_versions(lake).await?;
         versions.sort_by_key(|v| std::cmp::Reverse(v.0));
         for (i, (version, path)) in versions.into_iter().enumerate() {
+            // Gone since the listing: newer versions exist; list again.
             let Some(bytes) = lake.get(&path).await? else {
-                continue;
+                return Ok(None);
             };
             let value = match serde_json::from_slice::<serde_json::Value>(&bytes) {
                 Ok(v) => v,
@@ -150,13 +184,13 @@ impl Manifest {
                     path,
                 });
             }
-            return Ok(manifest);
+            return Ok(Some(manifest));
         }
-        Ok(Manifest {
+        Ok(Some(Manifest {
             format: FORMAT,
             next_file_seq: 1,
             ..Default::default()
-        })
+        }))
     }
 
     /// The next version: `self` plus `added` files, reaching WAL seq `wal_through`.
@@ -166,9 +200,7 @@ impl Manifest {
         wal_through: u64,
         next_file_seq: u64,
     ) -> Manifest {
-        let mut next = self.clone();
-        next.format = FORMAT;
-        next.version += 1;
+        let mut next = self.next_version(chrono::Utc::now().timestamp_micros());
         next.wal_through = next.wal_through.max(wal_through);
         next.next_file_seq = next_file_seq;
         for (table, entry) in added {
@@ -182,18 +214,49 @@ impl Manifest {
 
     /// The next version: `self` with `removed` files of `table` replaced by `added`
     /// (compaction; retention adds nothing). WAL reach and the dedup state stay.
+    ///
+    /// The added files take the place of the first removed one, so the list keeps
+    /// the order in which rows arrived (the dedup rebuild reads files in that order).
+    /// The removed files are retired until `delete_after_us`; retired files whose
+    /// time has passed leave the list.
     pub fn replacing(
         &self,
         table: Table,
         removed: &[FileEntry],
         added: Vec<FileEntry>,
+        now_us: i64,
+        delete_after_us: i64,
     ) -> Manifest {
+        let mut next = self.next_version(now_us);
+        let files = next.tables.entry(table.name().to_string()).or_default();
+        let at = files
+            .iter()
+            .position(|f| removed.iter().any(|r| r.path == f.path))
+            .unwrap_or(files.len());
+        let kept_before = files[..at].to_vec();
+        let kept_after: Vec<FileEntry> = files[at..]
+            .iter()
+            .filter(|f| !removed.iter().any(|r| r.path == f.path))
+            .cloned()
+            .collect();
+        *files = kept_before;
+        files.extend(added);
+        files.extend(kept_after);
+        next.retired.extend(removed.iter().map(|f| RetiredFile {
+            path: f.path.clone(),
+            delete_after_us,
+        }));
+        next
+    }
+
+    /// `self` as the base of the next version: the number after it, and retired files
+    /// past their time forgotten (deleted by now, or removed at the next start as
+    /// files no manifest names).
+    pub fn next_version(&self, now_us: i64) -> Manifest {
         let mut next = self.clone();
         next.format = FORMAT;
         next.version += 1;
-        let files = next.tables.entry(table.name().to_string()).or_default();
-        files.retain(|f| !removed.iter().any(|r| r.path == f.path));
-        files.extend(added);
+        next.retired.retain(|r| r.delete_after_us > now_us);
         next
     }
 
@@ -241,6 +304,14 @@ impl Manifest {
     /// True when a failed commit must keep the files the version names.
     pub fn keeps_files(err: &ManifestError) -> bool {
         matches!(err, ManifestError::Unconfirmed { .. })
+    }
+
+    /// Retired files whose time has not come (`now_us`): not to be removed yet.
+    pub fn retired_paths(&self, now_us: i64) -> impl Iterator<Item = &str> {
+        self.retired
+            .iter()
+            .filter(move |r| r.delete_after_us > now_us)
+            .map(|r| r.path.as_str())
     }
 
     /// Every committed file path, over all tables.

@@ -2,6 +2,7 @@
 //! with its own data directory (see `harness`). One test binary for all of them.
 
 mod bench;
+mod compaction;
 mod durability;
 mod harness;
 mod ingest;

@@ -1,0 +1,184 @@
+//! Compaction against the real binary: a crash at each step loses and duplicates
+//! nothing, and the server's background compaction keeps every row exactly once
+//! while queries run.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{Options, Server, binary, parquet_files};
+
+const CHECKSUM: &str = "SELECT count(*) AS n, count(DISTINCT id) AS ids, sum(payload_size) AS bytes, \
+                        min(id) AS first, max(id) AS last FROM deliveries";
+
+fn offline(lake: &Path, sql: &str) -> Value {
+    let out = Command::new(binary())
+        .args(["query", sql, "--format", "json", "--data-dir"])
+        .arg(lake)
+        .env_remove("HOOKSCOPE_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Files the newest manifest names.
+fn committed(lake: &Path) -> usize {
+    let mut versions: Vec<_> = std::fs::read_dir(lake.join("_manifest"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    versions.sort();
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(versions.last().unwrap()).unwrap()).unwrap();
+    manifest["tables"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|files| files.as_array().unwrap().len())
+        .sum()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn compact(lake: &Path, failpoints: Option<&str>) -> std::process::Output {
+    let mut cmd = Command::new(binary());
+    cmd.args(["compact", "--data-dir"])
+        .arg(lake)
+        .env_remove("HOOKSCOPE_CONFIG")
+        // The replaced files' grace is the query timeout.
+        .env("HOOKSCOPE_QUERY_TIMEOUT", "1s");
+    if let Some(f) = failpoints {
+        cmd.env("HOOKSCOPE_FAILPOINTS", f);
+    }
+    cmd.output().unwrap()
+}
+
+/// A lake of many small files: a server flushing every ten rows.
+async fn small_files_lake(dir: &Path) {
+    let options = Options::default()
+        .env("HOOKSCOPE_BUFFER_MAX_ROWS", 10)
+        .env("HOOKSCOPE_PARQUET_COMPACT_INTERVAL", "0s");
+    let mut server = Server::start_in(dir, options);
+    for i in 0..80 {
+        server
+            .post_json("small", &json!({"i": i, "pad": "x".repeat(i * 7)}))
+            .await;
+        if i % 10 == 9 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+    assert!(server.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_at_each_step_of_a_compaction_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    small_files_lake(dir.path()).await;
+    let lake = dir.path().join("lake");
+    let before = offline(&lake, CHECKSUM);
+    assert_eq!(before[0]["n"], 80);
+    let files_before = committed(&lake);
+    assert!(files_before >= 4, "{files_before} files");
+
+    for point in [
+        "compact_after_write",
+        "compact_after_commit",
+        "compact_after_delete",
+    ] {
+        let copy = dir.path().join(point);
+        copy_dir(&lake, &copy);
+        let crashed = compact(&copy, Some(&format!("{point}=crash")));
+        assert!(
+            !crashed.status.success(),
+            "{point}: the compaction did not crash"
+        );
+        // Right after the crash, and after a clean compaction, the same rows.
+        assert_eq!(offline(&copy, CHECKSUM), before, "{point}: after the crash");
+        let clean = compact(&copy, None);
+        assert!(
+            clean.status.success(),
+            "{point}: {}",
+            String::from_utf8_lossy(&clean.stderr)
+        );
+        assert_eq!(offline(&copy, CHECKSUM), before, "{point}: compacted");
+        // The replaced files stay until their grace (the query timeout) is over; the
+        // next open after it removes them.
+        std::thread::sleep(Duration::from_millis(2500));
+        let again = compact(&copy, None);
+        assert!(
+            again.status.success(),
+            "{point}: {}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+        // One file per table and hour, and nothing on disk the manifest does not
+        // name (files of the crashed run were removed at the next open).
+        let files = committed(&copy);
+        assert!(files < files_before && files <= 4, "{point}: {files} files");
+        assert_eq!(parquet_files(&copy).len(), files, "{point}: orphans left");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_compacts_in_the_background_while_queries_run() {
+    let options = Options::default()
+        .env("HOOKSCOPE_BUFFER_MAX_ROWS", 1)
+        .env("HOOKSCOPE_PARQUET_COMPACT_INTERVAL", "300ms")
+        .env("HOOKSCOPE_QUERY_TIMEOUT", "2s");
+    let (server, _dir) = Server::start(options);
+    // More small files in the current hour than the background policy waits for.
+    let mut n = 0;
+    while parquet_files(&server.lake()).len() < 40 {
+        server.post_json("bg", &json!({"n": n})).await;
+        n += 1;
+        assert_eq!(
+            server.count("deliveries").await,
+            n,
+            "a query missed or doubled rows"
+        );
+        tokio::time::sleep(Duration::from_millis(110)).await;
+        assert!(n < 400, "no small files appeared");
+    }
+    let mut merged = false;
+    for _ in 0..100 {
+        assert_eq!(server.count("deliveries").await, n);
+        if server.log().contains("merged small Parquet files") {
+            merged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(merged, "{}", server.log());
+    let ids = server
+        .query("SELECT count(DISTINCT id) AS n FROM deliveries")
+        .await;
+    assert_eq!(ids[0]["n"], n);
+    // The replaced files go once their grace (the query timeout) is over.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while parquet_files(&server.lake()).len() > 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replaced files were never deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(server.count("deliveries").await, n);
+}
