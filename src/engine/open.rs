@@ -237,12 +237,12 @@ async fn remove_uncommitted(lake: &Lake, manifest: &Manifest) {
     for path in lake.remove_staging_files(&with_manifests) {
         tracing::info!(path = %path.display(), "removed a staging file left by an interrupted write");
     }
-    // Files a compaction replaced stay until their time: another process may read them.
-    let now_us = chrono::Utc::now().timestamp_micros();
+    // Files a compaction replaced stay until their time (another process may read
+    // them) and are deleted by `delete_retired`, not here.
     let committed: std::collections::HashSet<&str> = manifest
         .all_paths()
         .chain(manifest.dedup_paths())
-        .chain(manifest.retired_paths(now_us))
+        .chain(manifest.retired.iter().map(|r| r.path.as_str()))
         .collect();
     for folder in folders {
         let listed = match lake.list(folder).await {
