@@ -144,6 +144,7 @@ impl Engine {
                 bytes,
                 min_time_us: f.min_time_us,
                 max_time_us: f.max_time_us,
+                ids: f.ids,
             });
         }
         crate::sys::failpoint::crash("compact_after_write");

@@ -253,6 +253,7 @@ impl Engine {
                         bytes: size,
                         min_time_us: f.min_time_us,
                         max_time_us: f.max_time_us,
+                        ids: f.ids,
                     },
                 ));
             }

@@ -252,6 +252,7 @@ impl Written {
                     bytes,
                     min_time_us: f.min_time_us,
                     max_time_us: f.max_time_us,
+                    ids: f.ids,
                 },
             ));
         }

@@ -260,6 +260,7 @@ mod tests {
             bytes,
             min_time_us: min,
             max_time_us: min + 1_000_000,
+            ids: None,
         }
     }
 

@@ -62,6 +62,10 @@ pub struct FileEntry {
     /// Smallest and largest value of the table's time column, microseconds UTC.
     pub min_time_us: i64,
     pub max_time_us: i64,
+    /// Smallest and largest `id` (absent in files committed before it was kept): a
+    /// lookup by id skips files whose range cannot hold it without opening them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<(String, String)>,
 }
 
 /// The committed state of the lake.
@@ -355,6 +359,7 @@ mod tests {
             bytes: 100,
             min_time_us: 1,
             max_time_us: 2,
+            ids: None,
         }
     }
 

@@ -55,6 +55,8 @@ pub struct EncodedFile {
     pub rows: u64,
     pub min_time_us: i64,
     pub max_time_us: i64,
+    /// Smallest and largest `id` in the file (for pruning lookups by id).
+    pub ids: Option<(String, String)>,
 }
 
 /// The Hive partition of a time: `date=YYYY-MM-DD/hour=HH` (UTC).
@@ -212,6 +214,13 @@ pub(crate) fn encode_paced(
     }
     order.sort_by_key(|(t, _, _)| *t);
     let text_bytes: Vec<Vec<usize>> = batches.iter().map(|b| row_text_bytes(b)).collect();
+    let ids: Vec<Option<&arrow::array::StringArray>> = batches
+        .iter()
+        .map(|b| {
+            b.column_by_name("id")
+                .and_then(|c| c.as_string_opt::<i32>())
+        })
+        .collect();
 
     let schema = table.schema();
     let mut files = Vec::new();
@@ -246,10 +255,31 @@ pub(crate) fn encode_paced(
             rows: run.len() as u64,
             min_time_us: run[0].0,
             max_time_us: run[run.len() - 1].0,
+            ids: id_range(&ids, run),
         });
         start = end;
     }
     Ok(files)
+}
+
+/// The smallest and largest non-null `id` of the rows of `run`.
+fn id_range(
+    ids: &[Option<&arrow::array::StringArray>],
+    run: &[(i64, usize, usize)],
+) -> Option<(String, String)> {
+    let mut range: Option<(&str, &str)> = None;
+    for (_, b, r) in run {
+        let column = ids.get(*b).copied().flatten()?;
+        if column.is_null(*r) {
+            continue;
+        }
+        let id = column.value(*r);
+        range = Some(match range {
+            Some((lo, hi)) => (lo.min(id), hi.max(id)),
+            None => (id, id),
+        });
+    }
+    range.map(|(lo, hi)| (lo.to_string(), hi.to_string()))
 }
 
 #[cfg(test)]
@@ -317,6 +347,9 @@ mod tests {
             (files[0].min_time_us, files[0].max_time_us),
             (base + 1, base + 5)
         );
+        // Rows r2, r3, r0 in the first hour; r4, r1 in the second.
+        assert_eq!(files[0].ids, Some(("r0".into(), "r3".into())));
+        assert_eq!(files[1].ids, Some(("r1".into(), "r4".into())));
 
         let options = parquet::arrow::arrow_reader::ArrowReaderOptions::new()
             .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Required);

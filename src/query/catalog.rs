@@ -194,10 +194,15 @@ impl TableProvider for LakeTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let snapshot = self.catalog.snapshot(self.table);
         let range = TimeRange::from_filters(filters, self.table.time_column());
+        let ids = ids_from_filters(filters);
         let files: Vec<&FileEntry> = snapshot
             .files
             .iter()
             .filter(|f| range.overlaps(f.min_time_us, f.max_time_us))
+            .filter(|f| match (&ids, &f.ids) {
+                (Some(wanted), Some((lo, hi))) => wanted.iter().any(|id| lo <= id && id <= hi),
+                _ => true,
+            })
             .collect();
 
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
@@ -380,6 +385,59 @@ impl TimeRange {
     }
 }
 
+/// The ids a row must have to pass the filters (`id = '…'`, `id IN (…)`, and ORs of
+/// them), if one of them says so.
+fn ids_from_filters(filters: &[Expr]) -> Option<Vec<String>> {
+    filters.iter().find_map(ids_of)
+}
+
+fn ids_of(expr: &Expr) -> Option<Vec<String>> {
+    match expr {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) => {
+            let (c, v) = match (column_name(left), column_name(right)) {
+                (Some(c), None) => (c, right),
+                (None, Some(c)) => (c, left),
+                _ => return None,
+            };
+            (c == "id")
+                .then(|| literal_text(v))
+                .flatten()
+                .map(|v| vec![v])
+        }
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Or,
+            right,
+        }) => {
+            let mut ids = ids_of(left)?;
+            ids.extend(ids_of(right)?);
+            Some(ids)
+        }
+        Expr::InList(list) if !list.negated && column_name(&list.expr) == Some("id") => list
+            .list
+            .iter()
+            .map(literal_text)
+            .collect::<Option<Vec<_>>>(),
+        _ => None,
+    }
+}
+
+fn literal_text(expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::Literal(
+            ScalarValue::Utf8(Some(v))
+            | ScalarValue::Utf8View(Some(v))
+            | ScalarValue::LargeUtf8(Some(v)),
+            _,
+        ) => Some(v.clone()),
+        _ => None,
+    }
+}
+
 fn column_name(expr: &Expr) -> Option<&str> {
     match expr {
         Expr::Column(c) => Some(c.name.as_str()),
@@ -412,6 +470,28 @@ mod tests {
             Some(us),
             Some("UTC".into()),
         ))
+    }
+
+    #[test]
+    fn lookups_by_id_name_the_ids_they_need() {
+        let ids = |f: Expr| ids_from_filters(&[f]);
+        assert_eq!(ids(col("id").eq(lit("a"))), Some(vec!["a".to_string()]));
+        assert_eq!(ids(lit("b").eq(col("id"))), Some(vec!["b".to_string()]));
+        assert_eq!(
+            ids(col("id").eq(lit("a")).or(col("id").eq(lit("c")))),
+            Some(vec!["a".to_string(), "c".to_string()])
+        );
+        assert_eq!(
+            ids(col("id").in_list(vec![lit("x"), lit("y")], false)),
+            Some(vec!["x".to_string(), "y".to_string()])
+        );
+        assert_eq!(ids(col("id").in_list(vec![lit("x")], true)), None);
+        assert_eq!(
+            ids(col("id").eq(lit("a")).or(col("source").eq(lit("s")))),
+            None
+        );
+        assert_eq!(ids(col("event_id").eq(lit("a"))), None);
+        assert_eq!(ids(col("id").gt(lit("a"))), None);
     }
 
     #[test]
