@@ -44,6 +44,16 @@ pub struct CompactReport {
 }
 
 impl Engine {
+    /// The compaction thread (a low-priority worker of its own, beside the flush's).
+    fn compactor(&self) -> Result<&Worker, EngineError> {
+        if let Some(worker) = self.compactor.get() {
+            return Ok(worker);
+        }
+        let worker = Worker::start("hookscope-compact")
+            .map_err(|e| EngineError::Task(format!("cannot start the compaction thread: {e}")))?;
+        Ok(self.compactor.get_or_init(|| worker))
+    }
+
     /// How long replaced files stay: no query that planned a scan before the swap
     /// runs past its deadline.
     fn retire_grace(&self) -> Duration {
@@ -111,8 +121,13 @@ impl Engine {
         let (level, share) = (self.settings.zstd_level, self.settings.flush_cpu_share);
         let owned = group.clone();
         let merged = self
-            .background
-            .run(move || plan::merge(&owned, inputs, level, &mut persist::Pacer::new(share)))
+            .compactor()?
+            .run(move || {
+                let merged = plan::merge(&owned, inputs, level, &mut persist::Pacer::new(share));
+                // The decoded inputs are gone: give their memory back to the OS.
+                crate::sys::return_free_memory();
+                merged
+            })
             .await?
             .map_err(|e: CompactError| EngineError::Task(e.to_string()))?;
 

@@ -189,6 +189,10 @@ pub struct Engine {
     /// The persisted dedup state could not be read at open: the index was rebuilt
     /// from the lake, and the first commit replaces the old state by a checkpoint.
     dedup_rebase: AtomicBool,
+    /// The thread compaction merges on, started at its first merge: a merge takes
+    /// seconds, and on the flush thread it held flushes back (the WAL then grew
+    /// new segments on the acknowledgement path).
+    compactor: std::sync::OnceLock<Worker>,
     /// No manifest version at or below this is written again: a version renamed into
     /// place whose fsync failed may be the committed state (see `raise_floors`).
     version_floor: AtomicU64,

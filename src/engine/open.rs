@@ -184,6 +184,7 @@ impl Engine {
             file_seq_floor: AtomicU64::new(0),
             dedup_rebase: AtomicBool::new(dedup_rebase),
             version_floor: AtomicU64::new(0),
+            compactor: std::sync::OnceLock::new(),
             _lock: lock,
         });
         engine.resolve_interrupted_forwards().await?;
