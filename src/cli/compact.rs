@@ -50,7 +50,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         anyhow::Ok(())
     }
     .await;
-    // Deletes the replaced files (nothing else reads through this engine).
+    // The replaced files go once no query that may read them runs (readers of the
+    // raw files, such as notebooks, would otherwise count their rows twice).
+    let waiting = engine.retired_files();
+    if result.is_ok() && waiting > 0 {
+        let grace = config.query.timeout.0 + std::time::Duration::from_secs(1);
+        eprintln!(
+            "waiting {} for queries that may still read the {waiting} replaced files, then deleting them (interrupt to leave that to the next start)",
+            humantime::format_duration(grace)
+        );
+        tokio::time::sleep(grace).await;
+    }
     engine.shutdown().await?;
     result?;
     println!(
@@ -69,13 +79,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             total.failed
         );
     }
-    let retired = engine.retired_files();
-    if retired > 0 {
-        println!(
-            "the {retired} replaced files stay until no query can still read them ([query] timeout, {}); the next start of the server or of this command after that removes them",
-            humantime::format_duration(config.query.timeout.0)
-        );
-    }
+
     Ok(())
 }
 

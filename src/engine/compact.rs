@@ -94,6 +94,8 @@ impl Engine {
                     "could not merge a partition's small files; they stay as they are"
                 );
             }
+            // A long pass deletes as it goes.
+            report.deleted += self.delete_retired().await;
         }
         report.deleted += self.delete_retired().await;
         Ok(report)
@@ -222,17 +224,29 @@ impl Engine {
     pub(crate) async fn delete_retired(&self) -> u64 {
         let now_us = chrono::Utc::now().timestamp_micros();
         let manifest = self.catalog.manifest();
+        let due: Vec<&str> = {
+            let mut gone = self.deleted_retired.lock();
+            // Forget what the manifest no longer lists.
+            let listed: std::collections::HashSet<&str> =
+                manifest.retired.iter().map(|r| r.path.as_str()).collect();
+            gone.retain(|p| listed.contains(p.as_str()));
+            manifest
+                .retired
+                .iter()
+                .filter(|r| r.delete_after_us <= now_us && !gone.contains(&r.path))
+                .map(|r| r.path.as_str())
+                .collect()
+        };
         let mut deleted = 0;
-        for retired in manifest
-            .retired
-            .iter()
-            .filter(|r| r.delete_after_us <= now_us)
-        {
-            match self.catalog.lake().delete(&retired.path).await {
-                Ok(()) => deleted += 1,
+        for path in due {
+            match self.catalog.lake().delete(path).await {
+                Ok(()) => {
+                    deleted += 1;
+                    self.deleted_retired.lock().insert(path.to_string());
+                }
                 // Left for the next start, which removes files no manifest names.
                 Err(e) => {
-                    tracing::warn!(path = %retired.path, error = %e, "could not delete a replaced Parquet file")
+                    tracing::warn!(path, error = %e, "could not delete a replaced Parquet file")
                 }
             }
             crate::sys::failpoint::crash("compact_after_delete");

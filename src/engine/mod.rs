@@ -193,6 +193,9 @@ pub struct Engine {
     /// seconds, and on the flush thread it held flushes back (the WAL then grew
     /// new segments on the acknowledgement path).
     compactor: std::sync::OnceLock<Worker>,
+    /// Retired files this process deleted already (the manifest lists them until a
+    /// later commit forgets them).
+    deleted_retired: Mutex<std::collections::HashSet<String>>,
     /// No manifest version at or below this is written again: a version renamed into
     /// place whose fsync failed may be the committed state (see `raise_floors`).
     version_floor: AtomicU64,

@@ -185,6 +185,7 @@ impl Engine {
             dedup_rebase: AtomicBool::new(dedup_rebase),
             version_floor: AtomicU64::new(0),
             compactor: std::sync::OnceLock::new(),
+            deleted_retired: Mutex::new(Default::default()),
             _lock: lock,
         });
         engine.resolve_interrupted_forwards().await?;

@@ -254,13 +254,15 @@ impl Manifest {
     }
 
     /// `self` as the base of the next version: the number after it, and retired files
-    /// past their time forgotten (deleted by now, or removed at the next start as
-    /// files no manifest names).
+    /// an hour past their time forgotten (deleted by then, or removed at the next
+    /// start as files no manifest names).
     pub fn next_version(&self, now_us: i64) -> Manifest {
+        const FORGET_AFTER_US: i64 = 3_600_000_000;
         let mut next = self.clone();
         next.format = FORMAT;
         next.version += 1;
-        next.retired.retain(|r| r.delete_after_us > now_us);
+        next.retired
+            .retain(|r| r.delete_after_us.saturating_add(FORGET_AFTER_US) > now_us);
         next
     }
 
