@@ -143,26 +143,19 @@ impl Engine {
                 self.settings.node_id,
                 ulid::Ulid::new()
             );
-            let bytes = f.bytes.len() as u64;
-            if let Err(e) = lake.put_durable(&path, f.bytes).await {
+            let (entry, bytes) = f.into_entry(path);
+            if let Err(e) = lake.put_durable(&entry.path, bytes).await {
                 discard(
                     &lake,
                     added
                         .iter()
                         .map(|e: &FileEntry| e.path.as_str())
-                        .chain([path.as_str()]),
+                        .chain([entry.path.as_str()]),
                 )
                 .await;
                 return Err(e.into());
             }
-            added.push(FileEntry {
-                path,
-                rows: f.rows,
-                bytes,
-                min_time_us: f.min_time_us,
-                max_time_us: f.max_time_us,
-                ids: f.ids,
-            });
+            added.push(entry);
         }
         crate::sys::failpoint::crash("compact_after_write");
 

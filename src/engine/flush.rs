@@ -229,33 +229,23 @@ impl Engine {
                     next_file_seq
                 );
                 next_file_seq += 1;
-                let size = f.bytes.len() as u64;
-                if let Err(e) = lake.put_durable(&path, f.bytes).await {
+                let (entry, bytes) = f.into_entry(path);
+                if let Err(e) = lake.put_durable(&entry.path, bytes).await {
                     discard(
                         &lake,
                         added
                             .iter()
                             .map(|(_, e): &(Table, FileEntry)| e.path.as_str())
-                            .chain([path.as_str()]),
+                            .chain([entry.path.as_str()]),
                     )
                     .await;
                     return Err(e.into());
                 }
                 crate::sys::failpoint::crash("after_parquet_write");
                 report.files += 1;
-                report.rows += f.rows;
-                report.bytes += size;
-                added.push((
-                    table,
-                    FileEntry {
-                        path,
-                        rows: f.rows,
-                        bytes: size,
-                        min_time_us: f.min_time_us,
-                        max_time_us: f.max_time_us,
-                        ids: f.ids,
-                    },
-                ));
+                report.rows += entry.rows;
+                report.bytes += entry.bytes;
+                added.push((table, entry));
             }
             report.write += t.elapsed();
         }

@@ -239,22 +239,12 @@ impl Written {
                 self.next_file
             );
             self.next_file += 1;
-            let bytes = f.bytes.len() as u64;
-            self.paths.push(path.clone());
-            lake.put_durable(&path, f.bytes).await?;
+            let (entry, bytes) = f.into_entry(path);
+            self.paths.push(entry.path.clone());
+            lake.put_durable(&entry.path, bytes).await?;
             self.summary.files += 1;
-            self.summary.bytes += bytes;
-            self.added.push((
-                table,
-                FileEntry {
-                    path,
-                    rows: f.rows,
-                    bytes,
-                    min_time_us: f.min_time_us,
-                    max_time_us: f.max_time_us,
-                    ids: f.ids,
-                },
-            ));
+            self.summary.bytes += entry.bytes;
+            self.added.push((table, entry));
         }
         Ok(())
     }

@@ -24,6 +24,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use thiserror::Error;
 
+use crate::lake::manifest::FileEntry;
 use crate::tables::{Role, Table};
 
 /// Rows per batch handed to the Parquet writer (also the step of pacing)…
@@ -57,6 +58,22 @@ pub struct EncodedFile {
     pub max_time_us: i64,
     /// Smallest and largest `id` in the file (for pruning lookups by id).
     pub ids: Option<(String, String)>,
+}
+
+impl EncodedFile {
+    /// The file's manifest entry once written at `path` (lake-relative), and the bytes
+    /// to write there.
+    pub fn into_entry(self, path: String) -> (FileEntry, Bytes) {
+        let entry = FileEntry {
+            path,
+            rows: self.rows,
+            bytes: self.bytes.len() as u64,
+            min_time_us: self.min_time_us,
+            max_time_us: self.max_time_us,
+            ids: self.ids,
+        };
+        (entry, self.bytes)
+    }
 }
 
 /// The Hive partition of a time: `date=YYYY-MM-DD/hour=HH` (UTC).
