@@ -21,7 +21,7 @@
 
 use std::time::Duration;
 
-use super::flush::discard;
+use super::flush::{discard, put_or_discard};
 use super::*;
 use crate::lake::compact::{self as plan, CompactError, Group, Policy};
 
@@ -144,17 +144,7 @@ impl Engine {
                 ulid::Ulid::new()
             );
             let (entry, bytes) = f.into_entry(path);
-            if let Err(e) = lake.put_durable(&entry.path, bytes).await {
-                discard(
-                    &lake,
-                    added
-                        .iter()
-                        .map(|e: &FileEntry| e.path.as_str())
-                        .chain([entry.path.as_str()]),
-                )
-                .await;
-                return Err(e.into());
-            }
+            put_or_discard(&lake, &entry, bytes, added.iter()).await?;
             added.push(entry);
         }
         crate::sys::failpoint::crash("compact_after_write");

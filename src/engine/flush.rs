@@ -230,17 +230,8 @@ impl Engine {
                 );
                 next_file_seq += 1;
                 let (entry, bytes) = f.into_entry(path);
-                if let Err(e) = lake.put_durable(&entry.path, bytes).await {
-                    discard(
-                        &lake,
-                        added
-                            .iter()
-                            .map(|(_, e): &(Table, FileEntry)| e.path.as_str())
-                            .chain([entry.path.as_str()]),
-                    )
-                    .await;
-                    return Err(e.into());
-                }
+                let written = added.iter().map(|(_, e): &(Table, FileEntry)| e);
+                put_or_discard(&lake, &entry, bytes, written).await?;
                 crate::sys::failpoint::crash("after_parquet_write");
                 report.files += 1;
                 report.rows += entry.rows;
@@ -335,6 +326,24 @@ impl Engine {
             }
         })
     }
+}
+
+/// Writes `entry`'s file durably; if that fails, removes it and the files of the
+/// same commit `written` before it (no manifest names them).
+pub(super) async fn put_or_discard<'a>(
+    lake: &Lake,
+    entry: &FileEntry,
+    bytes: bytes::Bytes,
+    written: impl Iterator<Item = &'a FileEntry>,
+) -> Result<(), EngineError> {
+    if let Err(e) = lake.put_durable(&entry.path, bytes).await {
+        let paths = written
+            .map(|e| e.path.as_str())
+            .chain([entry.path.as_str()]);
+        discard(lake, paths).await;
+        return Err(e.into());
+    }
+    Ok(())
 }
 
 pub(super) async fn discard<'a>(lake: &Lake, paths: impl Iterator<Item = &'a str>) {
