@@ -203,8 +203,12 @@ impl Engine {
     }
 
     /// Deletes the retired files whose time has come (the committed manifest lists
-    /// them until a later commit forgets them). Returns how many it deleted.
+    /// them until a later commit forgets them). Returns how many it deleted. Only the
+    /// writer deletes: a read-only engine never does.
     pub(crate) async fn delete_retired(&self) -> u64 {
+        if self.wal.is_none() {
+            return 0;
+        }
         let now_us = chrono::Utc::now().timestamp_micros();
         let manifest = self.catalog.manifest();
         let due: Vec<&str> = {
