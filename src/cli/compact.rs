@@ -30,6 +30,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             )
         })?;
     let files_before = files(&engine);
+    let expired = engine
+        .apply_retention(chrono::Utc::now().timestamp_micros())
+        .await?;
+    if expired > 0 {
+        println!("dropped {expired} files of partitions past the retention horizon");
+    }
     let mut total = CompactReport::default();
     let policy = Policy::everything();
     let result = async {

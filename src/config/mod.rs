@@ -125,16 +125,30 @@ pub struct AuthSection {
     pub token: Option<String>,
 }
 
-/// `[retention]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// `[retention]`: off unless set; nothing expires by default.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RetentionSection {
-    pub days: u32,
+    /// Days of history kept in every table: hourly partitions that ended longer ago
+    /// are dropped.
+    pub days: Option<u32>,
+    /// Days per table (`[retention.tables] outcomes = 7`), overriding `days`.
+    pub tables: std::collections::BTreeMap<String, u32>,
 }
 
-impl Default for RetentionSection {
-    fn default() -> Self {
-        Self { days: 30 }
+impl RetentionSection {
+    /// Days kept per table, for the tables that expire.
+    pub fn days_per_table(&self) -> Vec<(crate::tables::Table, u32)> {
+        crate::tables::Table::ALL
+            .iter()
+            .filter_map(|t| {
+                self.tables
+                    .get(t.name())
+                    .copied()
+                    .or(self.days)
+                    .map(|d| (*t, d))
+            })
+            .collect()
     }
 }
 
@@ -460,6 +474,25 @@ impl Config {
             return Err(invalid(format!(
                 "parquet.flush_cpu_percent {} must be 1..=100 (percent of one core)",
                 self.parquet.flush_cpu_percent
+            )));
+        }
+        if self.retention.days == Some(0) || self.retention.tables.values().any(|d| *d == 0) {
+            return Err(invalid(
+                "retention days must be at least 1 (0 would drop everything); leave it unset to keep everything".into(),
+            ));
+        }
+        if let Some(unknown) = self.retention.tables.keys().find(|k| {
+            !crate::tables::Table::ALL
+                .iter()
+                .any(|t| t.name() == k.as_str())
+        }) {
+            return Err(invalid(format!(
+                "retention.tables.{unknown}: no such table (tables: {})",
+                crate::tables::Table::ALL
+                    .iter()
+                    .map(|t| t.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         let mut seen = HashSet::new();

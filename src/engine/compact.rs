@@ -56,7 +56,7 @@ impl Engine {
 
     /// How long replaced files stay: no query that planned a scan before the swap
     /// runs past its deadline.
-    fn retire_grace(&self) -> Duration {
+    pub(super) fn retire_grace(&self) -> Duration {
         self.settings.query.timeout + Duration::from_secs(1)
     }
 
@@ -269,6 +269,10 @@ impl Engine {
                     let _ = watch.changed().await;
                     flag.store(true, Ordering::Release);
                 });
+                let now_us = chrono::Utc::now().timestamp_micros();
+                if let Err(e) = engine.apply_retention(now_us).await {
+                    tracing::warn!(error = %e, "dropping partitions past the retention horizon failed; tried again later");
+                }
                 if let Err(e) = engine.compact_until(&policy, &stopping).await {
                     tracing::warn!(error = %e, "compaction failed; the files stay as they are and it is tried again");
                 }

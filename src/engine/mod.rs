@@ -18,6 +18,7 @@ mod compact;
 pub mod dedup;
 mod flush;
 mod open;
+mod retention;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -115,6 +116,8 @@ pub struct EngineSettings {
     pub flush_cpu_share: f64,
     /// How often the server compacts in the background (zero: never).
     pub compact_interval: Duration,
+    /// Days kept per table; tables not listed never expire.
+    pub retention: Vec<(Table, u32)>,
 }
 
 impl EngineSettings {
@@ -138,6 +141,7 @@ impl EngineSettings {
             zstd_level: c.parquet.zstd_level,
             flush_cpu_share: f64::from(c.parquet.flush_cpu_percent) / 100.0,
             compact_interval: c.parquet.compact_interval.0,
+            retention: c.retention.days_per_table(),
         }
     }
 }

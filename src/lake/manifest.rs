@@ -232,6 +232,21 @@ impl Manifest {
         delete_after_us: i64,
     ) -> Manifest {
         let mut next = self.next_version(now_us);
+        next.swap_files(table, removed, added, delete_after_us);
+        next
+    }
+
+    /// In this version (no new number): `removed` files of `table` replaced by
+    /// `added` in the place of the first removed one, the removed ones retired until
+    /// `delete_after_us`.
+    pub fn swap_files(
+        &mut self,
+        table: Table,
+        removed: &[FileEntry],
+        added: Vec<FileEntry>,
+        delete_after_us: i64,
+    ) {
+        let next = self;
         let files = next.tables.entry(table.name().to_string()).or_default();
         let at = files
             .iter()
@@ -250,7 +265,6 @@ impl Manifest {
             path: f.path.clone(),
             delete_after_us,
         }));
-        next
     }
 
     /// `self` as the base of the next version: the number after it, and retired files

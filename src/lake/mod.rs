@@ -16,6 +16,7 @@ pub mod dedup_file;
 pub mod dedup_state;
 pub mod manifest;
 pub mod persist;
+pub mod retention;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,65 @@
+//! Retention, the engine's part: drops the hourly partitions past each table's
+//! horizon (`[retention] days`, per table under `[retention.tables]`) in one
+//! manifest commit, from the background compactor's loop and `hookscope compact`.
+//!
+//! Invariants: the drop is one commit (a query sees all of a partition or none of
+//! it); nothing inside the horizon is touched; the dropped files are retired like
+//! compaction's inputs, deleted once no query that may have planned them runs.
+
+use super::*;
+use crate::lake::retention;
+
+const DAY_US: i64 = 86_400_000_000;
+
+impl Engine {
+    /// Drops the partitions past the horizon as of `now_us`; returns how many files
+    /// it dropped. Nothing to do without retention settings or on a read-only engine.
+    pub async fn apply_retention(&self, now_us: i64) -> Result<u64, EngineError> {
+        if self.wal.is_none() || self.settings.retention.is_empty() {
+            return Ok(0);
+        }
+        let expired = |manifest: &Manifest| -> Vec<(Table, Vec<FileEntry>)> {
+            self.settings
+                .retention
+                .iter()
+                .map(|(table, days)| {
+                    let horizon = now_us.saturating_sub(i64::from(*days).saturating_mul(DAY_US));
+                    (*table, retention::expired(manifest, *table, horizon))
+                })
+                .filter(|(_, files)| !files.is_empty())
+                .collect()
+        };
+        if expired(&self.catalog.manifest()).is_empty() {
+            return Ok(0);
+        }
+        let guard = self.flush_lock.lock().await;
+        let manifest = self.catalog.manifest();
+        let drops = expired(&manifest);
+        let grace_us = i64::try_from(self.retire_grace().as_micros()).unwrap_or(i64::MAX);
+        let mut next = manifest.next_version(now_us);
+        let mut dropped = 0;
+        for (table, files) in &drops {
+            next.swap_files(*table, files, Vec::new(), now_us.saturating_add(grace_us));
+            dropped += files.len() as u64;
+        }
+        self.apply_floors(&mut next);
+        if let Err(e) = next.commit(self.catalog.lake()).await {
+            if Manifest::keeps_files(&e) {
+                self.raise_floors(&next);
+            }
+            return Err(e.into());
+        }
+        crate::sys::failpoint::crash("retention_after_commit");
+        self.catalog.replace_manifest(next);
+        drop(guard);
+        for (table, files) in &drops {
+            tracing::info!(
+                table = table.name(),
+                files = files.len(),
+                rows = files.iter().map(|f| f.rows).sum::<u64>(),
+                "dropped partitions past the retention horizon"
+            );
+        }
+        Ok(dropped)
+    }
+}
