@@ -164,6 +164,10 @@ fn every_key_has_an_environment_override_and_a_line_in_the_readme() {
         auth: AuthSection {
             token: Some("t".into()),
         },
+        retention: RetentionSection {
+            days: Some(30),
+            ..Default::default()
+        },
         ..Config::default()
     };
     let mut keys = Vec::new();
