@@ -33,13 +33,28 @@ impl Engine {
             return Ok(0);
         }
         let guard = self.flush_lock.lock().await;
+        // Rows of an expired hour still in the buffer (flushes failing, or a replay)
+        // would be left as part of a partition: wait until they are flushed.
+        if self.flush_status.lock().failing_since.is_some() {
+            return Ok(0);
+        }
         let manifest = self.catalog.manifest();
         let drops = expired(&manifest);
+        if drops.is_empty() {
+            return Ok(0);
+        }
+        // The grace counts from the commit: the lock may have been waited for.
+        let committed_at = chrono::Utc::now().timestamp_micros();
         let grace_us = i64::try_from(self.retire_grace().as_micros()).unwrap_or(i64::MAX);
-        let mut next = manifest.next_version(now_us);
+        let mut next = manifest.next_version(committed_at);
         let mut dropped = 0;
         for (table, files) in &drops {
-            next.swap_files(*table, files, Vec::new(), now_us.saturating_add(grace_us));
+            next.swap_files(
+                *table,
+                files,
+                Vec::new(),
+                committed_at.saturating_add(grace_us),
+            );
             dropped += files.len() as u64;
         }
         self.apply_floors(&mut next);

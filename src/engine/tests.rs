@@ -457,7 +457,8 @@ async fn compaction_keeps_every_row_exactly_once_while_queries_run() {
     let mut s = settings(dir.path());
     s.query.timeout = Duration::from_secs(2);
     let engine = Engine::open(s, Mode::Serve).await.unwrap();
-    let hour_ago = chrono::Utc::now().timestamp_micros() - 3_600_000_000;
+    // Two hours back: the previous hour is not settled in the first minutes of an hour.
+    let hour_ago = chrono::Utc::now().timestamp_micros() - 2 * 3_600_000_000;
     // Twelve flushes: twelve small files per table in one past hour's partition.
     for f in 0..12 {
         for i in 0..25 {
@@ -552,7 +553,8 @@ async fn two_compactions_at_once_swap_each_file_once() {
     let engine = Engine::open(settings(dir.path()), Mode::Serve)
         .await
         .unwrap();
-    let hour_ago = chrono::Utc::now().timestamp_micros() - 3_600_000_000;
+    // Two hours back: the previous hour is not settled in the first minutes of an hour.
+    let hour_ago = chrono::Utc::now().timestamp_micros() - 2 * 3_600_000_000;
     let base = hour_ago - hour_ago % 3_600_000_000;
     for f in 0..6 {
         let mut d = delivery(&format!("old-{f}"));
@@ -594,7 +596,8 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Twelve deliveries an hour ago in `flushes` files of the same partition.
+/// Deliveries `hours_ago` (at least two: a settled hour) in `flushes` files of the
+/// same partition.
 async fn small_files(engine: &Engine, flushes: i64, prefix: &str, hours_ago: i64) {
     let t = chrono::Utc::now().timestamp_micros() - hours_ago * 3_600_000_000;
     let base = t - t % 3_600_000_000;
@@ -613,7 +616,7 @@ async fn replaced_files_outlive_a_restart_for_readers_that_planned_them() {
     let engine = Engine::open(settings(dir.path()), Mode::Serve)
         .await
         .unwrap();
-    small_files(&engine, 4, "r", 1).await;
+    small_files(&engine, 4, "r", 2).await;
     // Another process reads the lake as it is now (four files).
     let reader = Engine::open(settings(dir.path()), Mode::ReadOnly)
         .await
@@ -644,8 +647,8 @@ async fn a_group_that_cannot_be_merged_does_not_stop_the_others() {
     let engine = Engine::open(settings(dir.path()), Mode::Serve)
         .await
         .unwrap();
-    small_files(&engine, 3, "bad", 3).await;
-    small_files(&engine, 3, "good", 2).await;
+    small_files(&engine, 3, "bad", 4).await;
+    small_files(&engine, 3, "good", 3).await;
     // One file of the older partition is damaged on disk.
     let damaged = engine.catalog().manifest().files(Table::Deliveries)[0]
         .path

@@ -61,6 +61,21 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let flusher = engine.spawn_flusher(stop_rx.clone());
     let interval = engine.settings().compact_interval;
+    for (table, days) in &engine.settings().retention {
+        if interval.is_zero() {
+            tracing::warn!(
+                table = table.name(),
+                days,
+                "retention is set but [parquet] compact_interval is 0: nothing expires while the server runs (`hookscope compact` applies it)"
+            );
+        } else {
+            tracing::info!(
+                table = table.name(),
+                days,
+                "retention: hourly partitions older than this many days are dropped"
+            );
+        }
+    }
     let compactor = (!interval.is_zero()).then(|| engine.spawn_compactor(interval, stop_rx));
     // Machine-readable first line on stdout: tests and scripts wait for it.
     println!("hookscope listening on http://{local}");

@@ -247,15 +247,17 @@ impl Manifest {
         delete_after_us: i64,
     ) {
         let next = self;
+        let gone: std::collections::HashSet<&str> =
+            removed.iter().map(|r| r.path.as_str()).collect();
         let files = next.tables.entry(table.name().to_string()).or_default();
         let at = files
             .iter()
-            .position(|f| removed.iter().any(|r| r.path == f.path))
+            .position(|f| gone.contains(f.path.as_str()))
             .unwrap_or(files.len());
         let kept_before = files[..at].to_vec();
         let kept_after: Vec<FileEntry> = files[at..]
             .iter()
-            .filter(|f| !removed.iter().any(|r| r.path == f.path))
+            .filter(|f| !gone.contains(f.path.as_str()))
             .cloned()
             .collect();
         *files = kept_before;
@@ -282,8 +284,14 @@ impl Manifest {
 
     /// True if every one of `files` is committed for `table` in this version.
     pub fn holds(&self, table: Table, files: &[FileEntry]) -> bool {
-        let committed = self.files(table);
-        files.iter().all(|f| committed.contains(f))
+        let committed: std::collections::HashMap<&str, &FileEntry> = self
+            .files(table)
+            .iter()
+            .map(|f| (f.path.as_str(), f))
+            .collect();
+        files
+            .iter()
+            .all(|f| committed.get(f.path.as_str()).is_some_and(|c| *c == f))
     }
 
     /// Makes this version durable: **when this returns `Ok`, it is the committed
