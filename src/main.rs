@@ -98,6 +98,12 @@ fn run(args: Cli) -> anyhow::Result<()> {
             runtime.block_on(cli::query::run(query, config))
         }
         Command::Bench(bench) => runtime.block_on(cli::bench::run(bench, config)),
+        Command::Check(check) => {
+            if let Some(dir) = check.data_dir {
+                config.data_dir = dir;
+            }
+            runtime.block_on(cli::check::run(config))
+        }
         Command::Compact(compact) => {
             if let Some(dir) = compact.data_dir {
                 config.data_dir = dir;

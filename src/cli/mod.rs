@@ -64,6 +64,18 @@ A running server does this in the background ([parquet] compact_interval); this 
 is for a lake no server runs on (it needs the data directory's lock). Rows are swapped
 in one manifest commit: a query sees every row exactly once, before, during and after.")]
     Compact(CompactArgs),
+
+    /// Verify a lake: manifest, files and WAL; exits non-zero when anything is wrong.
+    #[command(after_help = "Examples:
+  hookscope check
+  hookscope check --data-dir /var/lib/hookscope
+
+Checks that every file the manifest names exists, reads as Parquet and holds the rows
+and bytes recorded; that no table folder holds a file the manifest does not name; that
+the dedup state files exist; and that the WAL reads and no record past the committed
+files is missing. Changes nothing; safe beside a running server (a flush in progress
+may show as a file the manifest does not name yet).")]
+    Check(CompactArgs),
 }
 
 #[derive(Debug, Args)]
@@ -138,5 +150,6 @@ pub struct QueryArgs {
     pub server: Option<String>,
 }
 pub mod bench;
+pub mod check;
 pub mod compact;
 pub mod query;

@@ -176,3 +176,67 @@ async fn the_server_compacts_in_the_background_while_queries_run() {
     }
     assert_eq!(server.count("deliveries").await, n);
 }
+
+fn check(lake: &Path) -> (bool, String) {
+    let out = Command::new(binary())
+        .args(["check", "--data-dir"])
+        .arg(lake)
+        .env_remove("HOOKSCOPE_CONFIG")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_names_each_missing_damaged_or_unnamed_file() {
+    let dir = tempfile::tempdir().unwrap();
+    small_files_lake(dir.path()).await;
+    let lake = dir.path().join("lake");
+    let (ok, text) = check(&lake);
+    assert!(ok, "{text}");
+    assert!(text.contains("ok: every committed file"), "{text}");
+    // Acknowledged rows only in the WAL (a killed server) are fine, and said.
+    let mut server = Server::start_in(
+        dir.path(),
+        Options::default().env("HOOKSCOPE_BUFFER_FLUSH_INTERVAL", "1h"),
+    );
+    for i in 0..3 {
+        server.post_json("small", &json!({"late": i})).await;
+    }
+    server.kill();
+    let (ok, text) = check(&lake);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("3 WAL records are not in files yet"),
+        "{text}"
+    );
+
+    let files = parquet_files(&lake);
+    assert!(files.len() >= 3);
+    let name = |p: &Path| p.strip_prefix(&lake).unwrap().to_string_lossy().to_string();
+    // One file gone, one cut short, one the manifest does not name.
+    std::fs::remove_file(&files[0]).unwrap();
+    let cut = std::fs::read(&files[1]).unwrap();
+    std::fs::write(&files[1], &cut[..cut.len() / 2]).unwrap();
+    let stray = files[2].with_file_name("stray.parquet");
+    std::fs::copy(&files[2], &stray).unwrap();
+    let (ok, text) = check(&lake);
+    assert!(!ok, "{text}");
+    for (file, says) in [
+        (&files[0], "cannot be opened"),
+        (&files[1], "changed or cut short"),
+        (&stray, "not named by the manifest"),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(&name(file)))
+            .unwrap_or_else(|| panic!("{} not named in {text}", name(file)));
+        assert!(line.contains(says), "{line}");
+    }
+    assert!(text.contains("3 problem(s)"), "{text}");
+}
