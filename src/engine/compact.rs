@@ -54,9 +54,15 @@ impl Engine {
         Ok(self.compactor.get_or_init(|| worker))
     }
 
+    /// When files replaced at `now_us` may be deleted.
+    pub(super) fn retire_after(&self, now_us: i64) -> i64 {
+        let grace_us = i64::try_from(self.retire_grace().as_micros()).unwrap_or(i64::MAX);
+        now_us.saturating_add(grace_us)
+    }
+
     /// How long replaced files stay: no query that planned a scan before the swap
     /// runs past its deadline.
-    pub(super) fn retire_grace(&self) -> Duration {
+    fn retire_grace(&self) -> Duration {
         self.settings.query.timeout + Duration::from_secs(1)
     }
 
@@ -161,21 +167,14 @@ impl Engine {
             return Ok(());
         }
         let now_us = chrono::Utc::now().timestamp_micros();
-        let grace_us = i64::try_from(self.retire_grace().as_micros()).unwrap_or(i64::MAX);
         let mut next = manifest.replacing(
             group.table,
             &group.files,
             added,
             now_us,
-            now_us.saturating_add(grace_us),
+            self.retire_after(now_us),
         );
-        self.apply_floors(&mut next);
-        if let Err(e) = next.commit(&lake).await {
-            if Manifest::keeps_files(&e) {
-                self.raise_floors(&next);
-            } else {
-                discard(&lake, written.iter().map(String::as_str)).await;
-            }
+        if let Err(e) = self.commit_manifest(&mut next, &written).await {
             drop(guard);
             return Err(e.into());
         }

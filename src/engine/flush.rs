@@ -260,19 +260,7 @@ impl Engine {
         paths.extend(dedup.written.iter().cloned());
         let mut next = manifest.with_files(added, through, next_file_seq);
         next.dedup = Some(dedup.state);
-        self.apply_floors(&mut next);
-        if let Err(e) = next.commit(&lake).await {
-            // A version renamed into place may be the committed state after a crash:
-            // its files stay (the next start removes them if it is not), and no later
-            // commit may write (or discard) a file under their names or reuse its
-            // version number.
-            if Manifest::keeps_files(&e) {
-                self.raise_floors(&next);
-            } else {
-                discard(&lake, paths.iter().map(String::as_str)).await;
-            }
-            return Err(e.into());
-        }
+        self.commit_manifest(&mut next, &paths).await?;
         *committed = true;
         self.dedup_rebase.store(false, Ordering::Release);
         crate::sys::failpoint::crash("after_manifest_commit");

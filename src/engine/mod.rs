@@ -220,9 +220,32 @@ impl Drop for Reservation<'_> {
 }
 
 impl Engine {
+    /// Commits `next` (flush, compaction, retention), its numbers raised above any
+    /// commit that may have taken effect unconfirmed. On failure: a version renamed
+    /// into place may be the committed state after a crash, so its files stay and no
+    /// later commit reuses its number or file names; otherwise the files `written`
+    /// for it are removed (no manifest names them).
+    pub(super) async fn commit_manifest(
+        &self,
+        next: &mut Manifest,
+        written: &[String],
+    ) -> Result<(), ManifestError> {
+        self.apply_floors(next);
+        let lake = self.catalog.lake();
+        if let Err(e) = next.commit(lake).await {
+            if Manifest::keeps_files(&e) {
+                self.raise_floors(next);
+            } else {
+                flush::discard(lake, written.iter().map(String::as_str)).await;
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Raises `next`'s version number and file numbers above those of any commit
     /// that may have taken effect without being confirmed.
-    pub(super) fn apply_floors(&self, next: &mut Manifest) {
+    fn apply_floors(&self, next: &mut Manifest) {
         next.version = next
             .version
             .max(self.version_floor.load(Ordering::Acquire).saturating_add(1));
@@ -234,7 +257,7 @@ impl Engine {
     /// After a commit renamed into place but not confirmed durable (it may be the
     /// committed state after a crash, and readers may have loaded it): no later
     /// version reuses its number, and no later file its names.
-    pub(super) fn raise_floors(&self, next: &Manifest) {
+    fn raise_floors(&self, next: &Manifest) {
         self.version_floor.fetch_max(next.version, Ordering::AcqRel);
         self.file_seq_floor
             .fetch_max(next.next_file_seq, Ordering::AcqRel);

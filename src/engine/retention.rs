@@ -45,25 +45,13 @@ impl Engine {
         }
         // The grace counts from the commit: the lock may have been waited for.
         let committed_at = chrono::Utc::now().timestamp_micros();
-        let grace_us = i64::try_from(self.retire_grace().as_micros()).unwrap_or(i64::MAX);
         let mut next = manifest.next_version(committed_at);
         let mut dropped = 0;
         for (table, files) in &drops {
-            next.swap_files(
-                *table,
-                files,
-                Vec::new(),
-                committed_at.saturating_add(grace_us),
-            );
+            next.swap_files(*table, files, Vec::new(), self.retire_after(committed_at));
             dropped += files.len() as u64;
         }
-        self.apply_floors(&mut next);
-        if let Err(e) = next.commit(self.catalog.lake()).await {
-            if Manifest::keeps_files(&e) {
-                self.raise_floors(&next);
-            }
-            return Err(e.into());
-        }
+        self.commit_manifest(&mut next, &[]).await?;
         crate::sys::failpoint::crash("retention_after_commit");
         self.catalog.replace_manifest(next);
         drop(guard);

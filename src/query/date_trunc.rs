@@ -1,8 +1,8 @@
 //! `date_trunc` to the hour or day of a UTC timestamp by arithmetic. Every time
 //! column of the lake is `Timestamp(µs, "UTC")`; DataFusion's `date_trunc` takes
 //! its fast path only for timestamps without a zone and converts each value through
-//! the zone otherwise, which made per-hour and per-day rollups several times slower
-//! than the scan they run on.
+//! the zone otherwise, which dominated per-hour and per-day rollups (measurements in
+//! benches/RESULTS.md).
 //!
 //! Invariant: the answer is DataFusion's own. UTC has no offset, so the values are
 //! truncated by DataFusion's `date_trunc` itself on a view of the same values without

@@ -1,7 +1,7 @@
 //! A vectorised `lag(x)` for the shape retry analyses have: a window partitioned by
 //! a high-cardinality key (`dedup_key`), most partitions one or two rows, over input
 //! already sorted by the partition keys. DataFusion's `BoundedWindowAggExec` keeps
-//! state per partition and costs microseconds per row there; this operator computes
+//! state per partition, which dominated such queries (benches/RESULTS.md); this operator computes
 //! the same column a batch at a time: shift by one, null at partition starts.
 //!
 //! Invariants:

@@ -2,20 +2,14 @@
 //! queries answer what the stored columns say.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
-use crate::harness::binary;
+use crate::harness::cli;
 
 fn hookscope(dir: &Path, args: &[&str]) -> Output {
-    Command::new(binary())
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir)
-        .env_remove("HOOKSCOPE_CONFIG")
-        .output()
-        .expect("run hookscope")
+    cli(dir, args)
 }
 
 fn json_of(out: &Output) -> Value {

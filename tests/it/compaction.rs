@@ -8,24 +8,13 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Options, Server, binary, parquet_files};
+use crate::harness::{Options, Server, binary, cli, cli_ok, parquet_files};
 
 const CHECKSUM: &str = "SELECT count(*) AS n, count(DISTINCT id) AS ids, sum(payload_size) AS bytes, \
                         min(id) AS first, max(id) AS last FROM deliveries";
 
 fn offline(lake: &Path, sql: &str) -> Value {
-    let out = Command::new(binary())
-        .args(["query", sql, "--format", "json", "--data-dir"])
-        .arg(lake)
-        .env_remove("HOOKSCOPE_CONFIG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_str(&cli_ok(lake, &["query", sql, "--format", "json"])).unwrap()
 }
 
 /// Files the newest manifest names.
@@ -178,12 +167,7 @@ async fn the_server_compacts_in_the_background_while_queries_run() {
 }
 
 fn check(lake: &Path) -> (bool, String) {
-    let out = Command::new(binary())
-        .args(["check", "--data-dir"])
-        .arg(lake)
-        .env_remove("HOOKSCOPE_CONFIG")
-        .output()
-        .unwrap();
+    let out = cli(lake, &["check"]);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

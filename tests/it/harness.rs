@@ -15,6 +15,28 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_hookscope")
 }
 
+/// Runs a `hookscope` command on the data directory `lake` (no config file).
+pub fn cli(lake: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(binary())
+        .args(args)
+        .arg("--data-dir")
+        .arg(lake)
+        .env_remove("HOOKSCOPE_CONFIG")
+        .output()
+        .expect("run hookscope")
+}
+
+/// [`cli`], which must succeed: its standard output.
+pub fn cli_ok(lake: &Path, args: &[&str]) -> String {
+    let out = cli(lake, args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
 /// How to start a server.
 #[derive(Clone, Default)]
 pub struct Options {

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::harness::{Options, Server, binary, parquet_files};
+use crate::harness::{Options, Server, binary, cli_ok, parquet_files};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_forbidden_statement_kind_gets_403() {
@@ -467,21 +467,8 @@ async fn the_cli_queries_a_data_directory_offline() {
     }
     // Killed: two rows only in the WAL; the CLI must see them too.
     server.kill();
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(binary())
-            .args(args)
-            .arg("--data-dir")
-            .arg(server.lake())
-            .env_remove("HOOKSCOPE_CONFIG")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let lake = server.lake();
+    let run = |args: &[&str]| cli_ok(&lake, args);
     let json_out = run(&[
         "query",
         "SELECT count(*) AS n FROM deliveries",
