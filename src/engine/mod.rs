@@ -232,7 +232,8 @@ impl Engine {
     ) -> Result<(), ManifestError> {
         self.apply_floors(next);
         let lake = self.catalog.lake();
-        if let Err(e) = next.commit(lake).await {
+        let parent = self.catalog.manifest();
+        if let Err(e) = next.commit(lake, &parent).await {
             if Manifest::keeps_files(&e) {
                 self.raise_floors(next);
             } else {

@@ -195,8 +195,10 @@ async fn generate_locked(
     let outcome = result.and(joined.map(|_| ()));
     let committed = match outcome {
         Ok(()) => {
-            let next = manifest.with_files(out.added, manifest.wal_through, out.next_file);
-            next.commit(lake).await.map_err(GenerateError::from)
+            let mut next = manifest.with_files(out.added, manifest.wal_through, out.next_file);
+            next.commit(lake, &manifest)
+                .await
+                .map_err(GenerateError::from)
         }
         Err(e) => Err(e),
     };

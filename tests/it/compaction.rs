@@ -17,22 +17,15 @@ fn offline(lake: &Path, sql: &str) -> Value {
     serde_json::from_str(&cli_ok(lake, &["query", sql, "--format", "json"])).unwrap()
 }
 
-/// Files the newest manifest names.
+/// Files the committed manifest names (as `hookscope check` counts them).
 fn committed(lake: &Path) -> usize {
-    let mut versions: Vec<_> = std::fs::read_dir(lake.join("_manifest"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    versions.sort();
-    let manifest: Value =
-        serde_json::from_slice(&std::fs::read(versions.last().unwrap()).unwrap()).unwrap();
-    manifest["tables"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|files| files.as_array().unwrap().len())
-        .sum()
+    let out = cli(lake, &["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (_, after) = stdout
+        .split_once("files,")
+        .and_then(|(before, _)| before.rsplit_once(", "))
+        .unwrap_or_else(|| panic!("no file count in: {stdout}"));
+    after.trim().parse().unwrap_or_else(|_| panic!("{stdout}"))
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -113,7 +113,7 @@ async fn a_manifest_from_a_newer_build_stops_the_start_and_deletes_nothing() {
         .to_string_lossy()
         .into_owned();
     let manifest = json!({
-        "format": 2, "version": 2, "wal_through": 99, "next_file_seq": 3,
+        "format": 99, "version": 2, "wal_through": 99, "next_file_seq": 3,
         "tables": {"deliveries": [{"path": rel, "rows": 5}]}, "checkpoint": "x",
     });
     std::fs::write(

@@ -3,8 +3,14 @@
 //!
 //! Stored as `_manifest/<version, 20 digits>.json`. A commit writes version `v + 1`
 //! as a new object (object_store's put is atomic: staged, then renamed) and makes it
-//! durable; the newest version that parses is the committed state. Older versions are
-//! deleted once a newer one is durable, keeping one spare.
+//! durable; the newest version that parses is the committed state.
+//!
+//! Most versions are **deltas** (`delta.rs`): the changes since the version before,
+//! so a flush writes a few hundred bytes however many files the lake holds. Every
+//! [`MAX_DELTAS`] commits, or once the deltas add up to the checkpoint's size (64 KiB at least), a
+//! commit writes a **checkpoint**, the whole state; versions older than the newest
+//! checkpoint are then deleted. A load reads the newest version, its checkpoint and
+//! the deltas between.
 //!
 //! Invariants:
 //! - **Committed**: a Parquet file is committed exactly when a durable manifest lists
@@ -15,6 +21,11 @@
 //! - A manifest version torn by a crash was never acknowledged as committed (its WAL
 //!   segments were not released), so falling back to the previous version loses
 //!   nothing.
+//! - A delta is written only on top of a version this process committed and saw
+//!   confirmed durable, numbered one past it: its chain (the checkpoint and every
+//!   delta up to it) is durable and is never deleted while it is the newest chain. The
+//!   first commit after an open, and the first after an unconfirmed commit, is a
+//!   checkpoint.
 
 use std::collections::BTreeMap;
 
@@ -25,9 +36,19 @@ use thiserror::Error;
 use crate::lake::{Lake, LakeError};
 use crate::tables::Table;
 
+mod delta;
+
+use delta::Delta;
+
 /// The folder of manifest versions in the lake.
 pub(crate) const DIR: &str = "_manifest";
-const FORMAT: u32 = 1;
+/// Format 2 added deltas; format 1 manifests are checkpoints.
+const FORMAT: u32 = 2;
+/// Deltas after a checkpoint before a commit writes the next checkpoint.
+pub const MAX_DELTAS: u32 = 100;
+/// Delta bytes a chain may add up to before the next checkpoint, at least (a small
+/// lake's checkpoint is smaller than a few deltas).
+const MIN_DELTA_BUDGET: u64 = 64 * 1024;
 /// Listings a load tries when the versions it listed vanish before it reads them.
 const LOAD_ATTEMPTS: usize = 5;
 
@@ -88,10 +109,33 @@ pub struct Manifest {
     /// before `delete_after_us`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired: Vec<RetiredFile>,
+    /// Where this version sits in its chain, if this process committed it.
+    #[serde(skip)]
+    chain: Chain,
+}
+
+/// The chain a committed version ends: set only by a confirmed commit, so a delta is
+/// only ever written on top of a durable chain.
+#[derive(Debug, Clone, Copy, Default)]
+struct Chain(Option<ChainInfo>);
+
+#[derive(Debug, Clone, Copy)]
+struct ChainInfo {
+    checkpoint: u64,
+    checkpoint_bytes: u64,
+    deltas: u32,
+    delta_bytes: u64,
+}
+
+/// Chains are bookkeeping, not state: two manifests with the same files are equal.
+impl PartialEq for Chain {
+    fn eq(&self, _: &Chain) -> bool {
+        true
+    }
 }
 
 /// A replaced file waiting for its deletion.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RetiredFile {
     pub path: String,
     /// Microseconds UTC.
@@ -136,19 +180,19 @@ impl Manifest {
         Err(ManifestError::Corrupt {
             path: DIR.into(),
             reason: format!(
-                "every listed version vanished before it could be read, {LOAD_ATTEMPTS} times (a writer committing very fast?); try again"
+                "{LOAD_ATTEMPTS} listings in a row named a version that was gone when read, or a delta whose chain is not all there (a writer replacing versions very fast, or a version file deleted by hand); try again, and if it persists restore the folder from a backup"
             ),
         })
     }
 
-    /// The newest readable version; `None` if versions were listed but every one
-    /// was gone when read.
+    /// The newest readable version; `None` if a version this load needs was gone
+    /// when read (a writer replaced the chain meanwhile: list again).
     async fn load_listed(lake: &Lake) -> Result<Option<Manifest>, ManifestError> {
         let mut versions = list_versions(lake).await?;
         versions.sort_by_key(|v| std::cmp::Reverse(v.0));
-        for (i, (version, path)) in versions.into_iter().enumerate() {
+        for (i, (version, path)) in versions.iter().enumerate() {
             // Gone since the listing: newer versions exist; list again.
-            let Some(bytes) = lake.get(&path).await? else {
+            let Some(bytes) = lake.get(path).await? else {
                 return Ok(None);
             };
             let value = match serde_json::from_slice::<serde_json::Value>(&bytes) {
@@ -159,36 +203,19 @@ impl Manifest {
                 }
                 Err(e) => {
                     return Err(ManifestError::Corrupt {
-                        path,
+                        path: path.clone(),
                         reason: format!("not JSON ({e}), and a newer version exists"),
                     });
                 }
             };
-            let format = value.get("format").and_then(serde_json::Value::as_u64);
-            match format {
-                Some(f) if f > u64::from(FORMAT) => {
-                    return Err(ManifestError::TooNew { path, found: f });
+            return match Version::parse(value, *version, path)? {
+                Version::Checkpoint(m) => Ok(Some(m)),
+                Version::Delta(head) => {
+                    let listed: BTreeMap<u64, &str> =
+                        versions.iter().map(|(v, p)| (*v, p.as_str())).collect();
+                    load_chain(lake, &listed, head, path).await
                 }
-                Some(_) => {}
-                None => {
-                    return Err(ManifestError::Corrupt {
-                        path,
-                        reason: "no format number".into(),
-                    });
-                }
-            }
-            let manifest: Manifest =
-                serde_json::from_value(value).map_err(|e| ManifestError::Corrupt {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-            if manifest.version != version {
-                return Err(ManifestError::Corrupt {
-                    reason: format!("it says version {}", manifest.version),
-                    path,
-                });
-            }
-            return Ok(Some(manifest));
+            };
         }
         Ok(Some(Manifest {
             format: FORMAT,
@@ -277,6 +304,7 @@ impl Manifest {
         let mut next = self.clone();
         next.format = FORMAT;
         next.version += 1;
+        next.chain = Chain::default();
         next.retired
             .retain(|r| r.delete_after_us.saturating_add(FORGET_AFTER_US) > now_us);
         next
@@ -295,13 +323,44 @@ impl Manifest {
     }
 
     /// Makes this version durable: **when this returns `Ok`, it is the committed
-    /// state.** Then deletes versions older than the previous one (best effort).
+    /// state.** `parent` is the committed version this one was made from: if this
+    /// process committed it and the chain is short, only the changes are written (a
+    /// delta); otherwise the whole state (a checkpoint), after which the versions
+    /// before it are deleted (best effort).
     ///
     /// On [`ManifestError::Unconfirmed`] the version was renamed into place but not
     /// confirmed durable: it may be the committed state after a crash, so the files
     /// it names must stay. Any other error means it never replaced anything.
-    pub async fn commit(&self, lake: &Lake) -> Result<(), ManifestError> {
-        let body = serde_json::to_vec_pretty(self)?;
+    pub async fn commit(&mut self, lake: &Lake, parent: &Manifest) -> Result<(), ManifestError> {
+        self.format = FORMAT;
+        let delta = parent
+            .chain
+            .0
+            .filter(|c| {
+                c.deltas < MAX_DELTAS && c.delta_bytes < c.checkpoint_bytes.max(MIN_DELTA_BUDGET)
+            })
+            .and_then(|c| Delta::between(parent, self, c.checkpoint).map(|d| (c, d)));
+        let (body, chain) = match delta {
+            Some((c, d)) => {
+                let body = serde_json::to_vec(&d)?;
+                let chain = ChainInfo {
+                    deltas: c.deltas + 1,
+                    delta_bytes: c.delta_bytes + body.len() as u64,
+                    ..c
+                };
+                (body, chain)
+            }
+            None => {
+                let body = serde_json::to_vec(self)?;
+                let chain = ChainInfo {
+                    checkpoint: self.version,
+                    checkpoint_bytes: body.len() as u64,
+                    deltas: 0,
+                    delta_bytes: 0,
+                };
+                (body, chain)
+            }
+        };
         let path = version_path(self.version);
         match lake.put_durable(&path, Bytes::from(body)).await {
             Ok(()) => {}
@@ -310,23 +369,19 @@ impl Manifest {
             }
             Err(e) => return Err(e.into()),
         }
-        // Committed. Cleaning up older versions is housekeeping: a failure here
-        // must not make the flush look failed (it would discard committed files).
-        match list_versions(lake).await {
-            Ok(versions) => {
-                for (version, path) in versions {
-                    if version + 1 < self.version
-                        && let Err(e) = lake.delete(&path).await
-                    {
-                        tracing::warn!(manifest = %path, error = %e, "could not delete an old manifest version");
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not list old manifest versions to delete them");
-            }
+        self.chain = Chain(Some(chain));
+        if chain.deltas == 0 {
+            // Committed. Cleaning up the previous chains is housekeeping: a failure
+            // here must not make the flush look failed (it would discard committed
+            // files).
+            delete_versions_before(lake, chain.checkpoint).await;
         }
         Ok(())
+    }
+
+    /// True if this version was written as a delta.
+    pub fn is_delta(&self) -> bool {
+        self.chain.0.is_some_and(|c| c.deltas > 0)
     }
 
     /// True when a failed commit must keep the files the version names.
@@ -359,6 +414,111 @@ fn version_path(version: u64) -> String {
     format!("{DIR}/{version:020}.json")
 }
 
+/// A version file, parsed.
+enum Version {
+    Checkpoint(Manifest),
+    Delta(Delta),
+}
+
+impl Version {
+    /// Parses whole JSON read from `path` (listed as `version`).
+    fn parse(value: serde_json::Value, version: u64, path: &str) -> Result<Version, ManifestError> {
+        let corrupt = |reason: String| ManifestError::Corrupt {
+            path: path.to_string(),
+            reason,
+        };
+        match value.get("format").and_then(serde_json::Value::as_u64) {
+            Some(f) if f > u64::from(FORMAT) => {
+                return Err(ManifestError::TooNew {
+                    path: path.to_string(),
+                    found: f,
+                });
+            }
+            Some(_) => {}
+            None => return Err(corrupt("no format number".into())),
+        }
+        let parsed = if value.get("kind").and_then(serde_json::Value::as_str) == Some(delta::KIND) {
+            let d: Delta = serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
+            if d.checkpoint >= d.version {
+                return Err(corrupt(format!(
+                    "delta {} names checkpoint {}, which is not before it",
+                    d.version, d.checkpoint
+                )));
+            }
+            (d.version, Version::Delta(d))
+        } else {
+            let m: Manifest = serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
+            (m.version, Version::Checkpoint(m))
+        };
+        if parsed.0 != version {
+            return Err(corrupt(format!("it says version {}", parsed.0)));
+        }
+        Ok(parsed.1)
+    }
+}
+
+/// The state at `head` (read from `head_path`): its checkpoint with every delta up to
+/// it applied in order. `None` if a version of the chain is not listed or was gone
+/// when read (a writer wrote a newer checkpoint and is deleting this chain).
+async fn load_chain(
+    lake: &Lake,
+    listed: &BTreeMap<u64, &str>,
+    head: Delta,
+    head_path: &str,
+) -> Result<Option<Manifest>, ManifestError> {
+    let mut state: Option<Manifest> = None;
+    for version in head.checkpoint..head.version {
+        let Some(path) = listed.get(&version) else {
+            return Ok(None);
+        };
+        let Some(bytes) = lake.get(path).await? else {
+            return Ok(None);
+        };
+        let value = serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| {
+            ManifestError::Corrupt {
+                path: path.to_string(),
+                reason: format!("not JSON ({e}), and the newer version {head_path} builds on it"),
+            }
+        })?;
+        match (Version::parse(value, version, path)?, state.as_mut()) {
+            (Version::Checkpoint(m), None) => state = Some(m),
+            (Version::Delta(d), Some(m)) if d.checkpoint == head.checkpoint => d.apply(m),
+            _ => {
+                return Err(ManifestError::Corrupt {
+                    path: path.to_string(),
+                    reason: format!(
+                        "{head_path} is a delta on checkpoint {}, but this version does not belong to that chain",
+                        head.checkpoint
+                    ),
+                });
+            }
+        }
+    }
+    let Some(mut manifest) = state else {
+        return Ok(None);
+    };
+    head.apply(&mut manifest);
+    Ok(Some(manifest))
+}
+
+/// Deletes the versions before `version` (the chains a checkpoint replaced).
+async fn delete_versions_before(lake: &Lake, version: u64) {
+    match list_versions(lake).await {
+        Ok(versions) => {
+            for (v, path) in versions {
+                if v < version
+                    && let Err(e) = lake.delete(&path).await
+                {
+                    tracing::warn!(manifest = %path, error = %e, "could not delete an old manifest version");
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list old manifest versions to delete them");
+        }
+    }
+}
+
 async fn list_versions(lake: &Lake) -> Result<Vec<(u64, String)>, LakeError> {
     Ok(lake
         .list(DIR)
@@ -373,90 +533,4 @@ async fn list_versions(lake: &Lake) -> Result<Vec<(u64, String)>, LakeError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(path: &str) -> FileEntry {
-        FileEntry {
-            path: path.into(),
-            rows: 3,
-            bytes: 100,
-            min_time_us: 1,
-            max_time_us: 2,
-            ids: None,
-        }
-    }
-
-    #[tokio::test]
-    async fn commits_are_loaded_back_newest_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::local(dir.path()).unwrap();
-        let m0 = Manifest::load(&lake).await.unwrap();
-        assert_eq!(m0.version, 0);
-        let m1 = m0.with_files(
-            vec![(Table::Deliveries, entry("deliveries/a.parquet"))],
-            10,
-            2,
-        );
-        m1.commit(&lake).await.unwrap();
-        let m2 = m1.with_files(
-            vec![(Table::Deliveries, entry("deliveries/b.parquet"))],
-            20,
-            3,
-        );
-        m2.commit(&lake).await.unwrap();
-        let m3 = m2.with_files(vec![], 30, 3);
-        m3.commit(&lake).await.unwrap();
-        let loaded = Manifest::load(&lake).await.unwrap();
-        assert_eq!(loaded, m3);
-        assert_eq!(loaded.files(Table::Deliveries).len(), 2);
-        // Only the newest and one spare are kept.
-        assert_eq!(list_versions(&lake).await.unwrap().len(), 2);
-    }
-
-    #[tokio::test]
-    async fn a_torn_newest_version_falls_back_to_the_previous() {
-        let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::local(dir.path()).unwrap();
-        let m1 = Manifest::load(&lake).await.unwrap().with_files(
-            vec![(Table::Outcomes, entry("outcomes/a.parquet"))],
-            5,
-            2,
-        );
-        m1.commit(&lake).await.unwrap();
-        std::fs::write(dir.path().join(version_path(2)), b"{\"format\":1,\"vers").unwrap();
-        assert_eq!(Manifest::load(&lake).await.unwrap(), m1);
-        // Zeros (a rename made durable before the data) are torn too.
-        std::fs::write(dir.path().join(version_path(2)), [0u8; 64]).unwrap();
-        assert_eq!(Manifest::load(&lake).await.unwrap(), m1);
-    }
-
-    #[tokio::test]
-    async fn a_newer_or_unreadable_whole_manifest_stops_the_load() {
-        let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::local(dir.path()).unwrap();
-        let m1 = Manifest::load(&lake).await.unwrap().with_files(
-            vec![(Table::Outcomes, entry("outcomes/a.parquet"))],
-            5,
-            2,
-        );
-        m1.commit(&lake).await.unwrap();
-        // A newer build's manifest, with fields this build does not know.
-        let newer = r#"{"format": 2, "version": 2, "tables": {"deliveries": [{"path": "deliveries/b.parquet", "rows": 1}]}, "partitions": {}}"#;
-        std::fs::write(dir.path().join(version_path(2)), newer).unwrap();
-        let err = Manifest::load(&lake).await.unwrap_err();
-        assert!(
-            matches!(err, ManifestError::TooNew { found: 2, .. }),
-            "{err}"
-        );
-        assert!(err.to_string().contains("newer hookscope"), "{err}");
-        // Whole JSON of this format that is not a manifest: corrupt, not torn.
-        std::fs::write(
-            dir.path().join(version_path(2)),
-            r#"{"format": 1, "version": "x"}"#,
-        )
-        .unwrap();
-        let err = Manifest::load(&lake).await.unwrap_err();
-        assert!(matches!(err, ManifestError::Corrupt { .. }), "{err}");
-    }
-}
+mod tests;
