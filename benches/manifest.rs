@@ -67,6 +67,14 @@ fn manifest(c: &mut Criterion) {
     .expect("checkpoint")
     .len();
     eprintln!("checkpoint of {} files: {size} bytes", 2 * 365 * 24);
+    let delta_size = || {
+        std::fs::read_dir(dir.path().join("_manifest"))
+            .expect("versions")
+            .filter_map(Result::ok)
+            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .min()
+            .unwrap_or(0)
+    };
 
     let mut group = c.benchmark_group("manifest_commit");
     group.sample_size(20);
@@ -83,9 +91,15 @@ fn manifest(c: &mut Criterion) {
     let mut first = parent.with_files(vec![], 2, seq);
     rt.block_on(first.commit(&lake, &parent)).expect("commit");
     parent = first;
+    // The in-memory part of a commit: the next version derived from the committed one.
+    group.bench_function("derive_next", |b| {
+        b.iter(|| {
+            black_box(parent.with_files(vec![file(Table::Deliveries, 0, seq + 1)], 2, seq + 2))
+        })
+    });
     group.bench_function("delta", |b| {
         b.iter(|| {
-            let mut next = parent.with_files(vec![file(Table::Deliveries, 0, seq)], 2, seq + 1);
+            let mut next = parent.with_files(vec![file(Table::Deliveries, 0, seq + 1)], 2, seq + 2);
             rt.block_on(next.commit(&lake, &parent)).expect("commit");
             assert!(next.is_delta());
             black_box(next.version)
@@ -104,14 +118,15 @@ fn manifest(c: &mut Criterion) {
     });
     for i in 0..MAX_DELTAS - 1 {
         let mut next = parent.with_files(
-            vec![file(Table::Deliveries, 0, seq + 1 + u64::from(i))],
+            vec![file(Table::Deliveries, 0, seq + 2 + u64::from(i))],
             3,
-            seq + 2 + u64::from(i),
+            seq + 3 + u64::from(i),
         );
         rt.block_on(next.commit(&lake, &parent)).expect("commit");
         assert!(next.is_delta());
         parent = next;
     }
+    eprintln!("a delta adding one file: {} bytes", delta_size());
     group.bench_function("checkpoint_and_99_deltas", |b| {
         b.iter(|| black_box(rt.block_on(Manifest::load(&lake)).expect("load").version))
     });

@@ -67,6 +67,11 @@ pub(super) const ENV_KEYS: &[(&str, &str, Kind)] = &[
         Kind::Int,
     ),
     (
+        "HOOKSCOPE_PARQUET_COMPACT_ZSTD_LEVEL",
+        "parquet.compact_zstd_level",
+        Kind::Int,
+    ),
+    (
         "HOOKSCOPE_PARQUET_FLUSH_CPU_PERCENT",
         "parquet.flush_cpu_percent",
         Kind::Int,

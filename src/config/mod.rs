@@ -175,8 +175,11 @@ impl Default for DedupSection {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ParquetSection {
-    /// zstd level of lake files (1-22).
+    /// zstd level of the files a flush writes (1-22).
     pub zstd_level: i32,
+    /// zstd level of the files compaction writes (1-22): they are written once per
+    /// hour and kept for the retention period, so more CPU buys smaller files.
+    pub compact_zstd_level: i32,
     /// Most of one core (percent, 1-100) that background flushes spend encoding;
     /// they sleep between steps to stay under it, so acknowledgements find an idle
     /// core. Flushes on shutdown run flat out.
@@ -193,6 +196,7 @@ impl Default for ParquetSection {
         // (benches/RESULTS.md, "Measurements behind design choices").
         Self {
             zstd_level: 1,
+            compact_zstd_level: 9,
             flush_cpu_percent: 50,
             compact_interval: Dur(Duration::from_secs(30)),
         }
@@ -464,11 +468,16 @@ impl Config {
         if self.buffer.max_rows == 0 {
             return Err(invalid("buffer.max_rows must be at least 1".into()));
         }
-        if !(1..=22).contains(&self.parquet.zstd_level) {
-            return Err(invalid(format!(
-                "parquet.zstd_level {} must be 1..=22",
-                self.parquet.zstd_level
-            )));
+        for (key, level) in [
+            ("parquet.zstd_level", self.parquet.zstd_level),
+            (
+                "parquet.compact_zstd_level",
+                self.parquet.compact_zstd_level,
+            ),
+        ] {
+            if !(1..=22).contains(&level) {
+                return Err(invalid(format!("{key} {level} must be 1..=22")));
+            }
         }
         if !(1..=100).contains(&self.parquet.flush_cpu_percent) {
             return Err(invalid(format!(

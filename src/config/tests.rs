@@ -100,11 +100,13 @@ fn env_overrides_file_values() {
         "HOOKSCOPE_WAL_COMMIT_DELAY" => Some("0".to_string()),
         "HOOKSCOPE_DATA_DIR" => Some("/tmp/lake".to_string()),
         "HOOKSCOPE_PARQUET_FLUSH_CPU_PERCENT" => Some("30".to_string()),
+        "HOOKSCOPE_PARQUET_COMPACT_ZSTD_LEVEL" => Some("12".to_string()),
         _ => None,
     };
     let c = Config::from_toml("[buffer]\nmax_rows = 7\n", "f", &env).unwrap();
     assert_eq!(c.buffer.max_rows, 42);
     assert_eq!(c.parquet.flush_cpu_percent, 30);
+    assert_eq!(c.parquet.compact_zstd_level, 12);
     assert_eq!(c.wal.sync, SyncMode::None);
     assert_eq!(c.wal.commit_delay, Dur(Duration::ZERO));
     let file = Config::from_toml("[wal]\ncommit_delay = \"250us\"\n", "f", &no_env).unwrap();
@@ -264,6 +266,10 @@ fn bad_values_are_errors_naming_the_problem() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("twice"), "{err}");
+    let err = Config::from_toml("[parquet]\ncompact_zstd_level = 23\n", "f", &no_env)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("parquet.compact_zstd_level 23"), "{err}");
 }
 
 #[test]

@@ -126,7 +126,10 @@ impl Engine {
                 }
             }
         }
-        let (level, share) = (self.settings.zstd_level, self.settings.flush_cpu_share);
+        let (level, share) = (
+            self.settings.compact_zstd_level,
+            self.settings.flush_cpu_share,
+        );
         let owned = group.clone();
         let merged = self
             .compactor()?

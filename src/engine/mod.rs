@@ -112,6 +112,8 @@ pub struct EngineSettings {
     pub dedup_window: Duration,
     pub dedup_max_keys: usize,
     pub zstd_level: i32,
+    /// zstd level of the files compaction writes.
+    pub compact_zstd_level: i32,
     /// Share of one core the background flusher's encoding may use (0-1].
     pub flush_cpu_share: f64,
     /// How often the server compacts in the background (zero: never).
@@ -139,6 +141,7 @@ impl EngineSettings {
             dedup_window: c.dedup.window.0,
             dedup_max_keys: c.dedup.max_keys,
             zstd_level: c.parquet.zstd_level,
+            compact_zstd_level: c.parquet.compact_zstd_level,
             flush_cpu_share: f64::from(c.parquet.flush_cpu_percent) / 100.0,
             compact_interval: c.parquet.compact_interval.0,
             retention: c.retention.days_per_table(),

@@ -55,6 +55,8 @@ struct LakeFacts {
     outcomes: u64,
     files: u64,
     bytes: u64,
+    /// Bytes on disk (both tables) per delivery.
+    bytes_per_delivery: Option<u64>,
     #[serde(serialize_with = "optional_rfc3339")]
     from: Option<DateTime<Utc>>,
     #[serde(serialize_with = "optional_rfc3339")]
@@ -211,6 +213,11 @@ fn lake_facts(engine: &Engine, dir: &Path, generated_now: bool) -> LakeFacts {
         outcomes: rows(Table::Outcomes),
         files: all.len() as u64,
         bytes: all.iter().map(|f| f.bytes).sum(),
+        bytes_per_delivery: all
+            .iter()
+            .map(|f| f.bytes)
+            .sum::<u64>()
+            .checked_div(rows(Table::Deliveries)),
         from: time(deliveries.iter().map(|f| f.min_time_us).min()),
         to: time(deliveries.iter().map(|f| f.max_time_us).max()),
     }
@@ -356,7 +363,7 @@ fn print_table(report: &Report) {
         _ => "empty".into(),
     };
     println!(
-        "lake {}{}: {} deliveries, {} outcomes, {} files, {}, {span}",
+        "lake {}{}: {} deliveries, {} outcomes, {} files, {}{}, {span}",
         lake.dir.display(),
         if lake.generated_now {
             " (generated now)"
@@ -367,6 +374,8 @@ fn print_table(report: &Report) {
         lake.outcomes,
         lake.files,
         bytesize::ByteSize(lake.bytes),
+        lake.bytes_per_delivery
+            .map_or_else(String::new, |b| format!(" ({b} bytes per delivery)")),
     );
     println!("median of {} runs after one untimed run\n", report.runs);
     println!(

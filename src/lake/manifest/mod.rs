@@ -195,20 +195,21 @@ impl Manifest {
             let Some(bytes) = lake.get(path).await? else {
                 return Ok(None);
             };
-            let value = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            let parsed = match Version::parse(&bytes, *version, path) {
                 Ok(v) => v,
-                Err(e) if i == 0 => {
+                Err(Unreadable::Torn(e)) if i == 0 => {
                     tracing::warn!(manifest = %path, error = %e, "skipping the newest manifest version: it was torn by a crash before it was durable; using the previous one");
                     continue;
                 }
-                Err(e) => {
+                Err(Unreadable::Torn(e)) => {
                     return Err(ManifestError::Corrupt {
                         path: path.clone(),
                         reason: format!("not JSON ({e}), and a newer version exists"),
                     });
                 }
+                Err(Unreadable::Bad(e)) => return Err(e),
             };
-            return match Version::parse(value, *version, path)? {
+            return match parsed {
                 Version::Checkpoint(m) => Ok(Some(m)),
                 Version::Delta(head) => {
                     let listed: BTreeMap<u64, &str> =
@@ -336,13 +337,18 @@ impl Manifest {
         let delta = parent
             .chain
             .0
-            .filter(|c| {
-                c.deltas < MAX_DELTAS && c.delta_bytes < c.checkpoint_bytes.max(MIN_DELTA_BUDGET)
-            })
-            .and_then(|c| Delta::between(parent, self, c.checkpoint).map(|d| (c, d)));
+            .filter(|c| c.deltas < MAX_DELTAS)
+            .and_then(|c| Some((c, Delta::between(parent, self, c.checkpoint)?)))
+            .and_then(|(c, d)| {
+                let body = serde_json::to_vec(&d).ok()?;
+                let budget = c.checkpoint_bytes.max(MIN_DELTA_BUDGET);
+                // What a load will read back, through the same steps as a load.
+                let back = serde_json::from_slice::<Delta>(&body).ok();
+                (c.delta_bytes + body.len() as u64 <= budget && back.as_ref() == Some(&d))
+                    .then_some((c, body))
+            });
         let (body, chain) = match delta {
-            Some((c, d)) => {
-                let body = serde_json::to_vec(&d)?;
+            Some((c, body)) => {
                 let chain = ChainInfo {
                     deltas: c.deltas + 1,
                     delta_bytes: c.delta_bytes + body.len() as u64,
@@ -420,25 +426,49 @@ enum Version {
     Delta(Delta),
 }
 
+/// What a version file says of itself, read without building the rest (reading it
+/// checks that the whole file is JSON).
+#[derive(Deserialize)]
+struct Header {
+    format: Option<serde_json::Value>,
+    kind: Option<serde_json::Value>,
+}
+
+/// Why a version file could not be used.
+enum Unreadable {
+    /// Not (whole) JSON: torn by a crash if it is the newest version.
+    Torn(serde_json::Error),
+    /// Whole JSON, but not a manifest this build reads.
+    Bad(ManifestError),
+}
+
 impl Version {
-    /// Parses whole JSON read from `path` (listed as `version`).
-    fn parse(value: serde_json::Value, version: u64, path: &str) -> Result<Version, ManifestError> {
-        let corrupt = |reason: String| ManifestError::Corrupt {
-            path: path.to_string(),
-            reason,
+    /// Parses the bytes read from `path` (listed as `version`).
+    fn parse(bytes: &[u8], version: u64, path: &str) -> Result<Version, Unreadable> {
+        let corrupt = |reason: String| {
+            Unreadable::Bad(ManifestError::Corrupt {
+                path: path.to_string(),
+                reason,
+            })
         };
-        match value.get("format").and_then(serde_json::Value::as_u64) {
+        let header: Header = serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => corrupt(e.to_string()),
+            _ => Unreadable::Torn(e),
+        })?;
+        match header.format.as_ref().and_then(serde_json::Value::as_u64) {
             Some(f) if f > u64::from(FORMAT) => {
-                return Err(ManifestError::TooNew {
+                return Err(Unreadable::Bad(ManifestError::TooNew {
                     path: path.to_string(),
                     found: f,
-                });
+                }));
             }
             Some(_) => {}
             None => return Err(corrupt("no format number".into())),
         }
-        let parsed = if value.get("kind").and_then(serde_json::Value::as_str) == Some(delta::KIND) {
-            let d: Delta = serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
+        let is_delta =
+            header.kind.as_ref().and_then(serde_json::Value::as_str) == Some(delta::KIND);
+        let parsed = if is_delta {
+            let d: Delta = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
             if d.checkpoint >= d.version {
                 return Err(corrupt(format!(
                     "delta {} names checkpoint {}, which is not before it",
@@ -447,7 +477,7 @@ impl Version {
             }
             (d.version, Version::Delta(d))
         } else {
-            let m: Manifest = serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
+            let m: Manifest = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
             (m.version, Version::Checkpoint(m))
         };
         if parsed.0 != version {
@@ -474,13 +504,20 @@ async fn load_chain(
         let Some(bytes) = lake.get(path).await? else {
             return Ok(None);
         };
-        let value = serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| {
-            ManifestError::Corrupt {
-                path: path.to_string(),
-                reason: format!("not JSON ({e}), and the newer version {head_path} builds on it"),
+        let parsed = match Version::parse(&bytes, version, path) {
+            Ok(v) => v,
+            Err(Unreadable::Bad(e)) => return Err(e),
+            Err(Unreadable::Torn(e)) => {
+                return Err(ManifestError::Corrupt {
+                    path: path.to_string(),
+                    reason: format!(
+                        "not JSON ({e}), and the newer version {head_path} builds on it; to start from the state before it, move aside this version and every newer one (versions {version} to {})",
+                        head.version
+                    ),
+                });
             }
-        })?;
-        match (Version::parse(value, version, path)?, state.as_mut()) {
+        };
+        match (parsed, state.as_mut()) {
             (Version::Checkpoint(m), None) => state = Some(m),
             (Version::Delta(d), Some(m)) if d.checkpoint == head.checkpoint => d.apply(m),
             _ => {

@@ -272,3 +272,64 @@ async fn a_newer_or_unreadable_whole_manifest_stops_the_load() {
     let err = Manifest::load(&lake).await.unwrap_err();
     assert!(err.to_string().contains("not before it"), "{err}");
 }
+
+/// Values at the edges of their types, and an entry changed in place under the same
+/// path, survive a delta's trip through JSON.
+#[tokio::test]
+async fn deltas_round_trip_edge_values_and_changed_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::local(dir.path()).unwrap();
+    let m0 = Manifest::load(&lake).await.unwrap();
+    let mut m1 = m0.with_files(
+        vec![(Table::Deliveries, entry("deliveries/a.parquet"))],
+        1,
+        2,
+    );
+    m1.commit(&lake, &m0).await.unwrap();
+    let edge = FileEntry {
+        path: "deliveries/date=1969-12-31/hour=23/\"quoted\" ü.parquet".into(),
+        rows: u64::MAX,
+        bytes: u64::MAX,
+        min_time_us: i64::MIN,
+        max_time_us: -1,
+        ids: Some((String::new(), "\u{10FFFF}".into())),
+    };
+    let mut m2 = m1.with_files(vec![(Table::Deliveries, edge)], u64::MAX, u64::MAX);
+    m2.tables.get_mut("deliveries").unwrap()[0].rows = 7;
+    m2.commit(&lake, &m1).await.unwrap();
+    assert!(m2.is_delta());
+    assert_eq!(Manifest::load(&lake).await.unwrap(), m2);
+}
+
+/// A commit whose changes would take the chain past its budget (here: retention
+/// dropping most of a large table) is written as a checkpoint.
+#[tokio::test]
+async fn a_delta_over_the_budget_is_written_as_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::local(dir.path()).unwrap();
+    let m0 = Manifest::load(&lake).await.unwrap();
+    let many: Vec<_> = (0..2_000)
+        .map(|i| {
+            (
+                Table::Outcomes,
+                entry(&format!("outcomes/date=2026-01-01/hour=00/{i:012}.parquet")),
+            )
+        })
+        .collect();
+    let mut m1 = m0.with_files(many, 1, 2_001);
+    m1.commit(&lake, &m0).await.unwrap();
+    let mut m2 = m1.with_files(
+        vec![(Table::Outcomes, entry("outcomes/x.parquet"))],
+        2,
+        2_002,
+    );
+    m2.commit(&lake, &m1).await.unwrap();
+    assert!(m2.is_delta());
+    let dropped: Vec<FileEntry> = m2.files(Table::Outcomes)[..1_990].to_vec();
+    let mut m3 = m2.next_version(0);
+    m3.swap_files(Table::Outcomes, &dropped, Vec::new(), 5);
+    m3.commit(&lake, &m2).await.unwrap();
+    assert!(!m3.is_delta());
+    assert_eq!(Manifest::load(&lake).await.unwrap(), m3);
+    assert_eq!(versions_on_disk(dir.path()), vec![3]);
+}
