@@ -19,6 +19,7 @@ pub mod http;
 pub mod ingest;
 pub mod lake;
 pub mod model;
+pub mod monitor;
 pub mod outbound;
 pub mod query;
 pub mod sys;

@@ -98,6 +98,7 @@ fn run(args: Cli) -> anyhow::Result<()> {
             runtime.block_on(cli::query::run(query, config))
         }
         Command::Bench(bench) => runtime.block_on(cli::bench::run(bench, config)),
+        Command::Queries(queries) => runtime.block_on(cli::queries::run(queries, config)),
         Command::Check(check) => {
             if let Some(dir) = check.data_dir {
                 config.data_dir = dir;

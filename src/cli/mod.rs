@@ -55,6 +55,21 @@ runs once untimed, then --runs times; the median is reported, with the rows of i
 in its time range per second, and the rows it returned.")]
     Bench(BenchArgs),
 
+    /// List the saved queries, or run one now (or as of a scheduled time).
+    #[command(after_help = "Examples:
+  hookscope queries list
+  hookscope queries list --format json
+  hookscope queries run traffic_spike
+  hookscope queries run traffic_spike --param k=3 --at 2026-03-01T12:05:00Z --format json
+  hookscope queries run volume_per_source --server http://127.0.0.1:8080
+
+The shipped queries are built in; .sql files in the queries_dirs folders (default
+./queries) add more, and one with a shipped query's name replaces it. A file starts
+with `-- key: value` lines (name, description, schedule, alert, severity, param …),
+then one SELECT; `:name` in the SQL is a parameter. In a run, now() is the run's
+scheduled time (--at), so a run can be repeated exactly.")]
+    Queries(QueriesArgs),
+
     /// Merge the small Parquet files of each partition into large sorted ones.
     #[command(after_help = "Examples:
   hookscope compact
@@ -76,6 +91,54 @@ the dedup state files exist; and that the WAL reads and no record past the commi
 files is missing. Changes nothing; safe beside a running server (a flush in progress
 may show as a file the manifest does not name yet).")]
     Check(CompactArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QueriesArgs {
+    #[command(subcommand)]
+    pub command: QueriesCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueriesCommand {
+    /// The saved queries, their schedules and parameters, and files that cannot be used.
+    List(QueriesListArgs),
+    /// Run one saved query and print its rows.
+    Run(QueriesRunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QueriesListArgs {
+    /// Output: table or json.
+    #[arg(long, short = 'f')]
+    pub format: Option<String>,
+    /// Data directory (overrides data_dir; not needed to list).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct QueriesRunArgs {
+    /// The query's name (see `hookscope queries list`).
+    pub name: String,
+    /// A parameter's value for this run, e.g. --param k=3 (repeatable).
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub param: Vec<String>,
+    /// Run as of this scheduled time: now() is this time (RFC 3339 or a date).
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    /// Output format: table, json, ndjson, csv, parquet, arrow.
+    #[arg(long, short = 'f')]
+    pub format: Option<String>,
+    /// Write the result to FILE instead of standard output.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Data directory to read (overrides data_dir).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Ask a running server instead (token from $HOOKSCOPE_TOKEN).
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -152,4 +215,5 @@ pub struct QueryArgs {
 pub mod bench;
 pub mod check;
 pub mod compact;
+pub mod queries;
 pub mod query;

@@ -10,35 +10,61 @@ use anyhow::{Context, bail};
 use super::QueryArgs;
 use crate::config::Config;
 use crate::engine::{Engine, EngineSettings, Mode};
+use crate::query::ResultStream;
 use crate::query::format::{Encoder, ResultFormat};
 
 /// Runs the query command; output goes to `-o FILE` or standard output.
 pub async fn run(args: QueryArgs, config: Config) -> anyhow::Result<()> {
-    let format = match &args.format {
+    let format = output_format(args.format.as_deref(), args.output.as_deref())?;
+    let mut out = open_output(args.output.as_deref())?;
+    match &args.server {
+        Some(url) => {
+            let body = serde_json::json!({ "sql": args.sql, "format": wire_format(format) });
+            remote(url, "/query", body, format, &mut out).await?
+        }
+        None => local(config, &args.sql, format, &mut out).await?,
+    }
+    out.flush().context("cannot write the result")?;
+    Ok(())
+}
+
+/// The output format: `--format`, else Parquet for `-o *.parquet`, else a table.
+pub(crate) fn output_format(
+    format: Option<&str>,
+    output: Option<&Path>,
+) -> anyhow::Result<ResultFormat> {
+    Ok(match format {
         Some(f) => f.parse::<ResultFormat>().map_err(anyhow::Error::msg)?,
-        None if args
-            .output
-            .as_deref()
+        None if output
             .and_then(Path::extension)
             .is_some_and(|e| e == "parquet") =>
         {
             ResultFormat::Parquet
         }
         None => ResultFormat::Table,
-    };
-    let mut out: Box<dyn Write> = match &args.output {
+    })
+}
+
+/// `-o FILE`, or standard output.
+pub(crate) fn open_output(output: Option<&Path>) -> anyhow::Result<Box<dyn Write>> {
+    Ok(match output {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path)
                 .with_context(|| format!("cannot create {}", path.display()))?,
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
-    };
-    match &args.server {
-        Some(url) => remote(url, &args.sql, format, &mut out).await?,
-        None => local(config, &args.sql, format, &mut out).await?,
+    })
+}
+
+/// Opens the data directory read-only for offline commands.
+pub(crate) async fn open_offline(config: &Config) -> anyhow::Result<std::sync::Arc<Engine>> {
+    if !config.data_dir.exists() {
+        bail!(
+            "data directory {} does not exist; pass --data-dir or run `hookscope serve` first",
+            config.data_dir.display()
+        );
     }
-    out.flush().context("cannot write the result")?;
-    Ok(())
+    Ok(Engine::open(EngineSettings::from_config(config), Mode::ReadOnly).await?)
 }
 
 async fn local(
@@ -47,14 +73,17 @@ async fn local(
     format: ResultFormat,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    if !config.data_dir.exists() {
-        bail!(
-            "data directory {} does not exist; pass --data-dir or run `hookscope serve` first",
-            config.data_dir.display()
-        );
-    }
-    let engine = Engine::open(EngineSettings::from_config(&config), Mode::ReadOnly).await?;
-    let mut stream = engine.query().stream(sql).await?;
+    let engine = open_offline(&config).await?;
+    let stream = engine.query().stream(sql).await?;
+    write_stream(stream, format, out).await
+}
+
+/// Encodes a result to `out` batch by batch.
+pub(crate) async fn write_stream(
+    mut stream: ResultStream,
+    format: ResultFormat,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let mut encoder = Encoder::new(format, &stream.schema(), u64::MAX)?;
     while let Some(batch) = stream.next().await {
         out.write_all(&encoder.write(&batch?)?)?;
@@ -63,29 +92,30 @@ async fn local(
     Ok(())
 }
 
-async fn remote(
-    url: &str,
-    sql: &str,
-    format: ResultFormat,
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
-    let wire = if format == ResultFormat::Table {
-        ResultFormat::Arrow
-    } else {
-        format
-    };
-    let wire_name = match wire {
+/// What to ask a server for: a table is printed from Arrow.
+pub(crate) fn wire_format(format: ResultFormat) -> &'static str {
+    match format {
         ResultFormat::Json => "json",
         ResultFormat::Ndjson => "ndjson",
         ResultFormat::Csv => "csv",
         ResultFormat::Parquet => "parquet",
         ResultFormat::Arrow | ResultFormat::Table => "arrow",
-    };
-    let body = serde_json::json!({ "sql": sql, "format": wire_name }).to_string();
+    }
+}
+
+/// POSTs `body` to `path` of the server at `url` and writes the answer (a table is
+/// printed from the Arrow the server sends).
+pub(crate) async fn remote(
+    url: &str,
+    path: &str,
+    body: serde_json::Value,
+    format: ResultFormat,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let mut req = reqwest::Client::new()
-        .post(format!("{}/query", url.trim_end_matches('/')))
+        .post(format!("{}{path}", url.trim_end_matches('/')))
         .header("content-type", "application/json")
-        .body(body);
+        .body(body.to_string());
     if let Ok(token) = std::env::var("HOOKSCOPE_TOKEN")
         && !token.is_empty()
     {

@@ -14,8 +14,7 @@ pub(super) enum Kind {
 }
 
 /// Keys read but not yet acted on, and what they will do.
-pub(super) const NOT_YET_SUPPORTED: &[(&str, &str)] =
-    &[("queries_dirs", "saved queries"), ("alerts", "alert sinks")];
+pub(super) const NOT_YET_SUPPORTED: &[(&str, &str)] = &[("alerts", "alert sinks")];
 
 /// Environment overrides: variable, config key path, value kind.
 pub(super) const ENV_KEYS: &[(&str, &str, Kind)] = &[

@@ -196,7 +196,7 @@ impl Default for ParquetSection {
         // (benches/RESULTS.md, "Measurements behind design choices").
         Self {
             zstd_level: 1,
-            compact_zstd_level: 9,
+            compact_zstd_level: 3,
             flush_cpu_percent: 50,
             compact_interval: Dur(Duration::from_secs(30)),
         }

@@ -14,6 +14,7 @@
 //! - Every error body is `{"error": "..."}` saying what went wrong and what to do.
 
 mod health;
+mod queries;
 mod query;
 mod report;
 pub mod server;
@@ -42,6 +43,10 @@ pub(crate) struct AppState {
     pub forwarder: Forwarder,
     pub config: Config,
     pub metrics: Metrics,
+    /// The saved queries (checked against the tables at start).
+    pub queries: Arc<crate::monitor::Registry>,
+    /// Their recent runs.
+    pub runs: Arc<crate::monitor::runs::RunLog>,
 }
 
 /// An error answer: status plus a message for the `error` field.
@@ -123,6 +128,9 @@ impl IntoResponse for ApiError {
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     let read = Router::new()
         .route("/query", get(query::query_get).post(query::query_post))
+        .route("/queries", get(queries::list))
+        .route("/queries/{name}", get(queries::show))
+        .route("/queries/{name}/run", post(queries::run_now))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),

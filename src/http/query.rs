@@ -102,18 +102,15 @@ async fn run(
         )
         .into_response();
     };
-    let format = match format {
-        Some(f) => match f.parse::<ResultFormat>() {
-            Ok(f) => f,
-            Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, e).into_response(),
-        },
-        None => headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(ResultFormat::from_accept)
-            .unwrap_or(ResultFormat::Json),
+    let format = match negotiate(format, headers) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
     };
-    match answer(state, &sql, format).await {
+    let started = async {
+        let stream = state.engine.query().stream(&sql).await?;
+        answer(state, stream, format).await
+    };
+    match started.await {
         Ok(resp) => resp,
         Err(e) => {
             tracing::debug!(error = %e, "query refused or failed");
@@ -122,13 +119,34 @@ async fn run(
     }
 }
 
-async fn answer(state: &AppState, sql: &str, format: ResultFormat) -> Result<Response, QueryError> {
+/// The result format: `format` when given, else the `Accept` header, else JSON.
+pub(crate) fn negotiate(
+    format: Option<String>,
+    headers: &HeaderMap,
+) -> Result<ResultFormat, ApiError> {
+    match format {
+        Some(f) => f
+            .parse::<ResultFormat>()
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e)),
+        None => Ok(headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(ResultFormat::from_accept)
+            .unwrap_or(ResultFormat::Json)),
+    }
+}
+
+/// Answers with a started query's result in `format`.
+pub(crate) async fn answer(
+    state: &AppState,
+    mut stream: crate::query::ResultStream,
+    format: ResultFormat,
+) -> Result<Response, QueryError> {
     state
         .metrics
         .queries
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let engine = state.engine.query();
-    let mut stream = engine.stream(sql).await?;
     let mut encoder = Encoder::new(format, &stream.schema(), engine.limits().max_result_bytes)?;
     let mut head = BytesMut::new();
     loop {

@@ -46,16 +46,33 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
         torn_bytes_cut = replay.torn_bytes_cut,
         "engine open"
     );
+    let mut queries = crate::monitor::Registry::load(&config.queries_dirs);
+    queries.check(engine.query()).await;
+    for note in queries.notes() {
+        tracing::warn!("saved queries: {note}");
+    }
+    for problem in queries.problems() {
+        tracing::error!("saved query not used: {problem}");
+    }
+    tracing::info!(
+        queries = queries.queries().count(),
+        problems = queries.problems().len(),
+        "saved queries loaded"
+    );
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (is another server using the port?)"))?;
     let local = listener.local_addr()?;
+    let queries = Arc::new(queries);
+    let runs: Arc<crate::monitor::runs::RunLog> = Default::default();
     let state = Arc::new(AppState {
         engine: Arc::clone(&engine),
         receiver,
         forwarder: Forwarder::new().map_err(anyhow::Error::msg)?,
         config,
         metrics: Default::default(),
+        queries: Arc::clone(&queries),
+        runs: Arc::clone(&runs),
     });
     let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -76,6 +93,8 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
             );
         }
     }
+    let scheduler =
+        crate::monitor::scheduler::spawn(Arc::clone(&engine), queries, runs, stop_rx.clone());
     let compactor = (!interval.is_zero()).then(|| engine.spawn_compactor(interval, stop_rx));
     // Machine-readable first line on stdout: tests and scripts wait for it.
     println!("hookscope listening on http://{local}");
@@ -89,6 +108,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
         .context("HTTP server failed")?;
     tracing::info!("shutting down: flushing the buffer to Parquet");
     let _ = stop_tx.send(true);
+    let _ = scheduler.await;
     let _ = flusher.await;
     if let Some(compactor) = compactor {
         let _ = compactor.await;

@@ -222,6 +222,17 @@ impl QueryEngine {
     /// Plans and starts `sql`; the result arrives batch by batch from the stream.
     /// The deadline starts now and covers planning and every batch.
     pub async fn stream(&self, sql: &str) -> Result<ResultStream, QueryError> {
+        self.stream_at(sql, None).await
+    }
+
+    /// [`Self::stream`], with `now()` (and the other current-time functions) fixed
+    /// at `now` when given: a saved query's run computes what it would have at its
+    /// scheduled time.
+    pub async fn stream_at(
+        &self,
+        sql: &str,
+        now: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<ResultStream, QueryError> {
         check_read_only(sql)?;
         let deadline = Instant::now() + self.limits.timeout;
         let (schema_tx, schema_rx) = oneshot::channel();
@@ -244,7 +255,7 @@ impl QueryEngine {
                     QueryError::from_df(e)
                 }
             };
-            let mut stream = match start(&ctx, &sql, &guard).await {
+            let mut stream = match start(&ctx, &sql, now, &guard).await {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = schema_tx.send(Err(error(e)));
@@ -304,9 +315,28 @@ impl QueryEngine {
         })
     }
 
+    /// Checks that `sql` is a read-only query that plans (tables and columns exist,
+    /// types fit), without running it.
+    pub async fn check(&self, sql: &str) -> Result<(), QueryError> {
+        check_read_only(sql)?;
+        plan(&self.ctx, sql, None)
+            .await
+            .map(|_| ())
+            .map_err(QueryError::from_df)
+    }
+
     /// Runs `sql` to completion and returns all batches.
     pub async fn collect(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
-        let mut stream = self.stream(sql).await?;
+        self.collect_at(sql, None).await
+    }
+
+    /// [`Self::collect`] with `now()` fixed at `now` when given.
+    pub async fn collect_at(
+        &self,
+        sql: &str,
+        now: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
+        let mut stream = self.stream_at(sql, now).await?;
         let mut batches = Vec::new();
         while let Some(batch) = stream.next().await {
             batches.push(batch?);
@@ -315,21 +345,39 @@ impl QueryEngine {
     }
 }
 
-/// Plans `sql` read-only, guards every plan node, and starts execution.
+/// Plans `sql` read-only (with `now()` at `now` when given), guards every plan node,
+/// and starts execution.
 async fn start(
     ctx: &SessionContext,
     sql: &str,
+    now: Option<chrono::DateTime<chrono::Utc>>,
     guard: &QueryGuard,
 ) -> Result<datafusion::physical_plan::SendableRecordBatchStream, DataFusionError> {
-    let options = SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false);
-    let df = ctx.sql_with_options(sql, options).await?;
+    let df = plan(ctx, sql, now).await?;
     let task_ctx = df.task_ctx();
     let batch_rows = task_ctx.session_config().batch_size();
     let plan = guard.guard_plan(df.create_physical_plan().await?, batch_rows)?;
     datafusion::physical_plan::execute_stream(plan, Arc::new(task_ctx))
+}
+
+/// The read-only logical plan of `sql`, its clock at `now` when given (the optimizer
+/// folds `now()` into a constant from the state it plans with).
+async fn plan(
+    ctx: &SessionContext,
+    sql: &str,
+    now: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<datafusion::dataframe::DataFrame, DataFusionError> {
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let mut state = ctx.state();
+    if let Some(now) = now {
+        state.execution_props_mut().query_execution_start_time = Some(now);
+    }
+    let plan = state.create_logical_plan(sql).await?;
+    options.verify_plan(&plan)?;
+    Ok(datafusion::dataframe::DataFrame::new(state, plan))
 }
 
 /// Stops the query when the result is dropped (client gone, timeout): cancels its

@@ -9,3 +9,4 @@ mod ingest;
 mod providers;
 mod query_api;
 mod recovery;
+mod saved_queries;

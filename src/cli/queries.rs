@@ -1,0 +1,164 @@
+//! `hookscope queries list|run`: the saved queries, and one run of a query as of a
+//! scheduled time, offline on a data directory or on a running server.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use anyhow::{Context, bail};
+
+use super::query::{open_offline, open_output, output_format, remote, wire_format, write_stream};
+use super::{QueriesArgs, QueriesCommand, QueriesListArgs, QueriesRunArgs};
+use crate::config::Config;
+use crate::lake::Lake;
+use crate::lake::manifest::Manifest;
+use crate::monitor::{self, Registry, run};
+use crate::query::QueryEngine;
+use crate::query::catalog::Catalog;
+
+pub async fn run(args: QueriesArgs, mut config: Config) -> anyhow::Result<()> {
+    match args.command {
+        QueriesCommand::List(list) => {
+            if let Some(dir) = &list.data_dir {
+                config.data_dir = dir.clone();
+            }
+            list_queries(list, config).await
+        }
+        QueriesCommand::Run(r) => {
+            if let Some(dir) = &r.data_dir {
+                config.data_dir = dir.clone();
+            }
+            run_query(r, config).await
+        }
+    }
+}
+
+/// The registry, its SQL checked against the tables (of an empty lake: only the
+/// columns matter).
+pub(crate) async fn checked_registry(config: &Config) -> anyhow::Result<Registry> {
+    let mut registry = Registry::load(&config.queries_dirs);
+    let scratch = tempfile_dir()?;
+    let catalog = Catalog::new(Lake::local(scratch.path())?, Manifest::default());
+    let engine = QueryEngine::new(&catalog, crate::query::QueryLimits::default(), false)?;
+    registry.check(&engine).await;
+    Ok(registry)
+}
+
+/// A scratch directory removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempfile_dir() -> anyhow::Result<Scratch> {
+    let dir = std::env::temp_dir().join(format!("hookscope-queries-{}", ulid::Ulid::new()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(Scratch(dir))
+}
+
+async fn list_queries(args: QueriesListArgs, config: Config) -> anyhow::Result<()> {
+    let registry = checked_registry(&config).await?;
+    let mut out = std::io::stdout().lock();
+    match args.format.as_deref().unwrap_or("table") {
+        "json" => {
+            let value = serde_json::json!({
+                "queries": registry.queries().map(monitor::describe).collect::<Vec<_>>(),
+                "problems": monitor::describe_problems(registry.problems()),
+            });
+            writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+        }
+        "table" => {
+            writeln!(
+                out,
+                "{:<22} {:<20} {:<10} {:<9} description",
+                "name", "schedule", "alert", "severity"
+            )?;
+            for q in registry.queries() {
+                let schedule = q
+                    .schedule
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |s| s.describe());
+                let alert = q.alert.map_or_else(|| "-".into(), |a| a.to_string());
+                writeln!(
+                    out,
+                    "{:<22} {:<20} {:<10} {:<9} {}",
+                    q.name, schedule, alert, q.severity, q.description
+                )?;
+                if !q.params.is_empty() {
+                    let params: Vec<String> =
+                        q.params.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                    writeln!(out, "{:<22} params: {}", "", params.join(", "))?;
+                }
+            }
+            for note in registry.notes() {
+                writeln!(out, "note: {note}")?;
+            }
+            for problem in registry.problems() {
+                writeln!(out, "problem: {problem}")?;
+            }
+        }
+        other => bail!("--format {other}: write table or json"),
+    }
+    Ok(())
+}
+
+/// `--param k=v` flags as a map.
+pub(crate) fn parse_params(flags: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut params = BTreeMap::new();
+    for flag in flags {
+        let Some((k, v)) = flag.split_once('=') else {
+            bail!("--param {flag}: write --param name=value");
+        };
+        params.insert(k.trim().to_string(), v.to_string());
+    }
+    Ok(params)
+}
+
+async fn run_query(args: QueriesRunArgs, config: Config) -> anyhow::Result<()> {
+    let format = output_format(args.format.as_deref(), args.output.as_deref())?;
+    let params = parse_params(&args.param)?;
+    let at = match &args.at {
+        Some(t) => Some(run::parse_time(t).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let mut out = open_output(args.output.as_deref())?;
+    if let Some(url) = &args.server {
+        let body = serde_json::json!({
+            "params": params,
+            "at": at.map(|t| t.to_rfc3339()),
+            "format": wire_format(format),
+        });
+        let path = format!("/queries/{}/run", args.name);
+        remote(url, &path, body, format, &mut out).await?;
+    } else {
+        let registry = Registry::load(&config.queries_dirs);
+        let Some(q) = registry.get(&args.name) else {
+            let known: Vec<&str> = registry.queries().map(|q| q.name.as_str()).collect();
+            let broken = registry
+                .problems()
+                .iter()
+                .find(|p| p.file.contains(&args.name))
+                .map(|p| format!(" ({p})"))
+                .unwrap_or_default();
+            bail!(
+                "no saved query `{}`{broken}; the saved queries: {}",
+                args.name,
+                known.join(", ")
+            );
+        };
+        let engine = open_offline(&config).await?;
+        let at = at.unwrap_or_else(chrono::Utc::now);
+        let stream = run::stream(engine.query(), q, at, &params).await?;
+        write_stream(stream, format, &mut out).await?;
+    }
+    out.flush().context("cannot write the result")?;
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! Saved analyses: query files with a schedule, parameters and (later in the path)
+//! alert rules and rollups. This module owns the step after the SQL engine: which
+//! saved queries exist, and running one as of a scheduled time.
+//!
+//! - `file.rs`: one file's `--` header and SQL.
+//! - `schedule.rs`: `every 5m` (aligned) and cron schedules in a time zone.
+//! - `params.rs`: `:name` parameters bound as literals.
+//! - `run.rs`: one run: parameters bound, `now()` the scheduled time, a timeout.
+//! - `runs.rs`: the recent runs and last results, in memory.
+//! - `scheduler.rs`: runs each scheduled query at its times, never overlapping itself.
+//!
+//! The shipped queries (the repository's `queries/` folder) are built into the binary;
+//! `queries_dirs` adds the user's own, and a user file of the same name replaces a
+//! shipped one. A file that cannot be used is reported (file, line, reason) and
+//! never stops the others.
+
+pub mod file;
+pub mod params;
+pub mod run;
+pub mod runs;
+pub mod schedule;
+pub mod scheduler;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub use file::{FileError, QueryFile};
+
+use crate::query::QueryEngine;
+
+/// The shipped query files, built into the binary.
+pub const SHIPPED: &[(&str, &str)] = &[
+    (
+        "latency_percentiles.sql",
+        include_str!("../../queries/latency_percentiles.sql"),
+    ),
+    (
+        "retry_intervals.sql",
+        include_str!("../../queries/retry_intervals.sql"),
+    ),
+    (
+        "payload_size_trend.sql",
+        include_str!("../../queries/payload_size_trend.sql"),
+    ),
+    (
+        "volume_per_source.sql",
+        include_str!("../../queries/volume_per_source.sql"),
+    ),
+    (
+        "signature_failures.sql",
+        include_str!("../../queries/signature_failures.sql"),
+    ),
+    (
+        "error_rate.sql",
+        include_str!("../../queries/error_rate.sql"),
+    ),
+    (
+        "traffic_spike.sql",
+        include_str!("../../queries/traffic_spike.sql"),
+    ),
+    ("silence.sql", include_str!("../../queries/silence.sql")),
+];
+
+/// The largest query file read.
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// Every saved query, and the files that could not be used.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    queries: BTreeMap<String, QueryFile>,
+    problems: Vec<FileError>,
+    notes: Vec<String>,
+}
+
+impl Registry {
+    /// The shipped queries, then those of `dirs` (missing folders are skipped).
+    pub fn load(dirs: &[PathBuf]) -> Registry {
+        let mut registry = Registry::default();
+        for (name, text) in SHIPPED {
+            let stem = name.trim_end_matches(".sql");
+            registry.add(file::parse(&format!("shipped:{name}"), stem, text));
+        }
+        for dir in dirs {
+            registry.load_dir(dir);
+        }
+        registry
+    }
+
+    fn load_dir(&mut self, dir: &Path) {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                self.problem(dir, 0, format!("cannot list the folder: {e}"));
+                return;
+            }
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+                self.problem(&path, 0, "the file name is not UTF-8".into());
+                continue;
+            };
+            match std::fs::metadata(&path) {
+                Ok(m) if m.len() > MAX_FILE_BYTES => {
+                    self.problem(&path, 0, format!("larger than {MAX_FILE_BYTES} bytes"));
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.problem(&path, 0, format!("cannot read it: {e}"));
+                    continue;
+                }
+            }
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    let parsed = file::parse(&path.display().to_string(), stem, &text);
+                    self.add(parsed);
+                }
+                Err(e) => self.problem(&path, 0, format!("cannot read it as UTF-8 text: {e}")),
+            }
+        }
+    }
+
+    fn problem(&mut self, path: &Path, line: usize, reason: String) {
+        self.problems.push(FileError {
+            file: path.display().to_string(),
+            line,
+            reason,
+        });
+    }
+
+    fn add(&mut self, parsed: Result<QueryFile, FileError>) {
+        match parsed {
+            Ok(q) => {
+                let mut same = q.clone();
+                if let Some(old) = self.queries.get(&q.name) {
+                    same.origin.clone_from(&old.origin);
+                }
+                if let Some(old) = self.queries.get(&q.name).filter(|old| **old != same) {
+                    self.notes.push(format!(
+                        "{} replaces {} (same name `{}`)",
+                        q.origin, old.origin, q.name
+                    ));
+                }
+                self.queries.insert(q.name.clone(), q);
+            }
+            Err(e) => self.problems.push(e),
+        }
+    }
+
+    /// Plans every query with its default parameters against `engine`; a query whose
+    /// SQL does not plan moves to the problems.
+    pub async fn check(&mut self, engine: &QueryEngine) {
+        let names: Vec<String> = self.queries.keys().cloned().collect();
+        for name in names {
+            let Some(q) = self.queries.get(&name) else {
+                continue;
+            };
+            let checked = match params::bind(&q.sql, &q.params) {
+                Ok(sql) => engine.check(&sql).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            if let Err(reason) = checked {
+                let q = self.queries.remove(&name).expect("listed");
+                self.problems.push(FileError {
+                    file: q.origin,
+                    line: q.sql_line,
+                    reason,
+                });
+            }
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&QueryFile> {
+        self.queries.get(name)
+    }
+
+    /// The usable queries, by name.
+    pub fn queries(&self) -> impl Iterator<Item = &QueryFile> {
+        self.queries.values()
+    }
+
+    /// Files that could not be used.
+    pub fn problems(&self) -> &[FileError] {
+        &self.problems
+    }
+
+    /// Header warnings and replaced files: worth a line in the log.
+    pub fn notes(&self) -> Vec<String> {
+        self.notes
+            .iter()
+            .cloned()
+            .chain(
+                self.queries
+                    .values()
+                    .flat_map(|q| q.warnings.iter().cloned()),
+            )
+            .collect()
+    }
+}
+
+/// A saved query as `GET /queries` and `hookscope queries list --format json` show it.
+pub fn describe(q: &QueryFile) -> serde_json::Value {
+    serde_json::json!({
+        "name": q.name,
+        "description": q.description,
+        "schedule": q.schedule.as_ref().map(schedule::Schedule::describe),
+        "alert": q.alert.map(|a| a.to_string()),
+        "severity": q.severity,
+        "materialize": q.materialize,
+        "params": q.params,
+        "origin": q.origin,
+    })
+}
+
+/// The files that could not be used, as JSON.
+pub fn describe_problems(problems: &[FileError]) -> serde_json::Value {
+    problems
+        .iter()
+        .map(|p| serde_json::json!({"file": p.file, "line": p.line, "error": p.reason}))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,160 @@
+//! The scheduler: runs each saved query with a schedule at its scheduled times, as
+//! of those times, on the query engine (its own runtime in the server, so runs never
+//! take ingest's threads), and records each run in the [`RunLog`].
+//!
+//! Invariants:
+//! - A query never overlaps itself: a time that comes while the previous run still
+//!   goes is skipped (and logged), not queued.
+//! - A run's `now()` is its scheduled time, whenever it actually starts.
+//! - The wall clock is read again at least every second, so a stop, or a clock that
+//!   jumps, is noticed within a second.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use super::runs::{RESULT_ROWS, RunLog, RunRecord, Trigger};
+use super::{QueryFile, Registry, run};
+use crate::engine::Engine;
+use crate::query::QueryEngine;
+
+/// Longest single sleep: the clock and the stop signal are looked at this often.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Runs the scheduled queries until `stop` turns true.
+pub fn spawn(
+    engine: Arc<Engine>,
+    registry: Arc<Registry>,
+    runs: Arc<RunLog>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let now = Utc::now();
+        let mut next: BTreeMap<String, DateTime<Utc>> = registry
+            .queries()
+            .filter_map(|q| Some((q.name.clone(), q.schedule.as_ref()?.next_after(now)?)))
+            .collect();
+        for (name, t) in &next {
+            runs.set_next(name, Some(*t));
+        }
+        let busy: HashMap<String, Arc<AtomicBool>> = next
+            .keys()
+            .map(|n| (n.clone(), Arc::new(AtomicBool::new(false))))
+            .collect();
+        tracing::info!(queries = next.len(), "scheduler started");
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let now = Utc::now();
+            let due: Vec<(String, DateTime<Utc>)> = next
+                .iter()
+                .filter(|(_, t)| **t <= now)
+                .map(|(n, t)| (n.clone(), *t))
+                .collect();
+            for (name, at) in due {
+                let Some(q) = registry.get(&name) else {
+                    continue;
+                };
+                let following = q.schedule.as_ref().and_then(|s| s.next_after(now.max(at)));
+                match following {
+                    Some(t) => {
+                        next.insert(name.clone(), t);
+                    }
+                    None => {
+                        next.remove(&name);
+                    }
+                }
+                runs.set_next(&name, following);
+                let flag = Arc::clone(&busy[&name]);
+                if flag.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(query = %name, scheduled_for = %at, "skipped a scheduled run: the previous run of this query is still going");
+                    continue;
+                }
+                let (engine, runs, q) = (Arc::clone(&engine), Arc::clone(&runs), q.clone());
+                tokio::spawn(async move {
+                    run_once(engine.query(), &q, at, Trigger::Schedule, &runs).await;
+                    flag.store(false, Ordering::Release);
+                });
+            }
+            let wait = next
+                .values()
+                .min()
+                .and_then(|t| (*t - Utc::now()).to_std().ok())
+                .unwrap_or(TICK)
+                .min(TICK);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    })
+}
+
+/// Runs `q` as of `at` and records the run (and its first rows) in `runs`.
+pub async fn run_once(
+    engine: &QueryEngine,
+    q: &QueryFile,
+    at: DateTime<Utc>,
+    trigger: Trigger,
+    runs: &RunLog,
+) -> RunRecord {
+    let started_at = Utc::now();
+    let clock = Instant::now();
+    let result = run::collect(engine, q, at, &BTreeMap::new()).await;
+    let duration_ms = clock.elapsed().as_secs_f64() * 1000.0;
+    let (rows, error, json) = match result {
+        Ok((_, batches)) => {
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            (rows as i64, None, Some(first_rows_json(&batches)))
+        }
+        Err(e) => (0, Some(e.to_string()), None),
+    };
+    match &error {
+        Some(e) => {
+            tracing::warn!(query = %q.name, scheduled_for = %at, error = %e, "saved query failed")
+        }
+        None => {
+            tracing::debug!(query = %q.name, scheduled_for = %at, rows, duration_ms, "saved query ran")
+        }
+    }
+    let record = RunRecord {
+        name: q.name.clone(),
+        scheduled_for: at,
+        started_at,
+        duration_ms,
+        rows,
+        error,
+        trigger,
+    };
+    runs.record(record.clone(), json);
+    record
+}
+
+/// The first [`RESULT_ROWS`] rows as a JSON array of objects.
+fn first_rows_json(batches: &[arrow::record_batch::RecordBatch]) -> serde_json::Value {
+    let mut left = RESULT_ROWS;
+    let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+    for batch in batches {
+        if left == 0 {
+            break;
+        }
+        let take = batch.num_rows().min(left);
+        if writer.write(&batch.slice(0, take)).is_err() {
+            return serde_json::Value::Null;
+        }
+        left -= take;
+    }
+    if writer.finish().is_err() {
+        return serde_json::Value::Null;
+    }
+    let bytes = writer.into_inner();
+    if bytes.is_empty() {
+        return serde_json::json!([]);
+    }
+    serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)
+}

@@ -1,0 +1,193 @@
+//! Saved queries: the list (with a broken file reported beside the rest), a run over
+//! HTTP with parameters, and offline runs as of a scheduled time that repeat exactly.
+
+use serde_json::{Value, json};
+
+use crate::harness::{Options, Server, cli, cli_ok};
+
+const PER_SOURCE: &str = "\
+-- name: per_source
+-- description: deliveries per source up to the run's time, sources with at least :min
+-- schedule: every 1m
+-- param: min = 1
+SELECT source, count(*) AS n, max(received_at) AS last_at
+FROM deliveries
+WHERE received_at <= now()
+GROUP BY source
+HAVING count(*) >= :min
+ORDER BY source
+";
+
+async fn get_json(server: &Server, path: &str) -> Value {
+    let bytes = server.get(path).await.bytes().await.unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn saved_queries_are_listed_run_with_parameters_and_repeat_at_a_time() {
+    let queries = tempfile::tempdir().unwrap();
+    std::fs::write(queries.path().join("per_source.sql"), PER_SOURCE).unwrap();
+    std::fs::write(
+        queries.path().join("broken.sql"),
+        "-- schedule: every 1m\nSELECT no_such_column FROM deliveries",
+    )
+    .unwrap();
+    let (mut server, _dir) =
+        Server::start(Options::default().env("HOOKSCOPE_QUERIES_DIRS", queries.path().display()));
+    for (source, n) in [("alpha", 3), ("beta", 1)] {
+        for i in 0..n {
+            server.post_json(source, &json!({"i": i})).await;
+        }
+    }
+    let cut = chrono::Utc::now();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    server.post_json("alpha", &json!({"late": true})).await;
+
+    // The list: shipped queries, the user's, and the broken file with its reason.
+    let list: Vec<Value> = serde_json::from_value(get_json(&server, "/queries").await).unwrap();
+    let names: Vec<&str> = list.iter().filter_map(|q| q["name"].as_str()).collect();
+    for expected in [
+        "per_source",
+        "traffic_spike",
+        "silence",
+        "latency_percentiles",
+    ] {
+        assert!(names.contains(&expected), "{names:?}");
+    }
+    let broken = list.iter().find(|q| q["name"] == "broken").unwrap();
+    let error = broken["error"].as_str().unwrap();
+    assert!(
+        error.contains("broken.sql:2") && error.contains("no_such_column"),
+        "{error}"
+    );
+    let mine = list.iter().find(|q| q["name"] == "per_source").unwrap();
+    assert_eq!(mine["schedule"], "every 1m");
+    assert_eq!(mine["params"]["min"], "1");
+    assert!(mine["next_run"].is_string(), "{mine}");
+    let shown = get_json(&server, "/queries/per_source").await;
+    assert!(shown["sql"].as_str().unwrap().contains(":min"), "{shown}");
+    assert_eq!(server.get("/queries/nope").await.status(), 404);
+
+    // A run now, with a parameter from the query string and from a JSON body.
+    let run = |q: &'static str, body: Value| {
+        let client = server.client.clone();
+        let url = format!("{}/queries/per_source/run{q}", server.url);
+        async move {
+            let resp = client
+                .post(url)
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let bytes = resp.bytes().await.unwrap();
+            (status, serde_json::from_slice::<Value>(&bytes).unwrap())
+        }
+    };
+    let (status, rows) = run("?min=2", json!({})).await;
+    assert_eq!(status, 200, "{rows}");
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+    assert_eq!(rows[0]["source"], "alpha");
+    assert_eq!(rows[0]["n"], 4);
+    let (_, rows) = run("", json!({"params": {"min": 1}, "at": cut.to_rfc3339()})).await;
+    assert_eq!(
+        rows[0]["n"], 3,
+        "the late delivery is after the run's time: {rows}"
+    );
+    let (status, err) = run("?nope=1", json!({})).await;
+    assert_eq!(status, 400);
+    assert!(err["error"].as_str().unwrap().contains("`nope`"), "{err}");
+
+    // Offline, as of the cut: the same rows every time, whatever came after.
+    assert!(server.terminate().success());
+    let lake = server.lake();
+    let dirs = queries.path().display().to_string();
+    let at = cut.to_rfc3339();
+    let offline = || {
+        let out = std::process::Command::new(crate::harness::binary())
+            .args([
+                "queries",
+                "run",
+                "per_source",
+                "--format",
+                "json",
+                "--at",
+                &at,
+            ])
+            .arg("--data-dir")
+            .arg(&lake)
+            .env("HOOKSCOPE_QUERIES_DIRS", &dirs)
+            .env_remove("HOOKSCOPE_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let first = offline();
+    assert_eq!(first, offline());
+    assert_eq!(first[0]["n"], 3, "{first}");
+    assert_eq!(first[1]["source"], "beta");
+
+    // Errors name the query or the parameter.
+    let out = cli(&lake, &["queries", "run", "no_such_query"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no saved query `no_such_query`"), "{err}");
+    let listed = cli_ok(&lake, &["queries", "list", "--format", "json"]);
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert!(listed["queries"].as_array().unwrap().len() >= 8, "{listed}");
+}
+
+/// The scheduler runs a query at its aligned times, as of those times, and the last
+/// run and result show in `GET /queries/{name}`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scheduler_runs_queries_at_their_aligned_times() {
+    let queries = tempfile::tempdir().unwrap();
+    std::fs::write(
+        queries.path().join("ticks.sql"),
+        "-- description: the run's time and the deliveries so far\n-- schedule: every 1s\n\
+         SELECT now() AS at, count(*) AS n FROM deliveries WHERE received_at <= now()",
+    )
+    .unwrap();
+    let (server, _dir) =
+        Server::start(Options::default().env("HOOKSCOPE_QUERIES_DIRS", queries.path().display()));
+    server.post_json("s", &json!({"a": 1})).await;
+    let mut shown = Value::Null;
+    for _ in 0..100 {
+        shown = get_json(&server, "/queries/ticks").await;
+        if shown["last_runs"].as_array().is_some_and(|r| r.len() >= 2) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let runs = shown["last_runs"].as_array().expect("runs");
+    assert!(runs.len() >= 2, "{shown}");
+    for run in runs {
+        let scheduled = run["scheduled_for"].as_str().unwrap();
+        assert!(
+            scheduled.ends_with(".000000Z"),
+            "not on a whole second: {run}"
+        );
+        assert!(run["error"].is_null(), "{run}");
+        assert_eq!(run["trigger"], "schedule");
+        assert_eq!(run["rows"], 1);
+    }
+    // now() in the result is the scheduled time of the newest run, not its start.
+    let newest = &runs[0];
+    let at = shown["last_result"][0]["at"].as_str().unwrap();
+    let scheduled =
+        chrono::DateTime::parse_from_rfc3339(newest["scheduled_for"].as_str().unwrap()).unwrap();
+    let seen =
+        chrono::NaiveDateTime::parse_from_str(at.trim_end_matches('Z'), "%Y-%m-%dT%H:%M:%S%.f")
+            .unwrap();
+    assert_eq!(
+        seen.and_utc().timestamp_micros(),
+        scheduled.timestamp_micros(),
+        "{shown}"
+    );
+    assert!(shown["next_run"].is_string());
+}
