@@ -30,10 +30,10 @@ use crate::lake::persist::{self, PersistError};
 use crate::lake::{Lake, LakeError};
 use crate::tables::Table;
 
-mod profiles;
+pub(crate) mod profiles;
 #[cfg(test)]
 mod tests;
-mod traffic;
+pub(crate) mod traffic;
 
 use traffic::{Generator, HOUR_US, SECOND_US, Window};
 

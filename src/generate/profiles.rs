@@ -4,8 +4,8 @@
 use super::traffic::HOUR_US;
 
 /// How one source's traffic looks.
-pub(super) struct Profile {
-    pub(super) source: &'static str,
+pub(crate) struct Profile {
+    pub(crate) source: &'static str,
     pub(super) provider: &'static str,
     /// Share of first sends.
     pub(super) weight: f64,
@@ -21,7 +21,7 @@ pub(super) struct Profile {
     pub(super) signature_header: Option<&'static str>,
 }
 
-pub(super) const PROFILES: &[Profile] = &[
+pub(crate) const PROFILES: &[Profile] = &[
     Profile {
         source: "stripe",
         provider: "stripe",
@@ -110,5 +110,5 @@ pub(super) const PROFILES: &[Profile] = &[
 /// Index of the source whose handler slows down over the span's last fifth.
 pub(super) const CREEPING: usize = 1;
 /// Index of the source that goes silent for the span's last hours.
-pub(super) const SILENT: usize = 5;
+pub(crate) const SILENT: usize = 5;
 pub(super) const SILENT_FOR_US: i64 = 6 * HOUR_US;

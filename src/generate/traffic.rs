@@ -26,7 +26,16 @@ const DUPLICATE_RATE: f64 = 0.003;
 const REPORT_RATE: f64 = 0.85;
 /// Share of first sends that arrive in the day's burst.
 const BURST_SHARE: f64 = 0.04;
-const BURST_US: i64 = 10 * 60 * SECOND_US;
+pub(crate) const BURST_US: i64 = 10 * 60 * SECOND_US;
+/// The burst of day `day` (days since 1970-01-01 UTC): one source's extra traffic
+/// for [`BURST_US`], starting at the time returned (microseconds), and the index of
+/// that source in the profiles.
+pub(crate) fn burst(day: i64) -> (i64, usize) {
+    let mut day_rng = StdRng::seed_from_u64(day as u64 ^ 0x9e37_79b9_7f4a_7c15);
+    let at = day * DAY_US + day_rng.random_range(0..DAY_US - BURST_US);
+    (at, day_rng.random_range(0..PROFILES.len()))
+}
+
 /// An outage of one source's handler (every attempt fails) once a week.
 const OUTAGE_US: i64 = 30 * 60 * SECOND_US;
 const OUTAGE_EVERY_US: i64 = 7 * DAY_US;
@@ -208,11 +217,7 @@ impl Generator {
                 (at, self.pick_profile())
             })
             .collect();
-        // The day's burst: one source, ten minutes, at a time drawn from the day.
-        let day = from_us.div_euclid(DAY_US);
-        let mut day_rng = StdRng::seed_from_u64(day as u64 ^ 0x9e37_79b9_7f4a_7c15);
-        let burst_at = day * DAY_US + day_rng.random_range(0..DAY_US - BURST_US);
-        let burst_profile = day_rng.random_range(0..PROFILES.len());
+        let (burst_at, burst_profile) = burst(from_us.div_euclid(DAY_US));
         let (b0, b1) = (burst_at.max(from_us), (burst_at + BURST_US).min(to_us));
         if b0 < b1 {
             let share = (b1 - b0) as f64 / BURST_US as f64;

@@ -228,4 +228,6 @@ pub fn describe_problems(problems: &[FileError]) -> serde_json::Value {
 }
 
 #[cfg(test)]
+mod known_answers;
+#[cfg(test)]
 mod tests;

@@ -110,7 +110,7 @@ pub async fn run_once(
     let (rows, error, json) = match result {
         Ok((_, batches)) => {
             let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-            (rows as i64, None, Some(first_rows_json(&batches)))
+            (rows as i64, None, Some(rows_json(&batches, RESULT_ROWS)))
         }
         Err(e) => (0, Some(e.to_string()), None),
     };
@@ -135,9 +135,12 @@ pub async fn run_once(
     record
 }
 
-/// The first [`RESULT_ROWS`] rows as a JSON array of objects.
-fn first_rows_json(batches: &[arrow::record_batch::RecordBatch]) -> serde_json::Value {
-    let mut left = RESULT_ROWS;
+/// The first `limit` rows as a JSON array of objects.
+pub(crate) fn rows_json(
+    batches: &[arrow::record_batch::RecordBatch],
+    limit: usize,
+) -> serde_json::Value {
+    let mut left = limit;
     let mut writer = arrow::json::ArrayWriter::new(Vec::new());
     for batch in batches {
         if left == 0 {

@@ -61,9 +61,7 @@ pub enum ManifestError {
         "manifest {path} was written by a newer hookscope (format {found}, this build reads {FORMAT}); start that version or a newer one"
     )]
     TooNew { path: String, found: u64 },
-    #[error(
-        "manifest {path} is whole JSON but not a manifest this build understands ({reason}); it was not torn by a crash, so nothing falls back past it: restore it from a backup, or move it aside to start from the previous version"
-    )]
+    #[error("manifest {path} cannot be used: {reason}")]
     Corrupt { path: String, reason: String },
     #[error(
         "the new manifest {path} is in place but could not be confirmed durable ({source}); its files are kept, and the next flush writes it again"
@@ -207,7 +205,16 @@ impl Manifest {
                         reason: format!("not JSON ({e}), and a newer version exists"),
                     });
                 }
-                Err(Unreadable::Bad(e)) => return Err(e),
+                Err(Unreadable::TooNew(e)) => return Err(e),
+                Err(Unreadable::NotManifest(r)) => {
+                    return Err(ManifestError::Corrupt {
+                        path: path.clone(),
+                        reason: format!(
+                            "{}: restore it from a backup, or move it aside to start from the previous version",
+                            not_manifest(&r)
+                        ),
+                    });
+                }
             };
             return match parsed {
                 Version::Checkpoint(m) => Ok(Some(m)),
@@ -438,26 +445,33 @@ struct Header {
 enum Unreadable {
     /// Not (whole) JSON: torn by a crash if it is the newest version.
     Torn(serde_json::Error),
-    /// Whole JSON, but not a manifest this build reads.
-    Bad(ManifestError),
+    /// Whole JSON, but not a manifest this build reads: why.
+    NotManifest(String),
+    /// Written by a newer build.
+    TooNew(ManifestError),
+}
+
+/// Why a whole-JSON version is refused, and that it was not torn.
+fn not_manifest(reason: &str) -> String {
+    format!(
+        "it is whole JSON but not a manifest this build understands ({reason}); it was not torn by a crash, so nothing falls back past it"
+    )
 }
 
 impl Version {
     /// Parses the bytes read from `path` (listed as `version`).
     fn parse(bytes: &[u8], version: u64, path: &str) -> Result<Version, Unreadable> {
-        let corrupt = |reason: String| {
-            Unreadable::Bad(ManifestError::Corrupt {
-                path: path.to_string(),
-                reason,
-            })
-        };
-        let header: Header = serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => corrupt(e.to_string()),
-            _ => Unreadable::Torn(e),
-        })?;
+        let corrupt = Unreadable::NotManifest;
+        // Whole JSON or not (a syntax check that builds nothing): only a file that is
+        // not whole JSON can have been torn by a crash.
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(Unreadable::Torn)?;
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(corrupt("whole JSON, but not an object".into()));
+        }
+        let header: Header = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
         match header.format.as_ref().and_then(serde_json::Value::as_u64) {
             Some(f) if f > u64::from(FORMAT) => {
-                return Err(Unreadable::Bad(ManifestError::TooNew {
+                return Err(Unreadable::TooNew(ManifestError::TooNew {
                     path: path.to_string(),
                     found: f,
                 }));
@@ -504,15 +518,31 @@ async fn load_chain(
         let Some(bytes) = lake.get(path).await? else {
             return Ok(None);
         };
+        let advice = if version == head.checkpoint {
+            "it is the checkpoint of the newest chain and no earlier state is kept: restore the _manifest folder from a backup".to_string()
+        } else {
+            format!(
+                "to start from the state before it, move aside this version and every newer one (versions {version} to {}); the next start then deletes the files only those versions name",
+                head.version
+            )
+        };
         let parsed = match Version::parse(&bytes, version, path) {
             Ok(v) => v,
-            Err(Unreadable::Bad(e)) => return Err(e),
+            Err(Unreadable::TooNew(e)) => return Err(e),
+            Err(Unreadable::NotManifest(r)) => {
+                return Err(ManifestError::Corrupt {
+                    path: path.to_string(),
+                    reason: format!(
+                        "{}, and the newer version {head_path} builds on it; {advice}",
+                        not_manifest(&r)
+                    ),
+                });
+            }
             Err(Unreadable::Torn(e)) => {
                 return Err(ManifestError::Corrupt {
                     path: path.to_string(),
                     reason: format!(
-                        "not JSON ({e}), and the newer version {head_path} builds on it; to start from the state before it, move aside this version and every newer one (versions {version} to {})",
-                        head.version
+                        "not JSON ({e}), and the newer version {head_path} builds on it; {advice}"
                     ),
                 });
             }
@@ -524,7 +554,7 @@ async fn load_chain(
                 return Err(ManifestError::Corrupt {
                     path: path.to_string(),
                     reason: format!(
-                        "{head_path} is a delta on checkpoint {}, but this version does not belong to that chain",
+                        "{head_path} is a delta on checkpoint {}, but this version does not belong to that chain; restore the _manifest folder from a backup",
                         head.checkpoint
                     ),
                 });

@@ -333,3 +333,76 @@ async fn a_delta_over_the_budget_is_written_as_a_checkpoint() {
     assert_eq!(Manifest::load(&lake).await.unwrap(), m3);
     assert_eq!(versions_on_disk(dir.path()), vec![3]);
 }
+
+/// Only a file that is not whole JSON counts as torn; whole JSON that is not a
+/// manifest object never does.
+#[test]
+fn torn_means_not_whole_json() {
+    let torn: &[&[u8]] = &[
+        b"",
+        &[0u8; 64],
+        b"{\"format\":2,\"vers",
+        b"{\"a\":1}x",
+        b"  ",
+    ];
+    for bytes in torn {
+        assert!(
+            matches!(Version::parse(bytes, 1, "v"), Err(Unreadable::Torn(_))),
+            "{:?}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    let whole: &[&[u8]] = &[
+        b"[1,2,3]",
+        b"[2,\"delta\"]",
+        b"5",
+        b"null",
+        b"{\"format\":\"x\"}",
+    ];
+    for bytes in whole {
+        assert!(
+            matches!(
+                Version::parse(bytes, 1, "v"),
+                Err(Unreadable::NotManifest(_))
+            ),
+            "{:?}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_chain_member_names_what_to_move_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::local(dir.path()).unwrap();
+    let mut committed = Manifest::load(&lake).await.unwrap();
+    for i in 0..3 {
+        let mut next = committed.with_files(
+            vec![(Table::Deliveries, entry(&format!("deliveries/{i}.parquet")))],
+            i,
+            i + 2,
+        );
+        next.commit(&lake, &committed).await.unwrap();
+        committed = next;
+    }
+    std::fs::write(
+        dir.path().join(version_path(2)),
+        r#"{"format": 2, "version": "x"}"#,
+    )
+    .unwrap();
+    let err = Manifest::load(&lake).await.unwrap_err().to_string();
+    assert!(
+        err.contains("versions 2 to 3") && err.contains("not torn"),
+        "{err}"
+    );
+    std::fs::write(dir.path().join(version_path(1)), b"{\"format\":2,").unwrap();
+    let err = Manifest::load(&lake).await.unwrap_err().to_string();
+    assert!(
+        err.contains("restore the _manifest folder from a backup"),
+        "{err}"
+    );
+    // The newest version as a top-level array is whole JSON: never skipped as torn.
+    std::fs::write(dir.path().join(version_path(4)), b"[1,2,3]").unwrap();
+    let err = Manifest::load(&lake).await.unwrap_err().to_string();
+    assert!(err.contains("not an object"), "{err}");
+}

@@ -1,0 +1,165 @@
+//! The shipped analyses on generated traffic, whose answers are known: the generator
+//! makes one source go silent for the span's last hours and gives each day a
+//! ten-minute burst of one source.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::{Registry, run, scheduler};
+use crate::engine::tests::settings;
+use crate::engine::{Engine, Mode};
+use crate::generate::profiles::{PROFILES, SILENT};
+use crate::generate::traffic::{BURST_US, burst};
+use crate::generate::{Spec, generate};
+
+/// 2026-11-02T00:00:00Z.
+const END_US: i64 = 1_793_577_600_000_000;
+const DAY_US: i64 = 86_400_000_000;
+const DAYS: i64 = 4;
+
+async fn lake() -> (tempfile::TempDir, Arc<Engine>) {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec {
+        deliveries: 120_000,
+        end_us: END_US,
+        span: Duration::from_secs(DAYS as u64 * 86_400),
+        seed: 11,
+        flush_every: None,
+        zstd_level: 1,
+        mean_body_bytes: 300,
+    };
+    generate(dir.path(), &spec, |_| {}).await.unwrap();
+    let engine = Engine::open(settings(dir.path()), Mode::ReadOnly)
+        .await
+        .unwrap();
+    (dir, engine)
+}
+
+fn at(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap()
+}
+
+async fn rows(engine: &Engine, name: &str, at_us: i64, params: &[(&str, &str)]) -> Vec<Value> {
+    let registry = Registry::load(&[]);
+    let q = registry.get(name).unwrap();
+    let params: BTreeMap<String, String> = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let (_, batches) = run::collect(engine.query(), q, at(at_us), &params)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    match scheduler::rows_json(&batches, usize::MAX) {
+        Value::Array(rows) => rows,
+        other => panic!("{name}: {other}"),
+    }
+}
+
+async fn number(engine: &Engine, sql: &str) -> i64 {
+    let (_, batches) = engine.query().collect(sql).await.unwrap();
+    match scheduler::rows_json(&batches, 1) {
+        Value::Array(r) => r[0]
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()
+            .as_i64()
+            .unwrap(),
+        other => panic!("{other}"),
+    }
+}
+
+fn sources(rows: &[Value]) -> Vec<&str> {
+    rows.iter().map(|r| r["source"].as_str().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shipped_analyses_find_what_the_generator_put_in() {
+    let (_dir, engine) = lake().await;
+
+    // Silence: the silent source, and no other, at the end of the span.
+    let silent = rows(&engine, "silence", END_US, &[]).await;
+    assert_eq!(sources(&silent), [PROFILES[SILENT].source], "{silent:?}");
+    // Before it went quiet (six hours before the end), nobody is silent.
+    let before = rows(&engine, "silence", END_US - 7 * 3_600_000_000, &[]).await;
+    assert!(before.is_empty(), "{before:?}");
+
+    // Spikes: each day's burst is found in its last five minutes (after a day of
+    // baseline); hourly checks elsewhere find none.
+    let mut found = 0;
+    let mut false_alerts = Vec::new();
+    for day in END_US / DAY_US - DAYS + 1..END_US / DAY_US {
+        let (start, profile) = burst(day);
+        let during = rows(&engine, "traffic_spike", start + BURST_US - 60_000_000, &[]).await;
+        if sources(&during).contains(&PROFILES[profile].source) {
+            found += 1;
+        }
+        for hour in 0..24 {
+            let t = day * DAY_US + hour * 3_600_000_000;
+            if (start - 600_000_000..start + BURST_US + 600_000_000).contains(&t) {
+                continue;
+            }
+            let quiet = rows(&engine, "traffic_spike", t, &[]).await;
+            false_alerts.extend(quiet.into_iter().map(|r| (t, r)));
+        }
+    }
+    assert_eq!(found, DAYS - 1, "bursts found");
+    assert!(false_alerts.is_empty(), "{false_alerts:?}");
+
+    // Volume: the buckets add up to the table, duplicates included.
+    let window = &[("window", "96 hours"), ("bucket", "1 hour")];
+    let volume = rows(&engine, "volume_per_source", END_US, window).await;
+    let total: i64 = volume
+        .iter()
+        .map(|r| r["deliveries"].as_i64().unwrap())
+        .sum();
+    let dups: i64 = volume
+        .iter()
+        .map(|r| r["duplicates"].as_i64().unwrap())
+        .sum();
+    let bound = format!(
+        "received_at > TIMESTAMP '2026-10-29T00:00:00Z' AND received_at <= TIMESTAMP '2026-11-02T00:00:00Z'"
+    );
+    assert_eq!(
+        total,
+        number(
+            &engine,
+            &format!("SELECT count(*) FROM deliveries WHERE {bound}")
+        )
+        .await
+    );
+    assert_eq!(
+        dups,
+        number(
+            &engine,
+            &format!("SELECT count(*) FROM deliveries WHERE {bound} AND is_duplicate")
+        )
+        .await
+    );
+    assert_eq!(
+        volume.len(),
+        96 * PROFILES.len() - 6,
+        "hours of sources with deliveries"
+    );
+
+    // Error rate: failures per source are the failure reports of the window.
+    let errors = rows(&engine, "error_rate", END_US, &[("window", "24 hours")]).await;
+    for r in &errors {
+        let source = r["source"].as_str().unwrap();
+        let direct = number(
+            &engine,
+            &format!(
+                "SELECT count(*) FROM outcomes WHERE source = '{source}' AND status = 'failure' \
+                 AND reported_at > TIMESTAMP '2026-11-01T00:00:00Z' AND reported_at <= TIMESTAMP '2026-11-02T00:00:00Z'"
+            ),
+        )
+        .await;
+        assert_eq!(r["failures"].as_i64().unwrap(), direct, "{r}");
+    }
+    assert_eq!(errors.len(), PROFILES.len());
+}
