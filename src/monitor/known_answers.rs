@@ -122,9 +122,7 @@ async fn the_shipped_analyses_find_what_the_generator_put_in() {
         .iter()
         .map(|r| r["duplicates"].as_i64().unwrap())
         .sum();
-    let bound = format!(
-        "received_at > TIMESTAMP '2026-10-29T00:00:00Z' AND received_at <= TIMESTAMP '2026-11-02T00:00:00Z'"
-    );
+    let bound = "received_at > TIMESTAMP '2026-10-29T00:00:00Z' AND received_at <= TIMESTAMP '2026-11-02T00:00:00Z'";
     assert_eq!(
         total,
         number(
