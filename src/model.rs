@@ -150,6 +150,19 @@ pub struct ForwardResult {
     pub upstream_error: Option<String>,
 }
 
+/// One run of a saved query (a row of `query_runs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryRun {
+    pub name: String,
+    pub scheduled_for_us: i64,
+    pub started_at_us: i64,
+    pub duration_ms: f64,
+    pub rows: i64,
+    pub error: Option<String>,
+    /// schedule, manual or catch-up.
+    pub trigger: String,
+}
+
 /// What one WAL record carries.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Entry {
@@ -164,6 +177,8 @@ pub enum Entry {
     ForwardStart(Box<Delivery>),
     /// The app's answer to a forwarded delivery.
     ForwardDone(Box<ForwardResult>),
+    /// A saved query's run.
+    QueryRun(Box<QueryRun>),
 }
 
 #[cfg(test)]

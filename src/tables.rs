@@ -21,11 +21,20 @@ pub enum Table {
     Deliveries,
     Outcomes,
     Alerts,
+    QueryRuns,
 }
 
 impl Table {
     /// Every table, in catalog order.
-    pub const ALL: [Table; 3] = [Table::Deliveries, Table::Outcomes, Table::Alerts];
+    pub const ALL: [Table; 4] = [
+        Table::Deliveries,
+        Table::Outcomes,
+        Table::Alerts,
+        Table::QueryRuns,
+    ];
+
+    /// The tables whose rows come through the WAL and the buffer.
+    pub const BUFFERED: [Table; 3] = [Table::Deliveries, Table::Outcomes, Table::QueryRuns];
 
     /// The SQL name, also the directory name under the data dir.
     pub fn name(self) -> &'static str {
@@ -33,6 +42,7 @@ impl Table {
             Table::Deliveries => "deliveries",
             Table::Outcomes => "outcomes",
             Table::Alerts => "alerts",
+            Table::QueryRuns => "query_runs",
         }
     }
 
@@ -49,6 +59,7 @@ impl Table {
                 "One row per processing report (`/report/{source}`), or per forwarded delivery's answer"
             }
             Table::Alerts => "One row per alert fired (saved-query alerts; empty until they land)",
+            Table::QueryRuns => "One row per run of a saved query by the scheduler",
         }
     }
 
@@ -58,6 +69,7 @@ impl Table {
             Table::Deliveries => "received_at",
             Table::Outcomes => "reported_at",
             Table::Alerts => "fired_at",
+            Table::QueryRuns => "started_at",
         }
     }
 
@@ -67,12 +79,13 @@ impl Table {
             Table::Deliveries => deliveries::COLUMNS,
             Table::Outcomes => outcomes::COLUMNS,
             Table::Alerts => ALERT_COLUMNS,
+            Table::QueryRuns => query_runs::COLUMNS,
         }
     }
 
     /// The Arrow schema.
     pub fn schema(self) -> SchemaRef {
-        static SCHEMAS: LazyLock<[SchemaRef; 3]> =
+        static SCHEMAS: LazyLock<[SchemaRef; 4]> =
             LazyLock::new(|| Table::ALL.map(|t| schema_of(t.columns())));
         Arc::clone(&SCHEMAS[self as usize])
     }
@@ -381,6 +394,28 @@ pub mod outcomes {
             "how many records the app processed";
         attributes: Text req Bulky = &o.attributes,
             "JSON object of other attributes";
+    });
+}
+
+/// `query_runs`: one row per run of a saved query.
+pub mod query_runs {
+    use crate::model::QueryRun;
+
+    table_columns!(&QueryRun, |q| {
+        name: Text req Plain = &q.name,
+            "the saved query";
+        scheduled_for: Timestamp req Time = q.scheduled_for_us,
+            "the run's scheduled time: now() inside the query";
+        started_at: Timestamp req Time = q.started_at_us,
+            "when the run started";
+        duration_ms: Float64 req Unique = q.duration_ms,
+            "how long it ran, in ms";
+        rows: Int64 req Plain = q.rows,
+            "rows it returned (0 when it failed)";
+        error: Text opt Bulky = q.error.as_deref(),
+            "why it failed; null when it succeeded";
+        trigger: Text req Plain = &q.trigger,
+            "schedule, manual or catch-up";
     });
 }
 

@@ -21,7 +21,7 @@ use arrow::array::ArrayRef;
 use arrow::compute::concat_batches;
 use arrow::record_batch::RecordBatch;
 
-use crate::model::{Delivery, Outcome, StoredBody};
+use crate::model::{Delivery, Outcome, QueryRun, StoredBody};
 use crate::tables::{self, Table};
 
 /// Rows per chunk beyond which the active builders are frozen on their own, or bytes:
@@ -192,6 +192,7 @@ impl<C: Columns> TableBuffer<C> {
 pub struct Buffer {
     deliveries: TableBuffer<tables::deliveries::Builders>,
     outcomes: TableBuffer<tables::outcomes::Builders>,
+    query_runs: TableBuffer<tables::query_runs::Builders>,
 }
 
 impl Buffer {
@@ -214,11 +215,19 @@ impl Buffer {
         self.outcomes.appended(seq, 192 + text);
     }
 
+    /// Appends a durable saved-query run.
+    pub fn push_query_run(&mut self, seq: u64, r: &QueryRun) {
+        self.query_runs.active.push(r);
+        let text = r.name.len() + r.error.as_ref().map_or(0, String::len);
+        self.query_runs.appended(seq, 128 + text);
+    }
+
     /// Every buffered row of `table`, as batches (freezes the active rows).
     pub fn snapshot(&mut self, table: Table) -> Vec<RecordBatch> {
         match table {
             Table::Deliveries => self.deliveries.snapshot(),
             Table::Outcomes => self.outcomes.snapshot(),
+            Table::QueryRuns => self.query_runs.snapshot(),
             Table::Alerts => Vec::new(),
         }
     }
@@ -227,6 +236,7 @@ impl Buffer {
     pub fn cut(&mut self, through: u64) {
         self.deliveries.cut(through);
         self.outcomes.cut(through);
+        self.query_runs.cut(through);
     }
 
     /// The rows of `table` with seq ≤ `through` (call after a cut at `through`).
@@ -234,6 +244,7 @@ impl Buffer {
         match table {
             Table::Deliveries => self.deliveries.take_through(through),
             Table::Outcomes => self.outcomes.take_through(through),
+            Table::QueryRuns => self.query_runs.take_through(through),
             Table::Alerts => Vec::new(),
         }
     }
@@ -247,31 +258,37 @@ impl Buffer {
             .drop_through(through, flush_started, &mut removed);
         self.outcomes
             .drop_through(through, flush_started, &mut removed);
+        self.query_runs
+            .drop_through(through, flush_started, &mut removed);
         removed
     }
 
     /// True once rows were lost to an internal error (see `freeze`): nothing may be
     /// committed past them.
     pub fn damaged(&self) -> bool {
-        self.deliveries.damaged || self.outcomes.damaged
+        self.deliveries.damaged || self.outcomes.damaged || self.query_runs.damaged
     }
 
     /// Buffered rows over all tables.
     pub fn rows(&self) -> usize {
-        self.deliveries.rows + self.outcomes.rows
+        self.deliveries.rows + self.outcomes.rows + self.query_runs.rows
     }
 
     /// Rough memory held by buffered rows.
     pub fn approx_bytes(&self) -> usize {
-        self.deliveries.approx_bytes + self.outcomes.approx_bytes
+        self.deliveries.approx_bytes + self.outcomes.approx_bytes + self.query_runs.approx_bytes
     }
 
     /// When the oldest buffered row arrived.
     pub fn oldest(&self) -> Option<Instant> {
-        match (self.deliveries.oldest, self.outcomes.oldest) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.deliveries.oldest,
+            self.outcomes.oldest,
+            self.query_runs.oldest,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 
@@ -292,7 +309,7 @@ macro_rules! columns_of {
     )*};
 }
 
-columns_of!(deliveries => Deliveries, outcomes => Outcomes);
+columns_of!(deliveries => Deliveries, outcomes => Outcomes, query_runs => QueryRuns);
 
 #[cfg(test)]
 mod tests {

@@ -315,7 +315,8 @@ fn retention_is_off_by_default_and_set_per_table() {
         vec![
             (Table::Deliveries, 30),
             (Table::Outcomes, 7),
-            (Table::Alerts, 30)
+            (Table::Alerts, 30),
+            (Table::QueryRuns, 30)
         ]
     );
     let err = Config::from_toml("[retention]\ndays = 0\n", "f", &no_env).unwrap_err();

@@ -68,6 +68,10 @@ impl LakeApplier {
                 }
                 Applied::REPORT
             }
+            Entry::QueryRun(r) => {
+                buf.push_query_run(seq, r);
+                Applied::REPORT
+            }
             Entry::ForwardStart(d) => {
                 self.forwards.insert(d.id.clone(), (seq, d.clone()));
                 self.open.open.lock().insert(seq, d.id.clone());

@@ -200,7 +200,7 @@ impl Engine {
             wal_through: through,
             ..Default::default()
         };
-        for table in [Table::Deliveries, Table::Outcomes] {
+        for table in Table::BUFFERED {
             let batches = self.catalog.buffered_through(table, through);
             if batches.is_empty() {
                 continue;

@@ -309,6 +309,15 @@ impl Engine {
             .map(|_| ())
     }
 
+    /// Records a saved query's run (a row of `query_runs`). **Returns `Ok` once
+    /// durable and visible.**
+    pub async fn record_query_run(
+        &self,
+        run: crate::model::QueryRun,
+    ) -> Result<Applied, IngestError> {
+        self.append(Entry::QueryRun(Box::new(run))).await
+    }
+
     /// Records the app's answer to a forwarded delivery (and the outcome row).
     /// **Returns `Ok` once durable and visible.**
     pub async fn finish_forward(&self, result: ForwardResult) -> Result<Applied, IngestError> {

@@ -57,6 +57,21 @@ pub struct RunRecord {
     pub trigger: Trigger,
 }
 
+impl RunRecord {
+    /// The run as a row of `query_runs`.
+    pub fn to_row(&self) -> crate::model::QueryRun {
+        crate::model::QueryRun {
+            name: self.name.clone(),
+            scheduled_for_us: self.scheduled_for.timestamp_micros(),
+            started_at_us: self.started_at.timestamp_micros(),
+            duration_ms: self.duration_ms,
+            rows: self.rows,
+            error: self.error.clone(),
+            trigger: self.trigger.as_str().to_string(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Runs {
     recent: VecDeque<RunRecord>,

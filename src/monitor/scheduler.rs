@@ -1,6 +1,7 @@
 //! The scheduler: runs each saved query with a schedule at its scheduled times, as
 //! of those times, on the query engine (its own runtime in the server, so runs never
-//! take ingest's threads), and records each run in the [`RunLog`].
+//! take ingest's threads), and records each run in the [`RunLog`] and, durably
+//! through the WAL, as a row of `query_runs`.
 //!
 //! Invariants:
 //! - A query never overlaps itself: a time that comes while the previous run still
@@ -77,7 +78,10 @@ pub fn spawn(
                 }
                 let (engine, runs, q) = (Arc::clone(&engine), Arc::clone(&runs), q.clone());
                 tokio::spawn(async move {
-                    run_once(engine.query(), &q, at, Trigger::Schedule, &runs).await;
+                    let record = run_once(engine.query(), &q, at, Trigger::Schedule, &runs).await;
+                    if let Err(e) = engine.record_query_run(record.to_row()).await {
+                        tracing::warn!(query = %q.name, error = %e, "could not record a saved query's run in query_runs");
+                    }
                     flag.store(false, Ordering::Release);
                 });
             }

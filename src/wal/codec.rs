@@ -7,7 +7,9 @@
 
 use thiserror::Error;
 
-use crate::model::{Delivery, Entry, ForwardResult, Outcome, SignatureStatus, StoredBody};
+use crate::model::{
+    Delivery, Entry, ForwardResult, Outcome, QueryRun, SignatureStatus, StoredBody,
+};
 
 /// WAL record kinds. A new layout gets a new kind; old kinds stay decodable.
 pub mod kind {
@@ -16,6 +18,7 @@ pub mod kind {
     pub const FORWARD_START_V1: u8 = 3;
     pub const FORWARD_DONE_V1: u8 = 4;
     pub const OUTCOMES_V1: u8 = 5;
+    pub const QUERY_RUN_V1: u8 = 6;
 }
 
 /// A WAL payload that cannot be decoded.
@@ -44,6 +47,7 @@ impl Entry {
             Entry::ForwardStart(_) => kind::FORWARD_START_V1,
             Entry::ForwardDone(_) => kind::FORWARD_DONE_V1,
             Entry::Outcomes(_) => kind::OUTCOMES_V1,
+            Entry::QueryRun(_) => kind::QUERY_RUN_V1,
         }
     }
 
@@ -54,6 +58,7 @@ impl Entry {
             Entry::Delivery(d) | Entry::ForwardStart(d) => encode_delivery(&mut e, d),
             Entry::Outcome(o) => encode_outcome(&mut e, o),
             Entry::ForwardDone(r) => encode_forward_result(&mut e, r),
+            Entry::QueryRun(r) => encode_query_run(&mut e, r),
             Entry::Outcomes(list) => {
                 e.i64(list.len() as i64);
                 for o in list {
@@ -72,6 +77,7 @@ impl Entry {
             kind::OUTCOME_V1 => Entry::Outcome(Box::new(decode_outcome(&mut d)?)),
             kind::FORWARD_START_V1 => Entry::ForwardStart(Box::new(decode_delivery(&mut d)?)),
             kind::FORWARD_DONE_V1 => Entry::ForwardDone(Box::new(decode_forward_result(&mut d)?)),
+            kind::QUERY_RUN_V1 => Entry::QueryRun(Box::new(decode_query_run(&mut d)?)),
             kind::OUTCOMES_V1 => {
                 let n = d.i64("outcomes")?;
                 // Each outcome takes at least a byte per field: a count the payload
@@ -139,6 +145,7 @@ impl Entry {
             Entry::Outcome(o) => outcome_size_hint(o),
             Entry::Outcomes(list) => 8 + list.iter().map(outcome_size_hint).sum::<usize>(),
             Entry::ForwardDone(_) => 128,
+            Entry::QueryRun(r) => 96 + r.name.len() + r.error.as_ref().map_or(0, String::len),
         }
     }
 }
@@ -243,6 +250,28 @@ fn decode_delivery(d: &mut Decoder<'_>) -> Result<Delivery, DecodeError> {
         upstream_status: d.opt_i32("upstream_status")?,
         upstream_latency_ms: d.opt_f64("upstream_latency_ms")?,
         upstream_error: d.opt_str("upstream_error")?,
+    })
+}
+
+fn encode_query_run(e: &mut Encoder, r: &QueryRun) {
+    e.str(&r.name);
+    e.i64(r.scheduled_for_us);
+    e.i64(r.started_at_us);
+    e.opt_f64(Some(r.duration_ms));
+    e.i64(r.rows);
+    e.opt_str(r.error.as_deref());
+    e.str(&r.trigger);
+}
+
+fn decode_query_run(d: &mut Decoder<'_>) -> Result<QueryRun, DecodeError> {
+    Ok(QueryRun {
+        name: d.str("name")?,
+        scheduled_for_us: d.i64("scheduled_for")?,
+        started_at_us: d.i64("started_at")?,
+        duration_ms: d.opt_f64("duration_ms")?.unwrap_or(0.0),
+        rows: d.i64("rows")?,
+        error: d.opt_str("error")?,
+        trigger: d.str("trigger")?,
     })
 }
 
@@ -428,6 +457,22 @@ mod tests {
                 buf.len()
             );
             assert_eq!(buf.capacity(), e.size_hint(), "the buffer never grew");
+        }
+    }
+
+    #[test]
+    fn query_runs_round_trip_through_the_wal_encoding() {
+        for error in [None, Some("the query ran past its timeout".to_string())] {
+            let e = Entry::QueryRun(Box::new(QueryRun {
+                name: "traffic_spike".into(),
+                scheduled_for_us: 1_700_000_000_000_000,
+                started_at_us: 1_700_000_000_800_000,
+                duration_ms: 12.25,
+                rows: 3,
+                error,
+                trigger: "schedule".into(),
+            }));
+            assert_eq!(Entry::decode(e.kind(), &e.encode()), Ok(e));
         }
     }
 

@@ -190,4 +190,21 @@ async fn the_scheduler_runs_queries_at_their_aligned_times() {
         "{shown}"
     );
     assert!(shown["next_run"].is_string());
+
+    // Every run is a row of query_runs, durable through the WAL: a kill -9 keeps them.
+    let sql = "SELECT count(*) AS n, min(rows) AS r, count(error) AS e, \
+               min(date_part('microsecond', scheduled_for) % 1000000) AS frac \
+               FROM query_runs WHERE name = 'ticks' AND trigger = 'schedule'";
+    let before = server.query(sql).await;
+    assert!(before[0]["n"].as_i64().unwrap() >= 2, "{before:?}");
+    assert_eq!(before[0]["r"], 1, "{before:?}");
+    assert_eq!(before[0]["e"], 0, "{before:?}");
+    let mut server = server;
+    server.kill();
+    server.restart();
+    let after = server.query(sql).await;
+    assert!(
+        after[0]["n"].as_i64().unwrap() >= before[0]["n"].as_i64().unwrap(),
+        "{before:?} → {after:?}"
+    );
 }
