@@ -34,7 +34,19 @@ pub fn spawn(
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let last = last_scheduled(engine.query()).await;
         let now = Utc::now();
+        // Times missed while the server was down: each query runs once, for the
+        // latest of them (an alert judges the present; older windows are history).
+        let mut catch_up: Vec<(String, DateTime<Utc>)> = Vec::new();
+        for q in registry.queries() {
+            let (Some(schedule), Some(previous)) = (&q.schedule, last.get(&q.name)) else {
+                continue;
+            };
+            if let Some(missed) = schedule.latest_at_or_before(now).filter(|t| t > previous) {
+                catch_up.push((q.name.clone(), missed));
+            }
+        }
         let mut next: BTreeMap<String, DateTime<Utc>> = registry
             .queries()
             .filter_map(|q| Some((q.name.clone(), q.schedule.as_ref()?.next_after(now)?)))
@@ -46,7 +58,18 @@ pub fn spawn(
             .keys()
             .map(|n| (n.clone(), Arc::new(AtomicBool::new(false))))
             .collect();
-        tracing::info!(queries = next.len(), "scheduler started");
+        tracing::info!(
+            queries = next.len(),
+            catch_up = catch_up.len(),
+            "scheduler started"
+        );
+        for (name, at) in catch_up {
+            let (Some(q), Some(flag)) = (registry.get(&name), busy.get(&name)) else {
+                continue;
+            };
+            flag.store(true, Ordering::Release);
+            spawn_run(&engine, &runs, q, at, Trigger::CatchUp, Arc::clone(flag));
+        }
         loop {
             if *stop.borrow() {
                 return;
@@ -76,14 +99,7 @@ pub fn spawn(
                     tracing::warn!(query = %name, scheduled_for = %at, "skipped a scheduled run: the previous run of this query is still going");
                     continue;
                 }
-                let (engine, runs, q) = (Arc::clone(&engine), Arc::clone(&runs), q.clone());
-                tokio::spawn(async move {
-                    let record = run_once(engine.query(), &q, at, Trigger::Schedule, &runs).await;
-                    if let Err(e) = engine.record_query_run(record.to_row()).await {
-                        tracing::warn!(query = %q.name, error = %e, "could not record a saved query's run in query_runs");
-                    }
-                    flag.store(false, Ordering::Release);
-                });
+                spawn_run(&engine, &runs, q, at, Trigger::Schedule, flag);
             }
             let wait = next
                 .values()
@@ -97,6 +113,60 @@ pub fn spawn(
             }
         }
     })
+}
+
+/// Runs `q` as of `at` in a task of its own, records it (in the log and in
+/// `query_runs`), then clears `busy`.
+fn spawn_run(
+    engine: &Arc<Engine>,
+    runs: &Arc<RunLog>,
+    q: &QueryFile,
+    at: DateTime<Utc>,
+    trigger: Trigger,
+    busy: Arc<AtomicBool>,
+) {
+    let (engine, runs, q) = (Arc::clone(engine), Arc::clone(runs), q.clone());
+    tokio::spawn(async move {
+        let record = run_once(engine.query(), &q, at, trigger, &runs).await;
+        if let Err(e) = engine.record_query_run(record.to_row()).await {
+            tracing::warn!(query = %q.name, error = %e, "could not record a saved query's run in query_runs");
+        }
+        busy.store(false, Ordering::Release);
+    });
+}
+
+/// The latest scheduled time each query ran for, from `query_runs` (empty if it
+/// cannot be read: then nothing is caught up).
+async fn last_scheduled(engine: &QueryEngine) -> HashMap<String, DateTime<Utc>> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::TimestampMicrosecondType;
+    let sql = "SELECT name, max(scheduled_for) AS last FROM query_runs GROUP BY name";
+    let batches = match engine.collect(sql).await {
+        Ok((_, b)) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read query_runs: no catch-up of runs missed while stopped");
+            return HashMap::new();
+        }
+    };
+    let mut last = HashMap::new();
+    for batch in &batches {
+        let (Some(names), Some(times)) = (
+            batch.column(0).as_string_opt::<i32>(),
+            batch
+                .column(1)
+                .as_primitive_opt::<TimestampMicrosecondType>(),
+        ) else {
+            continue;
+        };
+        for i in 0..batch.num_rows() {
+            if times.is_valid(i)
+                && let Some(t) = DateTime::from_timestamp_micros(times.value(i))
+            {
+                last.insert(names.value(i).to_string(), t);
+            }
+        }
+    }
+    last
 }
 
 /// Runs `q` as of `at` and records the run (and its first rows) in `runs`.

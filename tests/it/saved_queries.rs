@@ -208,3 +208,46 @@ async fn the_scheduler_runs_queries_at_their_aligned_times() {
         "{before:?} → {after:?}"
     );
 }
+
+/// Times missed while the server was stopped: each query runs once, for the latest.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_downtime_each_query_catches_up_once_for_the_latest_missed_time() {
+    let queries = tempfile::tempdir().unwrap();
+    std::fs::write(
+        queries.path().join("every2.sql"),
+        "-- schedule: every 2s\nSELECT count(*) AS n FROM deliveries WHERE received_at <= now()",
+    )
+    .unwrap();
+    let (mut server, _dir) =
+        Server::start(Options::default().env("HOOKSCOPE_QUERIES_DIRS", queries.path().display()));
+    let runs = "SELECT count(*) AS n FROM query_runs WHERE name = 'every2'";
+    for _ in 0..60 {
+        if server.query(runs).await[0]["n"].as_i64().unwrap() >= 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(server.terminate().success());
+    // Down for at least two scheduled times.
+    std::thread::sleep(std::time::Duration::from_millis(4_500));
+    let restarted = chrono::Utc::now();
+    server.restart();
+    let sql = "SELECT scheduled_for, trigger FROM query_runs WHERE name = 'every2' AND trigger = 'catch-up'";
+    let mut caught = Vec::new();
+    for _ in 0..50 {
+        caught = server.query(sql).await;
+        if !caught.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(caught.len(), 1, "{caught:?}");
+    let at = chrono::DateTime::parse_from_rfc3339(caught[0]["scheduled_for"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    assert!(
+        at <= restarted && restarted - at < chrono::Duration::seconds(3),
+        "{at} vs {restarted}"
+    );
+    assert_eq!(at.timestamp() % 2, 0, "aligned to the schedule: {at}");
+}
