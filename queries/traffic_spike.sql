@@ -5,11 +5,12 @@
 -- severity: warning
 -- key: source
 -- param: bucket_seconds = 300
--- param: baseline_buckets = 288
+-- param: baseline_buckets = 12
 -- param: k = 5
 -- param: min_count = 20
 -- Method: robust baseline, median and median absolute deviation (MAD, floored at 1) of
--- zero-filled buckets ending at the run's time; a source needs deliveries in the baseline.
+-- zero-filled buckets ending at the run's time (an hour by default: short enough that
+-- the daily rhythm does not read as a spike); a source needs deliveries in the baseline.
 WITH counts AS (
     SELECT source,
            CAST(floor((date_part('epoch', now()) - date_part('epoch', received_at)) / :bucket_seconds) AS BIGINT) AS ago,

@@ -159,7 +159,7 @@ pub struct QueryRun {
     pub duration_ms: f64,
     pub rows: i64,
     pub error: Option<String>,
-    /// schedule, manual or catch-up.
+    /// schedule or catch-up.
     pub trigger: String,
 }
 

@@ -415,7 +415,7 @@ pub mod query_runs {
         error: Text opt Bulky = q.error.as_deref(),
             "why it failed; null when it succeeded";
         trigger: Text req Plain = &q.trigger,
-            "schedule, manual or catch-up";
+            "schedule, or catch-up (a time missed while stopped, or skipped by a clock jump)";
     });
 }
 

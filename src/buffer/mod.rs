@@ -187,6 +187,10 @@ impl<C: Columns> TableBuffer<C> {
     }
 }
 
+/// How long `query_runs` rows wait in the buffer, with no other rows, before they
+/// make a flush due.
+pub const QUIET_ROWS_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// All tables' buffered rows. Not synchronised: the catalog owns it behind a lock.
 #[derive(Default)]
 pub struct Buffer {
@@ -279,16 +283,19 @@ impl Buffer {
         self.deliveries.approx_bytes + self.outcomes.approx_bytes + self.query_runs.approx_bytes
     }
 
-    /// When the oldest buffered row arrived.
+    /// When the oldest buffered row arrived (what the flush interval counts from).
+    /// Saved-query runs count only once they are [`QUIET_ROWS_AGE`] old: a server
+    /// with no traffic still runs its queries every minute, and flushing each run's
+    /// row alone would write a file a minute (the rows are durable in the WAL).
     pub fn oldest(&self) -> Option<Instant> {
-        [
-            self.deliveries.oldest,
-            self.outcomes.oldest,
-            self.query_runs.oldest,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        let runs = self
+            .query_runs
+            .oldest
+            .filter(|t| t.elapsed() >= QUIET_ROWS_AGE);
+        [self.deliveries.oldest, self.outcomes.oldest, runs]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 
@@ -321,6 +328,38 @@ mod tests {
 
     fn rows(batches: &[RecordBatch]) -> usize {
         batches.iter().map(|b| b.num_rows()).sum()
+    }
+
+    #[test]
+    fn saved_query_runs_alone_do_not_make_a_flush_due_at_once() {
+        let mut buf = Buffer::default();
+        let run = QueryRun {
+            name: "q".into(),
+            scheduled_for_us: 1,
+            started_at_us: 2,
+            duration_ms: 1.0,
+            rows: 0,
+            error: None,
+            trigger: "schedule".into(),
+        };
+        buf.push_query_run(1, &run);
+        assert_eq!(buf.rows(), 1);
+        assert_eq!(buf.oldest(), None);
+        let outcome = Outcome {
+            id: "o".into(),
+            reported_at_us: 3,
+            source: "s".into(),
+            delivery_id: None,
+            event_id: None,
+            status: "success".into(),
+            processing_time_ms: None,
+            error_type: None,
+            error_message: None,
+            records_processed: None,
+            attributes: "{}".into(),
+        };
+        buf.push_outcome(2, &outcome);
+        assert!(buf.oldest().is_some());
     }
 
     #[test]

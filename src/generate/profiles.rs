@@ -108,7 +108,7 @@ pub(crate) const PROFILES: &[Profile] = &[
 ];
 
 /// Index of the source whose handler slows down over the span's last fifth.
-pub(super) const CREEPING: usize = 1;
+pub(crate) const CREEPING: usize = 1;
 /// Index of the source that goes silent for the span's last hours.
 pub(crate) const SILENT: usize = 5;
 pub(super) const SILENT_FOR_US: i64 = 6 * HOUR_US;

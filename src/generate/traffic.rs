@@ -36,9 +36,19 @@ pub(crate) fn burst(day: i64) -> (i64, usize) {
     (at, day_rng.random_range(0..PROFILES.len()))
 }
 
+/// The outage of week `week` (weeks since 1970-01-01 UTC): the time it starts
+/// (microseconds; it lasts [`OUTAGE_US`]) and the index of the source whose handler
+/// fails every attempt meanwhile.
+pub(crate) fn outage(week: i64) -> (i64, usize) {
+    let mut week_rng = StdRng::seed_from_u64(week as u64 ^ 0x51ed_270b_2713_4f1d);
+    let down = week_rng.random_range(0..PROFILES.len());
+    let from = week * OUTAGE_EVERY_US + week_rng.random_range(0..OUTAGE_EVERY_US - OUTAGE_US);
+    (from, down)
+}
+
 /// An outage of one source's handler (every attempt fails) once a week.
-const OUTAGE_US: i64 = 30 * 60 * SECOND_US;
-const OUTAGE_EVERY_US: i64 = 7 * DAY_US;
+pub(crate) const OUTAGE_US: i64 = 30 * 60 * SECOND_US;
+pub(crate) const OUTAGE_EVERY_US: i64 = 7 * DAY_US;
 /// A window holds at most this many deliveries.
 const WINDOW_MAX_ROWS: u64 = 65_536;
 /// Expected deliveries per first send (retries and duplicates), to aim at the total.
@@ -264,10 +274,7 @@ impl Generator {
 
     /// Is `profile`'s handler down at `at_us` (its weekly outage)?
     fn in_outage(&self, profile: usize, at_us: i64) -> bool {
-        let week = at_us.div_euclid(OUTAGE_EVERY_US);
-        let mut week_rng = StdRng::seed_from_u64(week as u64 ^ 0x51ed_270b_2713_4f1d);
-        let down = week_rng.random_range(0..PROFILES.len());
-        let from = week * OUTAGE_EVERY_US + week_rng.random_range(0..OUTAGE_EVERY_US - OUTAGE_US);
+        let (from, down) = outage(at_us.div_euclid(OUTAGE_EVERY_US));
         down == profile && (from..from + OUTAGE_US).contains(&at_us)
     }
 

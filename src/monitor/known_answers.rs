@@ -12,19 +12,20 @@ use serde_json::Value;
 use super::{Registry, run, scheduler};
 use crate::engine::tests::settings;
 use crate::engine::{Engine, Mode};
-use crate::generate::profiles::{PROFILES, SILENT};
-use crate::generate::traffic::{BURST_US, burst};
+use crate::generate::profiles::{CREEPING, PROFILES, SILENT};
+use crate::generate::traffic::{BURST_US, OUTAGE_EVERY_US, OUTAGE_US, burst, outage};
 use crate::generate::{Spec, generate};
 
 /// 2026-11-02T00:00:00Z.
 const END_US: i64 = 1_793_577_600_000_000;
 const DAY_US: i64 = 86_400_000_000;
-const DAYS: i64 = 4;
+/// Long enough to hold a weekly outage whatever the end.
+const DAYS: i64 = 8;
 
 async fn lake() -> (tempfile::TempDir, Arc<Engine>) {
     let dir = tempfile::tempdir().unwrap();
     let spec = Spec {
-        deliveries: 120_000,
+        deliveries: 160_000,
         end_us: END_US,
         span: Duration::from_secs(DAYS as u64 * 86_400),
         seed: 11,
@@ -99,7 +100,7 @@ async fn the_shipped_analyses_find_what_the_generator_put_in() {
         if sources(&during).contains(&PROFILES[profile].source) {
             found += 1;
         }
-        for hour in 0..24 {
+        for hour in (1..24).step_by(4) {
             let t = day * DAY_US + hour * 3_600_000_000;
             if (start - 600_000_000..start + BURST_US + 600_000_000).contains(&t) {
                 continue;
@@ -113,6 +114,7 @@ async fn the_shipped_analyses_find_what_the_generator_put_in() {
 
     // Volume: the buckets add up to the table, duplicates included.
     let window = &[("window", "96 hours"), ("bucket", "1 hour")];
+    // (the last four days)
     let volume = rows(&engine, "volume_per_source", END_US, window).await;
     let total: i64 = volume
         .iter()
@@ -160,4 +162,30 @@ async fn the_shipped_analyses_find_what_the_generator_put_in() {
         assert_eq!(r["failures"].as_i64().unwrap(), direct, "{r}");
     }
     assert_eq!(errors.len(), PROFILES.len());
+
+    // Error burst: the source whose handler is down, during its outage, and nobody
+    // an hour before it.
+    let start = END_US - DAYS * DAY_US;
+    let (down_from, down) = [END_US / OUTAGE_EVERY_US, END_US / OUTAGE_EVERY_US - 1]
+        .into_iter()
+        .map(outage)
+        .find(|(from, _)| *from > start + DAY_US && *from + OUTAGE_US < END_US)
+        .expect("an outage inside the span");
+    let during = rows(
+        &engine,
+        "error_burst",
+        down_from + OUTAGE_US - 60_000_000,
+        &[],
+    )
+    .await;
+    assert_eq!(sources(&during), [PROFILES[down].source], "{during:?}");
+    let before = rows(&engine, "error_burst", down_from - 3_600_000_000, &[]).await;
+    assert!(before.is_empty(), "{before:?}");
+
+    // Latency degradation: the handler that slows to four times its speed over the
+    // span's last fifth, and no other, at the end; nobody two days before.
+    let slow = rows(&engine, "latency_degradation", END_US, &[]).await;
+    assert_eq!(sources(&slow), [PROFILES[CREEPING].source], "{slow:?}");
+    let earlier = rows(&engine, "latency_degradation", END_US - 2 * DAY_US, &[]).await;
+    assert!(earlier.is_empty(), "{earlier:?}");
 }

@@ -59,6 +59,14 @@ pub const SHIPPED: &[(&str, &str)] = &[
         include_str!("../../queries/traffic_spike.sql"),
     ),
     ("silence.sql", include_str!("../../queries/silence.sql")),
+    (
+        "error_burst.sql",
+        include_str!("../../queries/error_burst.sql"),
+    ),
+    (
+        "latency_degradation.sql",
+        include_str!("../../queries/latency_degradation.sql"),
+    ),
 ];
 
 /// The largest query file read.

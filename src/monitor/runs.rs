@@ -20,7 +20,6 @@ pub const RESULT_ROWS: usize = 100;
 #[serde(rename_all = "kebab-case")]
 pub enum Trigger {
     Schedule,
-    Manual,
     CatchUp,
 }
 
@@ -28,7 +27,6 @@ impl Trigger {
     pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Schedule => "schedule",
-            Trigger::Manual => "manual",
             Trigger::CatchUp => "catch-up",
         }
     }

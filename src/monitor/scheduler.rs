@@ -8,7 +8,13 @@
 //!   goes is skipped (and logged), not queued.
 //! - A run's `now()` is its scheduled time, whenever it actually starts.
 //! - The wall clock is read again at least every second, so a stop, or a clock that
-//!   jumps, is noticed within a second.
+//!   jumps, is noticed within a second: after a jump back the times are planned
+//!   again; after a jump forward (or a suspended machine) a query runs once, for the
+//!   latest time it missed.
+//! - After downtime each query runs once, for the latest time missed since its last
+//!   run in `query_runs` (trigger `catch-up`).
+//! - On stop, runs in flight get a few seconds to finish and be recorded before the
+//!   engine's last flush.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use super::runs::{RESULT_ROWS, RunLog, RunRecord, Trigger};
 use super::{QueryFile, Registry, run};
@@ -25,6 +32,8 @@ use crate::query::QueryEngine;
 
 /// Longest single sleep: the clock and the stop signal are looked at this often.
 const TICK: Duration = Duration::from_secs(1);
+/// How long a stop waits for runs in flight.
+const STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// Runs the scheduled queries until `stop` turns true.
 pub fn spawn(
@@ -34,7 +43,11 @@ pub fn spawn(
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let last = last_scheduled(engine.query()).await;
+        let last = tokio::select! {
+            last = last_scheduled(engine.query()) => last,
+            _ = stop.changed() => return,
+        };
+        let mut tasks = JoinSet::new();
         let now = Utc::now();
         // Times missed while the server was down: each query runs once, for the
         // latest of them (an alert judges the present; older windows are history).
@@ -68,13 +81,27 @@ pub fn spawn(
                 continue;
             };
             flag.store(true, Ordering::Release);
-            spawn_run(&engine, &runs, q, at, Trigger::CatchUp, Arc::clone(flag));
+            let run = (Arc::clone(&engine), Arc::clone(&runs), q.clone());
+            tasks.spawn(run_and_record(run, at, Trigger::CatchUp, Arc::clone(flag)));
         }
+        let mut last_now = now;
         loop {
             if *stop.borrow() {
-                return;
+                break;
             }
+            while tasks.try_join_next().is_some() {}
             let now = Utc::now();
+            // The clock went back: the planned times may be far ahead; plan again.
+            if now + chrono::Duration::seconds(1) < last_now {
+                tracing::warn!(from = %last_now, to = %now, "the clock went back; the saved queries' next times are planned again");
+                for q in registry.queries() {
+                    if let Some(t) = q.schedule.as_ref().and_then(|s| s.next_after(now)) {
+                        next.insert(q.name.clone(), t);
+                        runs.set_next(&q.name, Some(t));
+                    }
+                }
+            }
+            last_now = now;
             let due: Vec<(String, DateTime<Utc>)> = next
                 .iter()
                 .filter(|(_, t)| **t <= now)
@@ -99,7 +126,15 @@ pub fn spawn(
                     tracing::warn!(query = %name, scheduled_for = %at, "skipped a scheduled run: the previous run of this query is still going");
                     continue;
                 }
-                spawn_run(&engine, &runs, q, at, Trigger::Schedule, flag);
+                // Later times passed meanwhile (the clock jumped, the machine slept):
+                // run once, for the latest of them.
+                let latest = q.schedule.as_ref().and_then(|s| s.latest_at_or_before(now));
+                let (at, trigger) = match latest {
+                    Some(latest) if latest > at => (latest, Trigger::CatchUp),
+                    _ => (at, Trigger::Schedule),
+                };
+                let run = (Arc::clone(&engine), Arc::clone(&runs), q.clone());
+                tasks.spawn(run_and_record(run, at, trigger, flag));
             }
             let wait = next
                 .values()
@@ -112,27 +147,37 @@ pub fn spawn(
                 _ = stop.changed() => {}
             }
         }
+        // Runs in flight finish (and are recorded) before the engine's last flush,
+        // unless they take longer than STOP_WAIT; an aborted one is caught up at the
+        // next start.
+        let drained = tokio::time::timeout(STOP_WAIT, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                runs = tasks.len(),
+                "stopping saved-query runs that did not finish in time"
+            );
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
     })
 }
 
-/// Runs `q` as of `at` in a task of its own, records it (in the log and in
-/// `query_runs`), then clears `busy`.
-fn spawn_run(
-    engine: &Arc<Engine>,
-    runs: &Arc<RunLog>,
-    q: &QueryFile,
+/// Runs `q` as of `at`, records it (in the log and in `query_runs`), then clears
+/// `busy`.
+async fn run_and_record(
+    (engine, runs, q): (Arc<Engine>, Arc<RunLog>, QueryFile),
     at: DateTime<Utc>,
     trigger: Trigger,
     busy: Arc<AtomicBool>,
 ) {
-    let (engine, runs, q) = (Arc::clone(engine), Arc::clone(runs), q.clone());
-    tokio::spawn(async move {
-        let record = run_once(engine.query(), &q, at, trigger, &runs).await;
-        if let Err(e) = engine.record_query_run(record.to_row()).await {
-            tracing::warn!(query = %q.name, error = %e, "could not record a saved query's run in query_runs");
-        }
-        busy.store(false, Ordering::Release);
-    });
+    let record = run_once(engine.query(), &q, at, trigger, &runs).await;
+    if let Err(e) = engine.record_query_run(record.to_row()).await {
+        tracing::warn!(query = %q.name, error = %e, "could not record a saved query's run in query_runs");
+    }
+    busy.store(false, Ordering::Release);
 }
 
 /// The latest scheduled time each query ran for, from `query_runs` (empty if it

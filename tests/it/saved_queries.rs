@@ -207,6 +207,10 @@ async fn the_scheduler_runs_queries_at_their_aligned_times() {
         after[0]["n"].as_i64().unwrap() >= before[0]["n"].as_i64().unwrap(),
         "{before:?} → {after:?}"
     );
+    let twice = server
+        .query("SELECT scheduled_for, count(*) AS n FROM query_runs GROUP BY name, scheduled_for HAVING count(*) > 1")
+        .await;
+    assert!(twice.is_empty(), "runs recorded twice: {twice:?}");
 }
 
 /// Times missed while the server was stopped: each query runs once, for the latest.
@@ -250,4 +254,8 @@ async fn after_downtime_each_query_catches_up_once_for_the_latest_missed_time() 
         "{at} vs {restarted}"
     );
     assert_eq!(at.timestamp() % 2, 0, "aligned to the schedule: {at}");
+    let twice = server
+        .query("SELECT scheduled_for, count(*) AS n FROM query_runs GROUP BY name, scheduled_for HAVING count(*) > 1")
+        .await;
+    assert!(twice.is_empty(), "runs recorded twice: {twice:?}");
 }
