@@ -745,3 +745,52 @@ async fn retention_drops_whole_partitions_past_the_horizon_and_nothing_else() {
         .unwrap();
     assert_eq!(checksum(&reopened).await, after);
 }
+
+/// Saved-query runs go through the WAL like deliveries: across flushes and restarts
+/// without a flush, and in read-only opens beside them, each run is one row.
+#[tokio::test]
+async fn query_runs_survive_restarts_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(dir.path());
+    let mut engine = Engine::open(settings.clone(), Mode::Serve).await.unwrap();
+    let run = |i: i64| crate::model::QueryRun {
+        name: format!("q{}", i % 3),
+        scheduled_for_us: 1_700_000_000_000_000 + i * 60_000_000,
+        started_at_us: 1_700_000_000_000_000 + i * 60_000_000 + 500,
+        duration_ms: 1.5,
+        rows: i,
+        error: (i % 5 == 0).then(|| "failed".to_string()),
+        trigger: "schedule".into(),
+    };
+    let count =
+        "SELECT count(*) AS n, count(DISTINCT scheduled_for) AS d, sum(rows) AS s FROM query_runs";
+    for i in 0..30 {
+        engine.record_query_run(run(i)).await.unwrap();
+        match i % 10 {
+            3 => {
+                engine.flush().await.unwrap();
+            }
+            7 => {
+                engine.stop_without_flush().await;
+                drop(engine);
+                engine = Engine::open(settings.clone(), Mode::Serve).await.unwrap();
+            }
+            _ => {}
+        }
+    }
+    let expected = (30, 30, (0..30).sum::<i64>());
+    let read_only = Engine::open(settings.clone(), Mode::ReadOnly)
+        .await
+        .unwrap();
+    for e in [&engine, &read_only] {
+        let (_, batches) = e.query().collect(count).await.unwrap();
+        let row = |c: usize| {
+            batches[0]
+                .column(c)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0)
+        };
+        assert_eq!((row(0), row(1), row(2)), expected);
+    }
+    engine.shutdown().await.unwrap();
+}
