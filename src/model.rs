@@ -163,6 +163,24 @@ pub struct QueryRun {
     pub trigger: String,
 }
 
+/// One notification of an alert (a row of `alerts`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertRow {
+    pub fired_at_us: i64,
+    pub rule: String,
+    pub source: Option<String>,
+    pub severity: String,
+    pub message: String,
+    /// JSON object text.
+    pub details: String,
+    pub resolved_at_us: Option<i64>,
+    /// JSON object text of the key columns.
+    pub key: String,
+    /// firing or resolved.
+    pub state: String,
+    pub notified_at_us: i64,
+}
+
 /// What one WAL record carries.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Entry {
@@ -179,6 +197,8 @@ pub enum Entry {
     ForwardDone(Box<ForwardResult>),
     /// A saved query's run.
     QueryRun(Box<QueryRun>),
+    /// An alert notification.
+    Alert(Box<AlertRow>),
 }
 
 #[cfg(test)]

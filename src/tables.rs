@@ -34,7 +34,12 @@ impl Table {
     ];
 
     /// The tables whose rows come through the WAL and the buffer.
-    pub const BUFFERED: [Table; 3] = [Table::Deliveries, Table::Outcomes, Table::QueryRuns];
+    pub const BUFFERED: [Table; 4] = [
+        Table::Deliveries,
+        Table::Outcomes,
+        Table::Alerts,
+        Table::QueryRuns,
+    ];
 
     /// The SQL name, also the directory name under the data dir.
     pub fn name(self) -> &'static str {
@@ -58,7 +63,9 @@ impl Table {
             Table::Outcomes => {
                 "One row per processing report (`/report/{source}`), or per forwarded delivery's answer"
             }
-            Table::Alerts => "One row per alert fired (saved-query alerts; empty until they land)",
+            Table::Alerts => {
+                "One row per alert notification: when a rule's instance fires, each time it is sent again while firing, and when it resolves"
+            }
             Table::QueryRuns => "One row per run of a saved query by the scheduler",
         }
     }
@@ -78,7 +85,7 @@ impl Table {
         match self {
             Table::Deliveries => deliveries::COLUMNS,
             Table::Outcomes => outcomes::COLUMNS,
-            Table::Alerts => ALERT_COLUMNS,
+            Table::Alerts => alerts::COLUMNS,
             Table::QueryRuns => query_runs::COLUMNS,
         }
     }
@@ -419,57 +426,33 @@ pub mod query_runs {
     });
 }
 
-const ALERT_COLUMNS: &[Column] = &[
-    Column {
-        name: "fired_at",
-        kind: Kind::Timestamp,
-        nullable: false,
-        role: Role::Time,
-        doc: "when the alert fired",
-    },
-    Column {
-        name: "rule",
-        kind: Kind::Text,
-        nullable: false,
-        role: Role::Plain,
-        doc: "the saved query that fired",
-    },
-    Column {
-        name: "source",
-        kind: Kind::Text,
-        nullable: true,
-        role: Role::Plain,
-        doc: "the source it is about",
-    },
-    Column {
-        name: "severity",
-        kind: Kind::Text,
-        nullable: false,
-        role: Role::Plain,
-        doc: "the rule's severity",
-    },
-    Column {
-        name: "message",
-        kind: Kind::Text,
-        nullable: false,
-        role: Role::Bulky,
-        doc: "what happened",
-    },
-    Column {
-        name: "details",
-        kind: Kind::Text,
-        nullable: false,
-        role: Role::Bulky,
-        doc: "JSON object of the rows that fired it",
-    },
-    Column {
-        name: "resolved_at",
-        kind: Kind::Timestamp,
-        nullable: true,
-        role: Role::Time,
-        doc: "when it resolved; null while firing",
-    },
-];
+/// `alerts`: one row per notification of an alert rule (firing, sent again, resolved).
+pub mod alerts {
+    use crate::model::AlertRow;
+
+    table_columns!(&AlertRow, |a| {
+        fired_at: Timestamp req Time = a.fired_at_us,
+            "when the alert started firing (the same in every row of one episode)";
+        rule: Text req Plain = &a.rule,
+            "the saved query whose rows are the problem";
+        source: Text opt Plain = a.source.as_deref(),
+            "the source it is about";
+        severity: Text req Plain = &a.severity,
+            "info, warning or critical, from the rule";
+        message: Text req Bulky = &a.message,
+            "what happened, in a sentence";
+        details: Text req Bulky = &a.details,
+            "JSON object: the query's row for this alert";
+        resolved_at: Timestamp opt Time = a.resolved_at_us,
+            "when it resolved (in the row of state resolved); null while firing";
+        key: Text req Plain = &a.key,
+            "JSON object of the rule's key columns: which instance of the rule";
+        state: Text req Plain = &a.state,
+            "firing (sent, or sent again while it keeps firing) or resolved";
+        notified_at: Timestamp req Time = a.notified_at_us,
+            "when this notification was made (the run's scheduled time)";
+    });
+}
 
 /// The column reference (the text of `docs/tables.md`, which a test keeps current).
 #[cfg(test)]

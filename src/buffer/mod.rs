@@ -21,7 +21,7 @@ use arrow::array::ArrayRef;
 use arrow::compute::concat_batches;
 use arrow::record_batch::RecordBatch;
 
-use crate::model::{Delivery, Outcome, QueryRun, StoredBody};
+use crate::model::{AlertRow, Delivery, Outcome, QueryRun, StoredBody};
 use crate::tables::{self, Table};
 
 /// Rows per chunk beyond which the active builders are frozen on their own, or bytes:
@@ -197,6 +197,7 @@ pub struct Buffer {
     deliveries: TableBuffer<tables::deliveries::Builders>,
     outcomes: TableBuffer<tables::outcomes::Builders>,
     query_runs: TableBuffer<tables::query_runs::Builders>,
+    alerts: TableBuffer<tables::alerts::Builders>,
 }
 
 impl Buffer {
@@ -226,13 +227,20 @@ impl Buffer {
         self.query_runs.appended(seq, 128 + text);
     }
 
+    /// Appends a durable alert notification.
+    pub fn push_alert(&mut self, seq: u64, a: &AlertRow) {
+        self.alerts.active.push(a);
+        let text = a.message.len() + a.details.len() + a.key.len();
+        self.alerts.appended(seq, 160 + text);
+    }
+
     /// Every buffered row of `table`, as batches (freezes the active rows).
     pub fn snapshot(&mut self, table: Table) -> Vec<RecordBatch> {
         match table {
             Table::Deliveries => self.deliveries.snapshot(),
             Table::Outcomes => self.outcomes.snapshot(),
             Table::QueryRuns => self.query_runs.snapshot(),
-            Table::Alerts => Vec::new(),
+            Table::Alerts => self.alerts.snapshot(),
         }
     }
 
@@ -241,6 +249,7 @@ impl Buffer {
         self.deliveries.cut(through);
         self.outcomes.cut(through);
         self.query_runs.cut(through);
+        self.alerts.cut(through);
     }
 
     /// The rows of `table` with seq ≤ `through` (call after a cut at `through`).
@@ -249,7 +258,7 @@ impl Buffer {
             Table::Deliveries => self.deliveries.take_through(through),
             Table::Outcomes => self.outcomes.take_through(through),
             Table::QueryRuns => self.query_runs.take_through(through),
-            Table::Alerts => Vec::new(),
+            Table::Alerts => self.alerts.take_through(through),
         }
     }
 
@@ -264,23 +273,31 @@ impl Buffer {
             .drop_through(through, flush_started, &mut removed);
         self.query_runs
             .drop_through(through, flush_started, &mut removed);
+        self.alerts
+            .drop_through(through, flush_started, &mut removed);
         removed
     }
 
     /// True once rows were lost to an internal error (see `freeze`): nothing may be
     /// committed past them.
     pub fn damaged(&self) -> bool {
-        self.deliveries.damaged || self.outcomes.damaged || self.query_runs.damaged
+        self.deliveries.damaged
+            || self.outcomes.damaged
+            || self.query_runs.damaged
+            || self.alerts.damaged
     }
 
     /// Buffered rows over all tables.
     pub fn rows(&self) -> usize {
-        self.deliveries.rows + self.outcomes.rows + self.query_runs.rows
+        self.deliveries.rows + self.outcomes.rows + self.query_runs.rows + self.alerts.rows
     }
 
     /// Rough memory held by buffered rows.
     pub fn approx_bytes(&self) -> usize {
-        self.deliveries.approx_bytes + self.outcomes.approx_bytes + self.query_runs.approx_bytes
+        self.deliveries.approx_bytes
+            + self.outcomes.approx_bytes
+            + self.query_runs.approx_bytes
+            + self.alerts.approx_bytes
     }
 
     /// When the oldest buffered row arrived (what the flush interval counts from).
@@ -292,10 +309,15 @@ impl Buffer {
             .query_runs
             .oldest
             .filter(|t| t.elapsed() >= QUIET_ROWS_AGE);
-        [self.deliveries.oldest, self.outcomes.oldest, runs]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.deliveries.oldest,
+            self.outcomes.oldest,
+            self.alerts.oldest,
+            runs,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 
@@ -316,7 +338,12 @@ macro_rules! columns_of {
     )*};
 }
 
-columns_of!(deliveries => Deliveries, outcomes => Outcomes, query_runs => QueryRuns);
+columns_of!(
+    deliveries => Deliveries,
+    outcomes => Outcomes,
+    query_runs => QueryRuns,
+    alerts => Alerts
+);
 
 #[cfg(test)]
 mod tests {

@@ -13,9 +13,6 @@ pub(super) enum Kind {
     List,
 }
 
-/// Keys read but not yet acted on, and what they will do.
-pub(super) const NOT_YET_SUPPORTED: &[(&str, &str)] = &[("alerts", "alert sinks")];
-
 /// Environment overrides: variable, config key path, value kind.
 pub(super) const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("HOOKSCOPE_LISTEN", "listen", Kind::Str),
@@ -58,6 +55,7 @@ pub(super) const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ),
     ("HOOKSCOPE_TOKEN", "auth.token", Kind::Str),
     ("HOOKSCOPE_RETENTION_DAYS", "retention.days", Kind::Int),
+    ("HOOKSCOPE_ALERTS_RENOTIFY", "alerts.renotify", Kind::Str),
     ("HOOKSCOPE_DEDUP_WINDOW", "dedup.window", Kind::Str),
     ("HOOKSCOPE_DEDUP_MAX_KEYS", "dedup.max_keys", Kind::Int),
     (

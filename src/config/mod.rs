@@ -23,7 +23,7 @@ mod env;
 mod tests;
 mod units;
 
-use env::{ENV_KEYS, Kind, NOT_YET_SUPPORTED, expand_vars, find_line, set_path};
+use env::{ENV_KEYS, Kind, expand_vars, find_line, set_path};
 pub use units::{ByteSize, Dur, Secrets};
 
 /// Errors loading the configuration.
@@ -203,6 +203,39 @@ impl Default for ParquetSection {
     }
 }
 
+/// `[alerts]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct AlertsSection {
+    /// A firing alert is sent again at most this often.
+    pub renotify: Dur,
+    /// Where notifications go; none configured: the server log.
+    pub sinks: Vec<SinkConfig>,
+}
+
+impl Default for AlertsSection {
+    fn default() -> Self {
+        Self {
+            renotify: Dur(Duration::from_secs(3600)),
+            sinks: Vec::new(),
+        }
+    }
+}
+
+/// `[[alerts.sinks]]`: one destination of alert notifications.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// log, webhook or slack.
+    pub kind: String,
+    /// The URL to POST to (webhook, slack).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Extra request headers (webhook), e.g. an API key.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
 /// `[[sources]]`: one webhook source.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
@@ -270,8 +303,8 @@ pub struct Config {
     pub dedup: DedupSection,
     pub parquet: ParquetSection,
     pub sources: Vec<SourceConfig>,
-    /// Alert routing; read by the alerting step.
-    pub alerts: Option<toml::Table>,
+    /// Where alerts go, and how often a firing one is sent again.
+    pub alerts: AlertsSection,
     /// Warnings found while loading (unknown keys …), for the caller to log.
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -301,7 +334,7 @@ impl Default for Config {
             dedup: DedupSection::default(),
             parquet: ParquetSection::default(),
             sources: Vec::new(),
-            alerts: None,
+            alerts: AlertsSection::default(),
             warnings: Vec::new(),
         }
     }
@@ -401,13 +434,6 @@ impl Config {
                 set_path(&mut table, key, v);
             }
         }
-        for (key, what) in NOT_YET_SUPPORTED {
-            if table.contains_key(*key) {
-                warnings.push(format!(
-                    "{label}: `{key}` is not yet supported and has no effect yet ({what})"
-                ));
-            }
-        }
         let mut unknown = Vec::new();
         let mut config: Config = serde_ignored::deserialize(toml::Value::Table(table), |path| {
             unknown.push(path.to_string())
@@ -467,6 +493,29 @@ impl Config {
         }
         if self.buffer.max_rows == 0 {
             return Err(invalid("buffer.max_rows must be at least 1".into()));
+        }
+        for (i, sink) in self.alerts.sinks.iter().enumerate() {
+            match (sink.kind.as_str(), &sink.url) {
+                ("log", _) => {}
+                ("webhook" | "slack", Some(url))
+                    if url.starts_with("http://") || url.starts_with("https://") => {}
+                ("webhook" | "slack", _) => {
+                    return Err(invalid(format!(
+                        "alerts.sinks[{i}] ({}): needs url = \"http(s)://…\"",
+                        sink.kind
+                    )));
+                }
+                (other, _) => {
+                    return Err(invalid(format!(
+                        "alerts.sinks[{i}]: kind `{other}` is not one of log, webhook, slack"
+                    )));
+                }
+            }
+        }
+        if self.alerts.renotify.0.is_zero() {
+            return Err(invalid(
+                "alerts.renotify must be above 0 (e.g. \"1h\")".into(),
+            ));
         }
         for (key, level) in [
             ("parquet.zstd_level", self.parquet.zstd_level),

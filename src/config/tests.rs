@@ -73,12 +73,8 @@ kind = "log"
     assert_eq!(c.auth.token.as_deref(), Some("tok"));
     assert_eq!(c.sources[0].secret, Secrets(vec!["whsec_x".into()]));
     assert_eq!(c.sources[1].secret.0.len(), 2);
-    // Only the keys whose features have not landed yet are warned about.
-    assert!(
-        c.warnings.iter().all(|w| w.contains("not yet supported")),
-        "{:?}",
-        c.warnings
-    );
+    // Every key of the spec's example is known.
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 }
 
 #[test]
@@ -136,13 +132,13 @@ fn flush_cpu_percent_is_a_share_of_one_core() {
     }
 }
 
-/// Dotted paths of every scalar or list key under `value` (not `sources`/`alerts`:
-/// tables configured in the file only).
+/// Dotted paths of every scalar or list key under `value` (not `sources` and
+/// `alerts.sinks`: tables configured in the file only).
 fn key_paths(prefix: &str, value: &toml::Value, out: &mut Vec<String>) {
     match value {
         toml::Value::Table(t) => {
             for (k, v) in t {
-                if prefix.is_empty() && (k == "sources" || k == "alerts") {
+                if (prefix.is_empty() && k == "sources") || (prefix == "alerts" && k == "sinks") {
                     continue;
                 }
                 let path = if prefix.is_empty() {
@@ -215,17 +211,32 @@ fn every_key_has_an_environment_override_and_a_line_in_the_readme() {
 }
 
 #[test]
-fn keys_not_yet_acted_on_are_reported() {
+fn alert_sinks_and_queries_dirs_are_read() {
     let c = Config::from_toml(
-        "queries_dirs = [\"q\"]\n[retention]\ndays = 3\n[alerts]\nrenotify = \"1h\"\n",
+        "queries_dirs = [\"q\"]\n[alerts]\nrenotify = \"30m\"\n\
+         [[alerts.sinks]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9000/a\"\n\
+         headers = { \"X-Api-Key\" = \"k\" }\n[[alerts.sinks]]\nkind = \"log\"\n",
         "f",
         &no_env,
     )
     .unwrap();
-    let said = c.warnings.join("\n");
-    assert!(!said.contains("retention"), "{said}");
-    assert!(!said.contains("queries_dirs"), "{said}");
-    assert!(said.contains("`alerts` is not yet supported"), "{said}");
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert_eq!(c.alerts.renotify, Dur(Duration::from_secs(1800)));
+    assert_eq!(c.alerts.sinks.len(), 2);
+    assert_eq!(c.alerts.sinks[0].headers["X-Api-Key"], "k");
+    for (bad, said) in [
+        (
+            "[[alerts.sinks]]\nkind = \"pager\"\n",
+            "not one of log, webhook, slack",
+        ),
+        ("[[alerts.sinks]]\nkind = \"slack\"\n", "needs url"),
+        ("[alerts]\nrenotify = \"0s\"\n", "above 0"),
+    ] {
+        let err = Config::from_toml(bad, "f", &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(said), "{bad}: {err}");
+    }
     let c = Config::from_toml("", "f", &|k: &str| {
         (k == "HOOKSCOPE_QUERIES_DIRS").then(|| "a, b".to_string())
     })

@@ -72,6 +72,10 @@ impl LakeApplier {
                 buf.push_query_run(seq, r);
                 Applied::REPORT
             }
+            Entry::Alert(a) => {
+                buf.push_alert(seq, a);
+                Applied::REPORT
+            }
             Entry::ForwardStart(d) => {
                 self.forwards.insert(d.id.clone(), (seq, d.clone()));
                 self.open.open.lock().insert(seq, d.id.clone());

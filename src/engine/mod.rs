@@ -309,6 +309,12 @@ impl Engine {
             .map(|_| ())
     }
 
+    /// Records an alert notification (a row of `alerts`). **Returns `Ok` once
+    /// durable and visible.**
+    pub async fn record_alert(&self, row: crate::model::AlertRow) -> Result<Applied, IngestError> {
+        self.append(Entry::Alert(Box::new(row))).await
+    }
+
     /// Records a saved query's run (a row of `query_runs`). **Returns `Ok` once
     /// durable and visible.**
     pub async fn record_query_run(

@@ -42,11 +42,13 @@ pub(crate) struct AppState {
     pub receiver: Receiver,
     pub forwarder: Forwarder,
     pub config: Config,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// The saved queries (checked against the tables at start).
     pub queries: Arc<crate::monitor::Registry>,
     /// Their recent runs.
     pub runs: Arc<crate::monitor::runs::RunLog>,
+    /// The alert rules' instances and notifications.
+    pub alerting: Arc<crate::monitor::alerts::Alerting>,
 }
 
 /// An error answer: status plus a message for the `error` field.
@@ -166,7 +168,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let gauges = Gauges {
         buffer_rows: rows as u64,
         parquet_files: manifest.all_paths().count() as u64,
-        alerts_firing: 0,
+        alerts_firing: state.alerting.firing() as u64,
         wal_segments: wal.map(|w| w.segments()).unwrap_or(0),
         wal_groups,
         wal_records,

@@ -65,14 +65,23 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
     let local = listener.local_addr()?;
     let queries = Arc::new(queries);
     let runs: Arc<crate::monitor::runs::RunLog> = Default::default();
+    let metrics: Arc<crate::telemetry::metrics::Metrics> = Default::default();
+    let notifier =
+        crate::outbound::sinks::Notifier::new(&config.alerts.sinks, Arc::clone(&metrics))
+            .map_err(anyhow::Error::msg)?;
+    let alerting = Arc::new(crate::monitor::alerts::Alerting::new(
+        config.alerts.renotify.0,
+        move |alert| notifier.send(alert),
+    ));
     let state = Arc::new(AppState {
         engine: Arc::clone(&engine),
         receiver,
         forwarder: Forwarder::new().map_err(anyhow::Error::msg)?,
         config,
-        metrics: Default::default(),
+        metrics,
         queries: Arc::clone(&queries),
         runs: Arc::clone(&runs),
+        alerting: Arc::clone(&alerting),
     });
     let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -93,8 +102,13 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
             );
         }
     }
-    let scheduler =
-        crate::monitor::scheduler::spawn(Arc::clone(&engine), queries, runs, stop_rx.clone());
+    let scheduler = crate::monitor::scheduler::spawn(
+        Arc::clone(&engine),
+        queries,
+        runs,
+        alerting,
+        stop_rx.clone(),
+    );
     let compactor = (!interval.is_zero()).then(|| engine.spawn_compactor(interval, stop_rx));
     // Machine-readable first line on stdout: tests and scripts wait for it.
     println!("hookscope listening on http://{local}");

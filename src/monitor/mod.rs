@@ -14,6 +14,7 @@
 //! shipped one. A file that cannot be used is reported (file, line, reason) and
 //! never stops the others.
 
+pub mod alerts;
 pub mod file;
 pub mod params;
 pub mod run;

@@ -26,6 +26,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::runs::{RESULT_ROWS, RunLog, RunRecord, Trigger};
+
+/// Rows of an alert rule's run that are judged (each is an instance).
+const ALERT_ROWS: usize = 1_000;
+use super::alerts::Alerting;
 use super::{QueryFile, Registry, run};
 use crate::engine::Engine;
 use crate::query::QueryEngine;
@@ -40,11 +44,15 @@ pub fn spawn(
     engine: Arc<Engine>,
     registry: Arc<Registry>,
     runs: Arc<RunLog>,
+    alerting: Arc<Alerting>,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let last = tokio::select! {
-            last = last_scheduled(engine.query()) => last,
+            last = async {
+                restore_alerts(engine.query(), &registry, &alerting).await;
+                last_scheduled(engine.query()).await
+            } => last,
             _ = stop.changed() => return,
         };
         let mut tasks = JoinSet::new();
@@ -81,7 +89,12 @@ pub fn spawn(
                 continue;
             };
             flag.store(true, Ordering::Release);
-            let run = (Arc::clone(&engine), Arc::clone(&runs), q.clone());
+            let run = (
+                Arc::clone(&engine),
+                Arc::clone(&runs),
+                Arc::clone(&alerting),
+                q.clone(),
+            );
             tasks.spawn(run_and_record(run, at, Trigger::CatchUp, Arc::clone(flag)));
         }
         let mut last_now = now;
@@ -133,7 +146,12 @@ pub fn spawn(
                     Some(latest) if latest > at => (latest, Trigger::CatchUp),
                     _ => (at, Trigger::Schedule),
                 };
-                let run = (Arc::clone(&engine), Arc::clone(&runs), q.clone());
+                let run = (
+                    Arc::clone(&engine),
+                    Arc::clone(&runs),
+                    Arc::clone(&alerting),
+                    q.clone(),
+                );
                 tasks.spawn(run_and_record(run, at, trigger, flag));
             }
             let wait = next
@@ -165,19 +183,96 @@ pub fn spawn(
     })
 }
 
-/// Runs `q` as of `at`, records it (in the log and in `query_runs`), then clears
-/// `busy`.
+/// What a run needs besides the query.
+type RunContext = (Arc<Engine>, Arc<RunLog>, Arc<Alerting>, QueryFile);
+
+/// Runs `q` as of `at`, records it (in the log and in `query_runs`); for an alert
+/// rule, applies its rows to the alert state, recording each notification in
+/// `alerts` (through the WAL) before it is sent. Then clears `busy`.
 async fn run_and_record(
-    (engine, runs, q): (Arc<Engine>, Arc<RunLog>, QueryFile),
+    (engine, runs, alerting, q): RunContext,
     at: DateTime<Utc>,
     trigger: Trigger,
     busy: Arc<AtomicBool>,
 ) {
-    let record = run_once(engine.query(), &q, at, trigger, &runs).await;
+    let (record, rows) = run_once(engine.query(), &q, at, trigger, &runs).await;
     if let Err(e) = engine.record_query_run(record.to_row()).await {
         tracing::warn!(query = %q.name, error = %e, "could not record a saved query's run in query_runs");
     }
+    if let (Some(_), Some(rows)) = (q.alert, rows) {
+        // Past ALERT_ROWS rows the run is not the whole picture: nothing resolves.
+        let complete = record.rows <= rows.len() as i64;
+        if !complete {
+            tracing::warn!(query = %q.name, rows = record.rows, "an alert rule returned more rows than are judged; only the first ones fire, and nothing resolves");
+        }
+        let notices = alerting
+            .book
+            .lock()
+            .evaluate(&q, at, &rows, alerting.renotify, complete);
+        for notice in notices {
+            if let Err(e) = engine.record_alert(notice.clone()).await {
+                tracing::error!(rule = %q.name, error = %e, "could not record an alert notification in alerts; it is sent anyway");
+            }
+            alerting.send(&notice);
+        }
+    }
     busy.store(false, Ordering::Release);
+}
+
+/// The firing alerts recorded in `alerts` (the latest episode of each rule and key,
+/// unless it resolved), put back in `alerting` (at start).
+async fn restore_alerts(engine: &QueryEngine, registry: &Registry, alerting: &Alerting) {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+    let sql = "WITH latest AS (SELECT rule, key, max(fired_at) AS fired_at FROM alerts GROUP BY rule, key) \
+               SELECT a.rule, a.key, a.fired_at, max(a.notified_at) AS last_notified, \
+                      CAST(max(CASE WHEN a.state = 'resolved' THEN 1 ELSE 0 END) AS BIGINT) AS resolved, \
+                      max(a.details) AS details \
+               FROM alerts a JOIN latest l ON a.rule = l.rule AND a.key = l.key AND a.fired_at = l.fired_at \
+               GROUP BY a.rule, a.key, a.fired_at";
+    let batches = match engine.collect(sql).await {
+        Ok((_, b)) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the alerts table: alerts firing before the start are not known (they fire again if they still hold)");
+            return;
+        }
+    };
+    let mut restored = 0;
+    for b in &batches {
+        let (Some(rule), Some(key), Some(fired), Some(notified), Some(resolved), Some(details)) = (
+            b.column(0).as_string_opt::<i32>(),
+            b.column(1).as_string_opt::<i32>(),
+            b.column(2).as_primitive_opt::<TimestampMicrosecondType>(),
+            b.column(3).as_primitive_opt::<TimestampMicrosecondType>(),
+            b.column(4).as_primitive_opt::<Int64Type>(),
+            b.column(5).as_string_opt::<i32>(),
+        ) else {
+            continue;
+        };
+        for i in 0..b.num_rows() {
+            if resolved.value(i) != 0 || registry.get(rule.value(i)).is_none() || fired.is_null(i) {
+                continue;
+            }
+            let (Some(fired_at), Some(last)) = (
+                DateTime::from_timestamp_micros(fired.value(i)),
+                DateTime::from_timestamp_micros(notified.value(i)),
+            ) else {
+                continue;
+            };
+            let row = serde_json::from_str(details.value(i)).unwrap_or_default();
+            alerting
+                .book
+                .lock()
+                .restore(rule.value(i), key.value(i), fired_at, last, row);
+            restored += 1;
+        }
+    }
+    if restored > 0 {
+        tracing::info!(
+            alerts = restored,
+            "alerts still firing at the last stop are firing"
+        );
+    }
 }
 
 /// The latest scheduled time each query ran for, from `query_runs` (empty if it
@@ -221,15 +316,24 @@ pub async fn run_once(
     at: DateTime<Utc>,
     trigger: Trigger,
     runs: &RunLog,
-) -> RunRecord {
+) -> (RunRecord, Option<Vec<serde_json::Value>>) {
     let started_at = Utc::now();
     let clock = Instant::now();
     let result = run::collect(engine, q, at, &BTreeMap::new()).await;
     let duration_ms = clock.elapsed().as_secs_f64() * 1000.0;
-    let (rows, error, json) = match result {
+    let (rows, error, result_rows) = match result {
         Ok((_, batches)) => {
             let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-            (rows as i64, None, Some(rows_json(&batches, RESULT_ROWS)))
+            let limit = if q.alert.is_some() {
+                ALERT_ROWS
+            } else {
+                RESULT_ROWS
+            };
+            let json = match rows_json(&batches, limit) {
+                serde_json::Value::Array(rows) => rows,
+                _ => Vec::new(),
+            };
+            (rows as i64, None, Some(json))
         }
         Err(e) => (0, Some(e.to_string()), None),
     };
@@ -250,8 +354,11 @@ pub async fn run_once(
         error,
         trigger,
     };
-    runs.record(record.clone(), json);
-    record
+    let shown = result_rows
+        .as_ref()
+        .map(|r| serde_json::Value::Array(r.iter().take(RESULT_ROWS).cloned().collect()));
+    runs.record(record.clone(), shown);
+    (record, result_rows)
 }
 
 /// The first `limit` rows as a JSON array of objects.

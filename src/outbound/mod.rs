@@ -4,3 +4,4 @@
 //! Invariant: the engine makes a delivery durable before anything here sends it.
 
 pub mod forward;
+pub mod sinks;

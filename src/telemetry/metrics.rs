@@ -195,6 +195,8 @@ pub(crate) struct Metrics {
     pub ack: Histogram,
     /// Queries run through the API.
     pub queries: AtomicU64,
+    /// Alert notifications sent. Labels: sink, result (ok, failed).
+    pub alert_notifications: LabeledCounter,
 }
 
 /// Gauges read at render time.
@@ -236,6 +238,17 @@ impl Metrics {
         );
         self.reports
             .render(&mut out, "hookscope_reports_total", &["source", "status"]);
+        help(
+            &mut out,
+            "hookscope_alert_notifications_total",
+            "counter",
+            "Alert notifications, by sink and result (ok, or failed after its retries).",
+        );
+        self.alert_notifications.render(
+            &mut out,
+            "hookscope_alert_notifications_total",
+            &["sink", "result"],
+        );
         help(
             &mut out,
             "hookscope_ack_duration_seconds",

@@ -8,7 +8,7 @@
 use thiserror::Error;
 
 use crate::model::{
-    Delivery, Entry, ForwardResult, Outcome, QueryRun, SignatureStatus, StoredBody,
+    AlertRow, Delivery, Entry, ForwardResult, Outcome, QueryRun, SignatureStatus, StoredBody,
 };
 
 /// WAL record kinds. A new layout gets a new kind; old kinds stay decodable.
@@ -19,6 +19,7 @@ pub mod kind {
     pub const FORWARD_DONE_V1: u8 = 4;
     pub const OUTCOMES_V1: u8 = 5;
     pub const QUERY_RUN_V1: u8 = 6;
+    pub const ALERT_V1: u8 = 7;
 }
 
 /// A WAL payload that cannot be decoded.
@@ -48,6 +49,7 @@ impl Entry {
             Entry::ForwardDone(_) => kind::FORWARD_DONE_V1,
             Entry::Outcomes(_) => kind::OUTCOMES_V1,
             Entry::QueryRun(_) => kind::QUERY_RUN_V1,
+            Entry::Alert(_) => kind::ALERT_V1,
         }
     }
 
@@ -59,6 +61,7 @@ impl Entry {
             Entry::Outcome(o) => encode_outcome(&mut e, o),
             Entry::ForwardDone(r) => encode_forward_result(&mut e, r),
             Entry::QueryRun(r) => encode_query_run(&mut e, r),
+            Entry::Alert(a) => encode_alert(&mut e, a),
             Entry::Outcomes(list) => {
                 e.i64(list.len() as i64);
                 for o in list {
@@ -78,6 +81,7 @@ impl Entry {
             kind::FORWARD_START_V1 => Entry::ForwardStart(Box::new(decode_delivery(&mut d)?)),
             kind::FORWARD_DONE_V1 => Entry::ForwardDone(Box::new(decode_forward_result(&mut d)?)),
             kind::QUERY_RUN_V1 => Entry::QueryRun(Box::new(decode_query_run(&mut d)?)),
+            kind::ALERT_V1 => Entry::Alert(Box::new(decode_alert(&mut d)?)),
             kind::OUTCOMES_V1 => {
                 let n = d.i64("outcomes")?;
                 // Each outcome takes at least a byte per field: a count the payload
@@ -146,6 +150,7 @@ impl Entry {
             Entry::Outcomes(list) => 8 + list.iter().map(outcome_size_hint).sum::<usize>(),
             Entry::ForwardDone(_) => 128,
             Entry::QueryRun(r) => 96 + r.name.len() + r.error.as_ref().map_or(0, String::len),
+            Entry::Alert(a) => 128 + a.rule.len() + a.message.len() + a.details.len() + a.key.len(),
         }
     }
 }
@@ -250,6 +255,34 @@ fn decode_delivery(d: &mut Decoder<'_>) -> Result<Delivery, DecodeError> {
         upstream_status: d.opt_i32("upstream_status")?,
         upstream_latency_ms: d.opt_f64("upstream_latency_ms")?,
         upstream_error: d.opt_str("upstream_error")?,
+    })
+}
+
+fn encode_alert(e: &mut Encoder, a: &AlertRow) {
+    e.i64(a.fired_at_us);
+    e.str(&a.rule);
+    e.opt_str(a.source.as_deref());
+    e.str(&a.severity);
+    e.str(&a.message);
+    e.str(&a.details);
+    e.opt_i64(a.resolved_at_us);
+    e.str(&a.key);
+    e.str(&a.state);
+    e.i64(a.notified_at_us);
+}
+
+fn decode_alert(d: &mut Decoder<'_>) -> Result<AlertRow, DecodeError> {
+    Ok(AlertRow {
+        fired_at_us: d.i64("fired_at")?,
+        rule: d.str("rule")?,
+        source: d.opt_str("source")?,
+        severity: d.str("severity")?,
+        message: d.str("message")?,
+        details: d.str("details")?,
+        resolved_at_us: d.opt_i64("resolved_at")?,
+        key: d.str("key")?,
+        state: d.str("state")?,
+        notified_at_us: d.i64("notified_at")?,
     })
 }
 
@@ -457,6 +490,25 @@ mod tests {
                 buf.len()
             );
             assert_eq!(buf.capacity(), e.size_hint(), "the buffer never grew");
+        }
+    }
+
+    #[test]
+    fn alerts_round_trip_through_the_wal_encoding() {
+        for resolved in [None, Some(1_700_000_600_000_000)] {
+            let e = Entry::Alert(Box::new(AlertRow {
+                fired_at_us: 1_700_000_000_000_000,
+                rule: "traffic_spike".into(),
+                source: Some("stripe".into()),
+                severity: "warning".into(),
+                message: "m".into(),
+                details: "{\"deliveries\":40}".into(),
+                resolved_at_us: resolved,
+                key: "{\"source\":\"stripe\"}".into(),
+                state: "firing".into(),
+                notified_at_us: 1_700_000_300_000_000,
+            }));
+            assert_eq!(Entry::decode(e.kind(), &e.encode()), Ok(e));
         }
     }
 

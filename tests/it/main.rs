@@ -1,6 +1,7 @@
 //! Integration tests: each starts the real `hookscope` binary on an ephemeral port
 //! with its own data directory (see `harness`). One test binary for all of them.
 
+mod alerts;
 mod bench;
 mod compaction;
 mod durability;
