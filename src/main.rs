@@ -92,7 +92,7 @@ fn run(args: Cli) -> anyhow::Result<()> {
             ))
         }
         Command::Query(query) => {
-            if let Some(dir) = &query.data_dir {
+            if let Some(dir) = &query.out.data_dir {
                 config.data_dir = dir.clone();
             }
             runtime.block_on(cli::query::run(query, config))

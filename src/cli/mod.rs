@@ -127,18 +127,8 @@ pub struct QueriesRunArgs {
     /// Run as of this scheduled time: now() is this time (RFC 3339 or a date).
     #[arg(long, value_name = "TIME")]
     pub at: Option<String>,
-    /// Output format: table, json, ndjson, csv, parquet, arrow.
-    #[arg(long, short = 'f')]
-    pub format: Option<String>,
-    /// Write the result to FILE instead of standard output.
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub output: Option<PathBuf>,
-    /// Data directory to read (overrides data_dir).
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Ask a running server instead (token from $HOOKSCOPE_TOKEN).
-    #[arg(long, value_name = "URL")]
-    pub server: Option<String>,
+    #[command(flatten)]
+    pub out: ResultArgs,
 }
 
 #[derive(Debug, Args)]
@@ -198,6 +188,13 @@ pub struct BenchArgs {
 pub struct QueryArgs {
     /// The SQL to run.
     pub sql: String,
+    #[command(flatten)]
+    pub out: ResultArgs,
+}
+
+/// Where a result goes and where it comes from (`query`, `queries run`).
+#[derive(Debug, Args)]
+pub struct ResultArgs {
     /// Output format: table, json, ndjson, csv, parquet, arrow (default: table, or
     /// parquet when -o ends in .parquet).
     #[arg(long, short = 'f')]

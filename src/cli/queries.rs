@@ -24,7 +24,7 @@ pub async fn run(args: QueriesArgs, mut config: Config) -> anyhow::Result<()> {
             list_queries(list, config).await
         }
         QueriesCommand::Run(r) => {
-            if let Some(dir) = &r.data_dir {
+            if let Some(dir) = &r.out.data_dir {
                 config.data_dir = dir.clone();
             }
             run_query(r, config).await
@@ -123,14 +123,14 @@ pub(crate) fn parse_params(flags: &[String]) -> anyhow::Result<BTreeMap<String, 
 }
 
 async fn run_query(args: QueriesRunArgs, config: Config) -> anyhow::Result<()> {
-    let format = output_format(args.format.as_deref(), args.output.as_deref())?;
+    let format = output_format(args.out.format.as_deref(), args.out.output.as_deref())?;
     let params = parse_params(&args.param)?;
     let at = match &args.at {
         Some(t) => Some(run::parse_time(t).map_err(anyhow::Error::msg)?),
         None => None,
     };
-    let mut out = open_output(args.output.as_deref())?;
-    if let Some(url) = &args.server {
+    let mut out = open_output(args.out.output.as_deref())?;
+    if let Some(url) = &args.out.server {
         let body = serde_json::json!({
             "params": params,
             "at": at.map(|t| t.to_rfc3339()),

@@ -15,9 +15,9 @@ use crate::query::format::{Encoder, ResultFormat};
 
 /// Runs the query command; output goes to `-o FILE` or standard output.
 pub async fn run(args: QueryArgs, config: Config) -> anyhow::Result<()> {
-    let format = output_format(args.format.as_deref(), args.output.as_deref())?;
-    let mut out = open_output(args.output.as_deref())?;
-    match &args.server {
+    let format = output_format(args.out.format.as_deref(), args.out.output.as_deref())?;
+    let mut out = open_output(args.out.output.as_deref())?;
+    match &args.out.server {
         Some(url) => {
             let body = serde_json::json!({ "sql": args.sql, "format": wire_format(format) });
             remote(url, "/query", body, format, &mut out).await?

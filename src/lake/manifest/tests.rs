@@ -23,6 +23,21 @@ fn versions_on_disk(dir: &std::path::Path) -> Vec<u64> {
     v
 }
 
+/// Versions 1 (a checkpoint), 2 and 3 (deltas), each adding a file; the last.
+async fn chain_of_three(lake: &Lake) -> Manifest {
+    let mut committed = Manifest::load(lake).await.unwrap();
+    for i in 0..3 {
+        let mut next = committed.with_files(
+            vec![(Table::Deliveries, entry(&format!("deliveries/{i}.parquet")))],
+            i,
+            i + 2,
+        );
+        next.commit(lake, &committed).await.unwrap();
+        committed = next;
+    }
+    committed
+}
+
 #[tokio::test]
 async fn commits_are_loaded_back_as_a_checkpoint_and_deltas() {
     let dir = tempfile::tempdir().unwrap();
@@ -191,16 +206,7 @@ async fn a_torn_newest_version_falls_back_to_the_previous() {
 async fn a_chain_with_a_missing_or_damaged_version_stops_the_load() {
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::local(dir.path()).unwrap();
-    let mut committed = Manifest::load(&lake).await.unwrap();
-    for i in 0..3 {
-        let mut next = committed.with_files(
-            vec![(Table::Deliveries, entry(&format!("deliveries/{i}.parquet")))],
-            i,
-            i + 2,
-        );
-        next.commit(&lake, &committed).await.unwrap();
-        committed = next;
-    }
+    let committed = chain_of_three(&lake).await;
     assert_eq!(versions_on_disk(dir.path()), vec![1, 2, 3]);
     let middle = dir.path().join(version_path(2));
     let saved = std::fs::read(&middle).unwrap();
@@ -375,16 +381,7 @@ fn torn_means_not_whole_json() {
 async fn a_damaged_chain_member_names_what_to_move_aside() {
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::local(dir.path()).unwrap();
-    let mut committed = Manifest::load(&lake).await.unwrap();
-    for i in 0..3 {
-        let mut next = committed.with_files(
-            vec![(Table::Deliveries, entry(&format!("deliveries/{i}.parquet")))],
-            i,
-            i + 2,
-        );
-        next.commit(&lake, &committed).await.unwrap();
-        committed = next;
-    }
+    chain_of_three(&lake).await;
     std::fs::write(
         dir.path().join(version_path(2)),
         r#"{"format": 2, "version": "x"}"#,
