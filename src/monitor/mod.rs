@@ -68,6 +68,18 @@ pub const SHIPPED: &[(&str, &str)] = &[
         "latency_degradation.sql",
         include_str!("../../queries/latency_degradation.sql"),
     ),
+    (
+        "traffic_drop.sql",
+        include_str!("../../queries/traffic_drop.sql"),
+    ),
+    (
+        "retry_storm.sql",
+        include_str!("../../queries/retry_storm.sql"),
+    ),
+    (
+        "payment_failures.sql",
+        include_str!("../../queries/payment_failures.sql"),
+    ),
 ];
 
 /// The largest query file read.
