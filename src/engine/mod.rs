@@ -352,7 +352,13 @@ impl Engine {
         // The answer to a forward completes work already durable (its start): it is
         // never refused for the budget, or its start would pin the WAL (and an open
         // after a crash with a full buffer could not record interrupted forwards).
-        let budgeted = !matches!(entry, Entry::ForwardDone(_));
+        // Saved-query runs and alert notifications are few and small, and an alert
+        // refused while ingest fills the buffer would be sent unrecorded (and sent
+        // again after a restart): they are not refused either.
+        let budgeted = !matches!(
+            entry,
+            Entry::ForwardDone(_) | Entry::QueryRun(_) | Entry::Alert(_)
+        );
         let pending = Pending::new(entry);
         // Reserved before the record is queued and held until it is applied (then
         // the buffer counts it): concurrent appends cannot all pass the check before

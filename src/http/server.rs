@@ -66,12 +66,14 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
     let queries = Arc::new(queries);
     let runs: Arc<crate::monitor::runs::RunLog> = Default::default();
     let metrics: Arc<crate::telemetry::metrics::Metrics> = Default::default();
-    let notifier =
+    let notifier = Arc::new(
         crate::outbound::sinks::Notifier::new(&config.alerts.sinks, Arc::clone(&metrics))
-            .map_err(anyhow::Error::msg)?;
+            .map_err(anyhow::Error::msg)?,
+    );
+    let sender = Arc::clone(&notifier);
     let alerting = Arc::new(crate::monitor::alerts::Alerting::new(
         config.alerts.renotify.0,
-        move |alert| notifier.send(alert),
+        move |alert| sender.send(alert),
     ));
     let state = Arc::new(AppState {
         engine: Arc::clone(&engine),
@@ -123,6 +125,7 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
     tracing::info!("shutting down: flushing the buffer to Parquet");
     let _ = stop_tx.send(true);
     let _ = scheduler.await;
+    notifier.drain(std::time::Duration::from_secs(5)).await;
     let _ = flusher.await;
     if let Some(compactor) = compactor {
         let _ = compactor.await;

@@ -32,6 +32,9 @@ pub struct Alerting {
     pub book: parking_lot::Mutex<AlertBook>,
     pub renotify: Duration,
     send: Box<dyn Fn(&AlertRow) + Send + Sync>,
+    /// Set once the instances firing at the last stop were read back: until then
+    /// no rule is judged (it would fire again what already fired).
+    restored: std::sync::atomic::AtomicBool,
 }
 
 impl Alerting {
@@ -40,7 +43,17 @@ impl Alerting {
             book: Default::default(),
             renotify,
             send: Box::new(send),
+            restored: Default::default(),
         }
+    }
+
+    pub fn is_restored(&self) -> bool {
+        self.restored.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn set_restored(&self) {
+        self.restored
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Sends a notification (in the background).
@@ -82,21 +95,24 @@ pub struct AlertBook {
 }
 
 impl AlertBook {
-    /// Applies one successful run of rule `q` as of `at` that returned `rows`
-    /// (objects of column → value); returns the notifications to record and send.
+    /// Applies one successful run of rule `q` as of `at` that returned `total` rows,
+    /// of which `rows` (objects of column → value) are judged (all of them unless
+    /// there were more than the scheduler judges); returns the notifications to
+    /// record and send.
     pub fn evaluate(
         &mut self,
         q: &QueryFile,
         at: DateTime<Utc>,
         rows: &[Value],
+        total: u64,
         renotify: Duration,
-        complete: bool,
     ) -> Vec<AlertRow> {
         let Some(condition) = q.alert else {
             return Vec::new();
         };
+        let complete = total <= rows.len() as u64;
         let mut active: BTreeMap<String, &Value> = BTreeMap::new();
-        if condition.holds(rows.len() as u64) {
+        if condition.holds(total) {
             if rows.is_empty() {
                 // A condition on the absence of rows: the rule itself is the instance.
                 active.insert("{}".into(), &Value::Null);
@@ -106,9 +122,13 @@ impl AlertBook {
             }
         }
         let mut out = Vec::new();
+        let mut tracked = self.of_rule(&q.name);
         for (key, row) in &active {
             let id = (q.name.clone(), key.clone());
             match self.instances.get_mut(&id) {
+                None if tracked >= MAX_INSTANCES => {
+                    tracing::warn!(rule = %q.name, "an alert rule has {MAX_INSTANCES} instances already; more are not tracked (narrow its rows or its key)");
+                }
                 None => {
                     let phase = if q.pending_for.is_zero() {
                         Phase::Firing
@@ -126,6 +146,7 @@ impl AlertBook {
                         out.push(notice(q, key, &instance, at, None));
                     }
                     self.instances.insert(id, instance);
+                    tracked += 1;
                 }
                 Some(i) => {
                     i.last_active = at;
@@ -203,6 +224,54 @@ impl AlertBook {
             .filter(|i| i.phase == Phase::Firing)
             .count()
     }
+
+    fn of_rule(&self, rule: &str) -> usize {
+        self.instances.keys().filter(|(r, _)| r == rule).count()
+    }
+
+    /// Resolves every instance of `rule` (it was removed, or is no longer a
+    /// scheduled alert rule): one resolved notice each.
+    pub fn retire(&mut self, rule: &str, at: DateTime<Utc>) -> Vec<AlertRow> {
+        let ids: Vec<(String, String)> = self
+            .instances
+            .keys()
+            .filter(|(r, _)| r == rule)
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(i) = self.instances.remove(&id)
+                && i.phase == Phase::Firing
+            {
+                out.push(AlertRow {
+                    fired_at_us: i.since.timestamp_micros(),
+                    rule: rule.to_string(),
+                    source: source_of(&id.1, &i.row),
+                    severity: "info".into(),
+                    message: format!("resolved: {rule} (the rule was removed or is no longer a scheduled alert rule)"),
+                    details: i.row.to_string(),
+                    resolved_at_us: Some(at.timestamp_micros()),
+                    key: id.1.clone(),
+                    state: "resolved".into(),
+                    notified_at_us: at.timestamp_micros(),
+                });
+            }
+        }
+        out
+    }
+}
+
+/// Instances of one rule that are tracked; more are ignored (and logged).
+pub const MAX_INSTANCES: usize = 1_000;
+
+/// The `source` of an instance: its key's, else its row's.
+fn source_of(key: &str, row: &Value) -> Option<String> {
+    let key: Value = serde_json::from_str(key).unwrap_or(Value::Null);
+    [key.get("source"), row.get("source")]
+        .into_iter()
+        .flatten()
+        .find_map(Value::as_str)
+        .map(str::to_string)
 }
 
 /// The rule's description with its parameters' values in place of `:name`.
@@ -240,11 +309,7 @@ fn notice(
     resolved: Option<DateTime<Utc>>,
 ) -> AlertRow {
     let key_value: Value = serde_json::from_str(key).unwrap_or(Value::Null);
-    let source = key_value
-        .get("source")
-        .or_else(|| i.row.get("source"))
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    let source = source_of(key, &i.row);
     let what = match key_value.as_object() {
         Some(o) if !o.is_empty() => o
             .iter()
@@ -314,7 +379,7 @@ mod tests {
         let mut book = AlertBook::default();
         let a = json!({"source": "stripe", "n": 40});
         let b = json!({"source": "github", "n": 9});
-        let out = book.evaluate(&q, t(0), std::slice::from_ref(&a), HOUR, true);
+        let out = book.evaluate(&q, t(0), std::slice::from_ref(&a), 1, HOUR);
         assert_eq!(
             states(&out),
             [("firing".into(), r#"{"source":"stripe"}"#.into())]
@@ -322,24 +387,24 @@ mod tests {
         assert_eq!(out[0].source.as_deref(), Some("stripe"));
         assert!(out[0].message.contains("spike") && out[0].message.contains("source=stripe"));
         assert!(
-            book.evaluate(&q, t(60), &[a.clone(), b.clone()], HOUR, true)
+            book.evaluate(&q, t(60), &[a.clone(), b.clone()], 2, HOUR)
                 .len()
                 == 1
         );
         assert!(
-            book.evaluate(&q, t(120), &[a.clone(), b.clone()], HOUR, true)
+            book.evaluate(&q, t(120), &[a.clone(), b.clone()], 2, HOUR)
                 .is_empty()
         );
         assert_eq!(book.firing(), 2);
         // An hour after its notification, stripe is sent again; github later.
-        let again = book.evaluate(&q, t(3600), &[a.clone(), b.clone()], HOUR, true);
+        let again = book.evaluate(&q, t(3600), &[a.clone(), b.clone()], 2, HOUR);
         assert_eq!(
             states(&again),
             [("firing".into(), r#"{"source":"stripe"}"#.into())]
         );
         assert_eq!(again[0].fired_at_us, t(0).timestamp_micros());
         // Both clear: one resolved notice each, then nothing.
-        let resolved = book.evaluate(&q, t(3700), &[], HOUR, true);
+        let resolved = book.evaluate(&q, t(3700), &[], 0, HOUR);
         assert_eq!(resolved.len(), 2);
         assert!(
             resolved
@@ -347,7 +412,7 @@ mod tests {
                 .all(|r| r.state == "resolved"
                     && r.resolved_at_us == Some(t(3700).timestamp_micros()))
         );
-        assert!(book.evaluate(&q, t(3760), &[], HOUR, true).is_empty());
+        assert!(book.evaluate(&q, t(3760), &[], 0, HOUR).is_empty());
         assert_eq!(book.firing(), 0);
     }
 
@@ -357,30 +422,30 @@ mod tests {
         let mut book = AlertBook::default();
         let a = json!({"source": "s"});
         assert!(
-            book.evaluate(&q, t(0), std::slice::from_ref(&a), HOUR, true)
+            book.evaluate(&q, t(0), std::slice::from_ref(&a), 1, HOUR)
                 .is_empty()
         );
         // Gone before `for` passed: dropped silently.
-        assert!(book.evaluate(&q, t(60), &[], HOUR, true).is_empty());
+        assert!(book.evaluate(&q, t(60), &[], 0, HOUR).is_empty());
         assert!(
-            book.evaluate(&q, t(120), std::slice::from_ref(&a), HOUR, true)
+            book.evaluate(&q, t(120), std::slice::from_ref(&a), 1, HOUR)
                 .is_empty()
         );
         assert!(
-            book.evaluate(&q, t(180), std::slice::from_ref(&a), HOUR, true)
+            book.evaluate(&q, t(180), std::slice::from_ref(&a), 1, HOUR)
                 .is_empty()
         );
-        let fired = book.evaluate(&q, t(240), std::slice::from_ref(&a), HOUR, true);
+        let fired = book.evaluate(&q, t(240), std::slice::from_ref(&a), 1, HOUR);
         assert_eq!(fired.len(), 1);
         assert_eq!(fired[0].fired_at_us, t(240).timestamp_micros());
         // Flapping within keep_firing_for: no resolve, no new fire.
-        assert!(book.evaluate(&q, t(300), &[], HOUR, true).is_empty());
+        assert!(book.evaluate(&q, t(300), &[], 0, HOUR).is_empty());
         assert!(
-            book.evaluate(&q, t(360), std::slice::from_ref(&a), HOUR, true)
+            book.evaluate(&q, t(360), std::slice::from_ref(&a), 1, HOUR)
                 .is_empty()
         );
-        assert!(book.evaluate(&q, t(420), &[], HOUR, true).is_empty());
-        let resolved = book.evaluate(&q, t(360 + 300), &[], HOUR, true);
+        assert!(book.evaluate(&q, t(420), &[], 0, HOUR).is_empty());
+        let resolved = book.evaluate(&q, t(360 + 300), &[], 0, HOUR);
         assert_eq!(
             states(&resolved),
             [("resolved".into(), r#"{"source":"s"}"#.into())]
@@ -394,12 +459,54 @@ mod tests {
         book.restore("spike", r#"{"source":"s"}"#, t(0), t(600), json!({}));
         let a = json!({"source": "s"});
         assert!(
-            book.evaluate(&q, t(900), std::slice::from_ref(&a), HOUR, true)
+            book.evaluate(&q, t(900), std::slice::from_ref(&a), 1, HOUR)
                 .is_empty()
         );
-        assert_eq!(book.evaluate(&q, t(600 + 3600), &[a], HOUR, true).len(), 1);
-        let resolved = book.evaluate(&q, t(5000), &[], HOUR, true);
+        assert_eq!(book.evaluate(&q, t(600 + 3600), &[a], 1, HOUR).len(), 1);
+        let resolved = book.evaluate(&q, t(5000), &[], 0, HOUR);
         assert_eq!(resolved[0].fired_at_us, t(0).timestamp_micros());
+    }
+
+    #[test]
+    fn the_condition_counts_every_row_and_a_partial_run_resolves_nothing() {
+        let text = "-- alert: rows > 1000\n-- schedule: every 1m\nSELECT 1";
+        let q = super::super::file::parse("r.sql", "many", text).unwrap();
+        let mut book = AlertBook::default();
+        let judged: Vec<Value> = (0..1000)
+            .map(|i| json!({"source": format!("s{i}")}))
+            .collect();
+        // 5,000 rows returned, 1,000 judged: the condition holds.
+        assert_eq!(book.evaluate(&q, t(0), &judged, 5_000, HOUR).len(), 1_000);
+        // Other rows judged, still partial: nothing resolves, and no more instances
+        // than the cap are tracked.
+        let others: Vec<Value> = (1000..2000)
+            .map(|i| json!({"source": format!("s{i}")}))
+            .collect();
+        assert!(book.evaluate(&q, t(60), &others, 5_000, HOUR).is_empty());
+        assert_eq!(book.firing(), MAX_INSTANCES);
+        // A complete run without them resolves them.
+        assert_eq!(book.evaluate(&q, t(120), &[], 0, HOUR).len(), 1_000);
+        assert_eq!(book.retire("many", t(180)).len(), 0);
+    }
+
+    #[test]
+    fn a_retired_rule_resolves_its_firing_instances() {
+        let q = rule("");
+        let mut book = AlertBook::default();
+        book.evaluate(
+            &q,
+            t(0),
+            &[json!({"source": "a"}), json!({"source": "b"})],
+            2,
+            HOUR,
+        );
+        let out = book.retire("spike", t(60));
+        assert_eq!(out.len(), 2);
+        assert!(
+            out.iter()
+                .all(|r| r.state == "resolved" && r.message.contains("removed"))
+        );
+        assert_eq!(book.firing(), 0);
     }
 
     #[test]
@@ -407,10 +514,10 @@ mod tests {
         let text = "-- alert: rows = 0\n-- schedule: every 1m\nSELECT 1";
         let q = super::super::file::parse("r.sql", "quiet", text).unwrap();
         let mut book = AlertBook::default();
-        let out = book.evaluate(&q, t(0), &[], HOUR, true);
+        let out = book.evaluate(&q, t(0), &[], 0, HOUR);
         assert_eq!(states(&out), [("firing".into(), "{}".into())]);
         assert!(out[0].message.contains("the rule"));
-        let out = book.evaluate(&q, t(60), &[json!({"source": "s"})], HOUR, true);
+        let out = book.evaluate(&q, t(60), &[json!({"source": "s"})], 1, HOUR);
         assert_eq!(states(&out), [("resolved".into(), "{}".into())]);
     }
 }

@@ -184,7 +184,10 @@ impl Registry {
                 continue;
             };
             let checked = match params::bind(&q.sql, &q.params) {
-                Ok(sql) => engine.check(&sql).await.map_err(|e| e.to_string()),
+                Ok(sql) => match engine.check(&sql).await {
+                    Ok(columns) => key_columns_exist(q, &columns),
+                    Err(e) => Err(e.to_string()),
+                },
                 Err(e) => Err(e),
             };
             if let Err(reason) = checked {
@@ -223,6 +226,21 @@ impl Registry {
                     .flat_map(|q| q.warnings.iter().cloned()),
             )
             .collect()
+    }
+}
+
+/// An alert rule's key columns must be columns of its result (a typo would merge
+/// every row into one instance).
+fn key_columns_exist(q: &QueryFile, columns: &[String]) -> Result<(), String> {
+    if q.alert.is_none() {
+        return Ok(());
+    }
+    match q.key.iter().find(|k| !columns.contains(k)) {
+        Some(missing) => Err(format!(
+            "key column `{missing}` is not a column of the query's result (its columns: {}); set `-- key:` to the columns that name one alert",
+            columns.join(", ")
+        )),
+        None => Ok(()),
     }
 }
 

@@ -36,6 +36,8 @@ use crate::query::QueryEngine;
 
 /// Longest single sleep: the clock and the stop signal are looked at this often.
 const TICK: Duration = Duration::from_secs(1);
+/// How often reading the alerts table is tried again when it failed at start.
+const RESTORE_RETRY: Duration = Duration::from_secs(30);
 /// How long a stop waits for runs in flight.
 const STOP_WAIT: Duration = Duration::from_secs(5);
 
@@ -50,11 +52,14 @@ pub fn spawn(
     tokio::spawn(async move {
         let last = tokio::select! {
             last = async {
-                restore_alerts(engine.query(), &registry, &alerting).await;
+                if let Err(e) = restore_alerts(&engine, &registry, &alerting).await {
+                    tracing::error!(error = %e, "cannot read the alerts table; alert rules are not judged until it can be read (retried every {RESTORE_RETRY:?})");
+                }
                 last_scheduled(engine.query()).await
             } => last,
             _ = stop.changed() => return,
         };
+        let mut restore_tried = Instant::now();
         let mut tasks = JoinSet::new();
         let now = Utc::now();
         // Times missed while the server was down: each query runs once, for the
@@ -103,6 +108,12 @@ pub fn spawn(
                 break;
             }
             while tasks.try_join_next().is_some() {}
+            if !alerting.is_restored() && restore_tried.elapsed() >= RESTORE_RETRY {
+                restore_tried = Instant::now();
+                if let Err(e) = restore_alerts(&engine, &registry, &alerting).await {
+                    tracing::error!(error = %e, "still cannot read the alerts table");
+                }
+            }
             let now = Utc::now();
             // The clock went back: the planned times may be far ahead; plan again.
             if now + chrono::Duration::seconds(1) < last_now {
@@ -200,59 +211,66 @@ async fn run_and_record(
         tracing::warn!(query = %q.name, error = %e, "could not record a saved query's run in query_runs");
     }
     if let (Some(_), Some(rows)) = (q.alert, rows) {
-        // Past ALERT_ROWS rows the run is not the whole picture: nothing resolves.
-        let complete = record.rows <= rows.len() as i64;
-        if !complete {
-            tracing::warn!(query = %q.name, rows = record.rows, "an alert rule returned more rows than are judged; only the first ones fire, and nothing resolves");
+        let total = u64::try_from(record.rows).unwrap_or(0);
+        if total > rows.len() as u64 {
+            tracing::warn!(query = %q.name, rows = record.rows, judged = rows.len(), "an alert rule returned more rows than are judged; only the first ones fire, and nothing resolves");
         }
-        let notices = alerting
-            .book
-            .lock()
-            .evaluate(&q, at, &rows, alerting.renotify, complete);
-        for notice in notices {
-            if let Err(e) = engine.record_alert(notice.clone()).await {
-                tracing::error!(rule = %q.name, error = %e, "could not record an alert notification in alerts; it is sent anyway");
-            }
-            alerting.send(&notice);
+        if alerting.is_restored() {
+            let notices = alerting
+                .book
+                .lock()
+                .evaluate(&q, at, &rows, total, alerting.renotify);
+            notify(&engine, &alerting, notices).await;
+        } else {
+            tracing::error!(query = %q.name, "alert rule not judged: the alerts firing before the start are not known yet (reading the alerts table failed; retried)");
         }
     }
     busy.store(false, Ordering::Release);
 }
 
-/// The firing alerts recorded in `alerts` (the latest episode of each rule and key,
-/// unless it resolved), put back in `alerting` (at start).
-async fn restore_alerts(engine: &QueryEngine, registry: &Registry, alerting: &Alerting) {
-    use arrow::array::{Array, AsArray};
-    use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
-    let sql = "WITH latest AS (SELECT rule, key, max(fired_at) AS fired_at FROM alerts GROUP BY rule, key) \
-               SELECT a.rule, a.key, a.fired_at, max(a.notified_at) AS last_notified, \
-                      CAST(max(CASE WHEN a.state = 'resolved' THEN 1 ELSE 0 END) AS BIGINT) AS resolved, \
-                      max(a.details) AS details \
-               FROM alerts a JOIN latest l ON a.rule = l.rule AND a.key = l.key AND a.fired_at = l.fired_at \
-               GROUP BY a.rule, a.key, a.fired_at";
-    let batches = match engine.collect(sql).await {
-        Ok((_, b)) => b,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the alerts table: alerts firing before the start are not known (they fire again if they still hold)");
-            return;
+/// Records each notification in `alerts` (through the WAL), then sends it.
+async fn notify(engine: &Engine, alerting: &Alerting, notices: Vec<crate::model::AlertRow>) {
+    for notice in notices {
+        if let Err(e) = engine.record_alert(notice.clone()).await {
+            tracing::error!(rule = %notice.rule, error = %e, "could not record an alert notification in alerts; it is sent anyway");
         }
-    };
+        alerting.send(&notice);
+    }
+}
+
+/// Puts back the alerts firing at the last stop: for each rule and key, the latest
+/// row of `alerts` (by `notified_at`), if it says firing. An instance of a rule that
+/// is gone, or no longer a scheduled alert rule, is resolved now (recorded and sent).
+async fn restore_alerts(
+    engine: &Engine,
+    registry: &Registry,
+    alerting: &Alerting,
+) -> Result<(), String> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::TimestampMicrosecondType;
+    let sql = "SELECT rule, key, fired_at, notified_at, details FROM ( \
+                 SELECT rule, key, fired_at, notified_at, state, details, \
+                        row_number() OVER (PARTITION BY rule, key ORDER BY notified_at DESC, state DESC) AS rn \
+                 FROM alerts) \
+               WHERE rn = 1 AND state = 'firing'";
+    let (_, batches) = engine
+        .query()
+        .collect(sql)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut restored = 0;
+    let mut retired = std::collections::BTreeSet::new();
     for b in &batches {
-        let (Some(rule), Some(key), Some(fired), Some(notified), Some(resolved), Some(details)) = (
+        let (Some(rule), Some(key), Some(fired), Some(notified), Some(details)) = (
             b.column(0).as_string_opt::<i32>(),
             b.column(1).as_string_opt::<i32>(),
             b.column(2).as_primitive_opt::<TimestampMicrosecondType>(),
             b.column(3).as_primitive_opt::<TimestampMicrosecondType>(),
-            b.column(4).as_primitive_opt::<Int64Type>(),
-            b.column(5).as_string_opt::<i32>(),
+            b.column(4).as_string_opt::<i32>(),
         ) else {
-            continue;
+            return Err("the alerts table has unexpected column types".into());
         };
         for i in 0..b.num_rows() {
-            if resolved.value(i) != 0 || registry.get(rule.value(i)).is_none() || fired.is_null(i) {
-                continue;
-            }
             let (Some(fired_at), Some(last)) = (
                 DateTime::from_timestamp_micros(fired.value(i)),
                 DateTime::from_timestamp_micros(notified.value(i)),
@@ -260,19 +278,33 @@ async fn restore_alerts(engine: &QueryEngine, registry: &Registry, alerting: &Al
                 continue;
             };
             let row = serde_json::from_str(details.value(i)).unwrap_or_default();
+            let name = rule.value(i);
             alerting
                 .book
                 .lock()
-                .restore(rule.value(i), key.value(i), fired_at, last, row);
+                .restore(name, key.value(i), fired_at, last, row);
             restored += 1;
+            let judged = registry
+                .get(name)
+                .is_some_and(|q| q.alert.is_some() && q.schedule.is_some());
+            if !judged {
+                retired.insert(name.to_string());
+            }
         }
+    }
+    let now = Utc::now();
+    for name in retired {
+        let notices = alerting.book.lock().retire(&name, now);
+        notify(engine, alerting, notices).await;
     }
     if restored > 0 {
         tracing::info!(
             alerts = restored,
-            "alerts still firing at the last stop are firing"
+            "alerts firing at the last stop are firing again (without being sent again)"
         );
     }
+    alerting.set_restored();
+    Ok(())
 }
 
 /// The latest scheduled time each query ran for, from `query_runs` (empty if it
@@ -329,11 +361,14 @@ pub async fn run_once(
             } else {
                 RESULT_ROWS
             };
-            let json = match rows_json(&batches, limit) {
-                serde_json::Value::Array(rows) => rows,
-                _ => Vec::new(),
-            };
-            (rows as i64, None, Some(json))
+            match rows_json(&batches, limit) {
+                serde_json::Value::Array(json) => (rows as i64, None, Some(json)),
+                _ => (
+                    rows as i64,
+                    Some("the result could not be read as JSON rows".to_string()),
+                    None,
+                ),
+            }
         }
         Err(e) => (0, Some(e.to_string()), None),
     };

@@ -175,3 +175,29 @@ fn run_sql_binds_overrides_and_refuses_unknown_ones() {
             .contains("RFC 3339")
     );
 }
+
+/// Every shipped query plans against the tables; a rule whose key is not a column of
+/// its result is a problem, not a rule that merges every row into one alert.
+#[tokio::test]
+async fn shipped_queries_plan_and_alert_keys_must_be_result_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("typo.sql"),
+        "-- alert: rows > 0\n-- key: sourse\n-- schedule: every 1m\nSELECT source, count(*) AS n FROM deliveries GROUP BY source",
+    )
+    .unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let catalog = crate::query::catalog::Catalog::new(
+        crate::lake::Lake::local(scratch.path()).unwrap(),
+        crate::lake::manifest::Manifest::default(),
+    );
+    let engine =
+        crate::query::QueryEngine::new(&catalog, crate::query::QueryLimits::default(), false)
+            .unwrap();
+    let mut registry = Registry::load(&[dir.path().to_path_buf()]);
+    registry.check(&engine).await;
+    let problems: Vec<String> = registry.problems().iter().map(|p| p.to_string()).collect();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("key column `sourse`"), "{problems:?}");
+    assert_eq!(registry.queries().count(), SHIPPED.len());
+}

@@ -316,13 +316,18 @@ impl QueryEngine {
     }
 
     /// Checks that `sql` is a read-only query that plans (tables and columns exist,
-    /// types fit), without running it.
-    pub async fn check(&self, sql: &str) -> Result<(), QueryError> {
+    /// types fit), without running it; returns the names of its result's columns.
+    pub async fn check(&self, sql: &str) -> Result<Vec<String>, QueryError> {
         check_read_only(sql)?;
-        plan(&self.ctx, sql, None)
+        let df = plan(&self.ctx, sql, None)
             .await
-            .map(|_| ())
-            .map_err(QueryError::from_df)
+            .map_err(QueryError::from_df)?;
+        Ok(df
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect())
     }
 
     /// Runs `sql` to completion and returns all batches.
