@@ -8,8 +8,10 @@
 WITH d AS (
     SELECT source, event_type,
            (event_type LIKE '%failed%' OR event_type LIKE '%failure%'
-            OR (event_type IN ('check_run', 'check_suite')
-                AND coalesce(json_get_str(body, event_type, 'conclusion'), '') = 'failure')
+            OR (event_type = 'check_run'
+                AND coalesce(json_get_str(body, 'check_run', 'conclusion'), '') = 'failure')
+            OR (event_type = 'check_suite'
+                AND coalesce(json_get_str(body, 'check_suite', 'conclusion'), '') = 'failure')
             OR coalesce(json_get_str(body, 'status'), '') IN ('failed', 'error')) AS failed
     FROM deliveries
     WHERE received_at > now() - CAST(:window AS INTERVAL) AND received_at <= now()

@@ -50,7 +50,8 @@ an empty or missing one is filled with generated traffic first: six sources, ret
 each provider's schedule, duplicates, failures, lognormal sizes and latencies.
 
 The set: latency_by_hour, retry_intervals, size_trend, volume_spikes, volume_7d, last_hour,
-lookup_id, lookup_event. Times are anchored at the lake's newest delivery. Each query
+lookup_id, lookup_event, then every saved query as saved:<name> (run with now() at the
+lake's newest delivery). Times are anchored at the lake's newest delivery. Each query
 runs once untimed, then --runs times; the median is reported, with the rows of its table
 in its time range per second, and the rows it returned.")]
     Bench(BenchArgs),

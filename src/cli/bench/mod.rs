@@ -30,8 +30,8 @@ use set::{Analysis, Anchors};
 /// The outcome of one query of the set.
 #[derive(Debug, serde::Serialize)]
 struct Timing {
-    name: &'static str,
-    description: &'static str,
+    name: String,
+    description: String,
     sql: String,
     /// Median of the timed runs, milliseconds.
     median_ms: Option<f64>,
@@ -91,8 +91,9 @@ pub async fn run(args: BenchArgs, config: Config) -> anyhow::Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let known = names();
-    if let Some(unknown) = args.query.iter().find(|q| !known.contains(&q.as_str())) {
+    let registry = crate::monitor::Registry::load(&config.queries_dirs);
+    let known = names(&registry);
+    if let Some(unknown) = args.query.iter().find(|q| !known.contains(q)) {
         bail!(
             "no query of the set is named {unknown:?}; the set: {}",
             known.join(", ")
@@ -121,7 +122,8 @@ pub async fn run(args: BenchArgs, config: Config) -> anyhow::Result<()> {
     let anchors = anchors(query, facts.from.unwrap_or(to), to).await?;
     let analyses: Vec<Analysis> = set::standard_set(&anchors)
         .into_iter()
-        .filter(|a| args.query.is_empty() || args.query.iter().any(|q| q == a.name))
+        .chain(set::saved_queries(&registry, &anchors))
+        .filter(|a| args.query.is_empty() || args.query.iter().any(|q| *q == a.name))
         .collect();
     if analyses.is_empty() {
         bail!("the lake has no delivery to look up; run other queries of the set");
@@ -130,7 +132,7 @@ pub async fn run(args: BenchArgs, config: Config) -> anyhow::Result<()> {
     let bar = progress_bar((analyses.len() * (args.runs + 1)) as u64, "running the set");
     let mut queries = Vec::new();
     for analysis in &analyses {
-        bar.set_message(analysis.name);
+        bar.set_message(analysis.name.clone());
         queries.push(time_one(query, analysis, args.runs, args.results, &bar).await);
     }
     bar.finish_and_clear();
@@ -257,8 +259,8 @@ async fn time_one(
     bar: &ProgressBar,
 ) -> Timing {
     let mut timing = Timing {
-        name: analysis.name,
-        description: analysis.description,
+        name: analysis.name.clone(),
+        description: analysis.description.clone(),
         sql: analysis.sql.clone(),
         median_ms: None,
         times_ms: Vec::new(),
@@ -275,7 +277,7 @@ async fn time_one(
     // One untimed run, then the timed ones.
     for run in 0..=runs {
         let started = Instant::now();
-        let result = run_once(query, &analysis.sql, keep_result && run == 0).await;
+        let result = run_once(query, analysis, keep_result && run == 0).await;
         let elapsed = started.elapsed();
         bar.inc(1);
         match result {
@@ -312,10 +314,10 @@ async fn time_one(
 /// Runs `sql` to its end: the result's rows, and with `keep` the rows as JSON.
 async fn run_once(
     query: &QueryEngine,
-    sql: &str,
+    analysis: &Analysis,
     keep: bool,
 ) -> anyhow::Result<(u64, Option<serde_json::Value>)> {
-    let mut stream = query.stream(sql).await?;
+    let mut stream = query.stream_at(&analysis.sql, analysis.now).await?;
     let mut encoder = keep
         .then(|| Encoder::new(ResultFormat::Json, &stream.schema(), u64::MAX))
         .transpose()?;
@@ -339,7 +341,10 @@ async fn run_once(
 }
 
 async fn scanned(query: &QueryEngine, analysis: &Analysis) -> anyhow::Result<u64> {
-    let (_, batches) = query.collect(&set::scanned_sql(analysis)).await?;
+    let Some(sql) = set::scanned_sql(analysis) else {
+        return Ok(0);
+    };
+    let (_, batches) = query.collect(&sql).await?;
     let count = batches
         .iter()
         .find(|b| b.num_rows() > 0)
@@ -406,12 +411,16 @@ fn per_second(rate: f64) -> String {
     }
 }
 
-/// The set's query names (for `--help` and errors).
-pub(crate) fn names() -> Vec<&'static str> {
+/// The set's query names (for errors): the standard set, then the saved queries.
+pub(crate) fn names(registry: &crate::monitor::Registry) -> Vec<String> {
     let anchors = Anchors {
         end: Utc::now(),
         id: Some(String::new()),
         event_id: Some(String::new()),
     };
-    set::standard_set(&anchors).iter().map(|a| a.name).collect()
+    set::standard_set(&anchors)
+        .into_iter()
+        .chain(set::saved_queries(registry, &anchors))
+        .map(|a| a.name)
+        .collect()
 }

@@ -20,12 +20,15 @@ pub(crate) struct Anchors {
 
 /// One query of the set.
 pub(crate) struct Analysis {
-    pub name: &'static str,
-    pub description: &'static str,
-    pub table: Table,
+    pub name: String,
+    pub description: String,
+    /// The table it reads, for rows scanned (`None`: not counted).
+    pub table: Option<Table>,
     /// The time range the query reads (`None`: the whole table), for rows scanned.
     pub since: Option<DateTime<Utc>>,
     pub sql: String,
+    /// `now()` in the query (a saved query's run time), if fixed.
+    pub now: Option<DateTime<Utc>>,
 }
 
 /// A time as RFC 3339 in JSON (chrono is built without serde).
@@ -48,10 +51,11 @@ pub(crate) fn standard_set(a: &Anchors) -> Vec<Analysis> {
     let hour = a.end - chrono::Duration::hours(1);
     let mut set = vec![
         Analysis {
-            name: "latency_by_hour",
-            description: "p50 / p95 / p99 processing time per source per hour (approximate percentiles, t-digest)",
-            table: Table::Outcomes,
+            name: "latency_by_hour".into(),
+            description: "p50 / p95 / p99 processing time per source per hour (approximate percentiles, t-digest)".into(),
+            table: Some(Table::Outcomes),
             since: None,
+            now: None,
             sql: "SELECT source, date_trunc('hour', reported_at) AS hour_start, count(*) AS reports, \
                   approx_percentile_cont(0.5) WITHIN GROUP (ORDER BY processing_time_ms) AS p50_ms, \
                   approx_percentile_cont(0.95) WITHIN GROUP (ORDER BY processing_time_ms) AS p95_ms, \
@@ -60,10 +64,11 @@ pub(crate) fn standard_set(a: &Anchors) -> Vec<Analysis> {
                 .into(),
         },
         Analysis {
-            name: "retry_intervals",
-            description: "time between arrivals of the same event (lag over dedup_key), per source",
-            table: Table::Deliveries,
+            name: "retry_intervals".into(),
+            description: "time between arrivals of the same event (lag over dedup_key), per source".into(),
+            table: Some(Table::Deliveries),
             since: None,
+            now: None,
             sql: "SELECT source, count(*) AS repeats, avg(gap_ms) AS avg_gap_ms, \
                   min(gap_ms) AS min_gap_ms, max(gap_ms) AS max_gap_ms FROM ( \
                   SELECT source, (CAST(received_at AS BIGINT) - lag(CAST(received_at AS BIGINT)) \
@@ -72,20 +77,22 @@ pub(crate) fn standard_set(a: &Anchors) -> Vec<Analysis> {
                 .into(),
         },
         Analysis {
-            name: "size_trend",
-            description: "payload size per source per day",
-            table: Table::Deliveries,
+            name: "size_trend".into(),
+            description: "payload size per source per day".into(),
+            table: Some(Table::Deliveries),
             since: None,
+            now: None,
             sql: "SELECT source, date_trunc('day', received_at) AS day, count(*) AS deliveries, \
                   avg(payload_size) AS avg_bytes, max(payload_size) AS max_bytes \
                   FROM deliveries GROUP BY source, day ORDER BY source, day"
                 .into(),
         },
         Analysis {
-            name: "volume_spikes",
-            description: "minutes with over 5× a source's trailing hour average (the spike rule)",
-            table: Table::Deliveries,
+            name: "volume_spikes".into(),
+            description: "minutes with over 5× a source's trailing hour average (the spike rule)".into(),
+            table: Some(Table::Deliveries),
             since: None,
+            now: None,
             sql: "WITH per_minute AS (SELECT source, date_trunc('minute', received_at) AS minute, \
                   count(*) AS n FROM deliveries GROUP BY source, minute), \
                   scored AS (SELECT source, minute, n, avg(n) OVER (PARTITION BY source ORDER BY minute \
@@ -95,10 +102,11 @@ pub(crate) fn standard_set(a: &Anchors) -> Vec<Analysis> {
                 .into(),
         },
         Analysis {
-            name: "volume_7d",
-            description: "deliveries, bytes and repeats per source over the last 7 days",
-            table: Table::Deliveries,
+            name: "volume_7d".into(),
+            description: "deliveries, bytes and repeats per source over the last 7 days".into(),
+            table: Some(Table::Deliveries),
             since: Some(week),
+            now: None,
             sql: format!(
                 "SELECT source, count(*) AS deliveries, sum(payload_size) AS bytes, \
                  sum(CASE WHEN is_duplicate THEN 1 ELSE 0 END) AS repeats FROM deliveries \
@@ -107,10 +115,11 @@ pub(crate) fn standard_set(a: &Anchors) -> Vec<Analysis> {
             ),
         },
         Analysis {
-            name: "last_hour",
-            description: "the last hour per source: volume, size, signature failures",
-            table: Table::Deliveries,
+            name: "last_hour".into(),
+            description: "the last hour per source: volume, size, signature failures".into(),
+            table: Some(Table::Deliveries),
             since: Some(hour),
+            now: None,
             sql: format!(
                 "SELECT source, count(*) AS deliveries, avg(payload_size) AS avg_bytes, \
                  sum(CASE WHEN signature_status = 'invalid' THEN 1 ELSE 0 END) AS bad_signatures \
@@ -121,19 +130,21 @@ pub(crate) fn standard_set(a: &Anchors) -> Vec<Analysis> {
     ];
     if let Some(id) = &a.id {
         set.push(Analysis {
-            name: "lookup_id",
-            description: "one delivery, whole, by id",
-            table: Table::Deliveries,
+            name: "lookup_id".into(),
+            description: "one delivery, whole, by id".into(),
+            table: Some(Table::Deliveries),
             since: None,
+            now: None,
             sql: format!("SELECT * FROM deliveries WHERE id = '{}'", quote(id)),
         });
     }
     if let Some(event_id) = &a.event_id {
         set.push(Analysis {
-            name: "lookup_event",
-            description: "every arrival of one event, by event_id",
-            table: Table::Deliveries,
+            name: "lookup_event".into(),
+            description: "every arrival of one event, by event_id".into(),
+            table: Some(Table::Deliveries),
             since: None,
+            now: None,
             sql: format!(
                 "SELECT id, received_at, source, attempt, retry_gap_ms, status_code FROM deliveries \
                  WHERE event_id = '{}' ORDER BY received_at",
@@ -161,14 +172,35 @@ pub(crate) fn anchors_sql(middle: DateTime<Utc>) -> String {
 }
 
 /// Counts the rows a query reads: its table within its time range.
-pub(crate) fn scanned_sql(analysis: &Analysis) -> String {
-    let column = analysis.table.time_column();
-    match analysis.since {
+pub(crate) fn scanned_sql(analysis: &Analysis) -> Option<String> {
+    let table = analysis.table?;
+    let column = table.time_column();
+    Some(match analysis.since {
         Some(since) => format!(
             "SELECT count(*) FROM {} WHERE {column} > {}",
-            analysis.table.name(),
+            table.name(),
             at(since)
         ),
-        None => format!("SELECT count(*) FROM {}", analysis.table.name()),
-    }
+        None => format!("SELECT count(*) FROM {}", table.name()),
+    })
+}
+
+/// The saved queries (shipped and the user's), run as of the lake's newest delivery
+/// with their default parameters. Named `saved:<name>`; rows scanned are not counted
+/// (each reads its own window).
+pub(crate) fn saved_queries(registry: &crate::monitor::Registry, a: &Anchors) -> Vec<Analysis> {
+    registry
+        .queries()
+        .filter_map(|q| {
+            let sql = crate::monitor::run::sql_of(q, &Default::default()).ok()?;
+            Some(Analysis {
+                name: format!("saved:{}", q.name),
+                description: q.description.clone(),
+                table: None,
+                since: None,
+                sql,
+                now: Some(a.end),
+            })
+        })
+        .collect()
 }
