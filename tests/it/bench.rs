@@ -80,10 +80,17 @@ fn bench_generates_a_lake_then_reuses_it_and_times_the_whole_set() {
         ]
     );
     // Then every shipped saved query, as of the lake's newest delivery.
-    for saved in ["saved:traffic_spike", "saved:silence", "saved:latency_percentiles"] {
+    for saved in [
+        "saved:traffic_spike",
+        "saved:silence",
+        "saved:latency_percentiles",
+    ] {
         assert!(names.contains(&saved), "{names:?}");
     }
-    assert!(names[8..].iter().all(|n| n.starts_with("saved:")), "{names:?}");
+    assert!(
+        names[8..].iter().all(|n| n.starts_with("saved:")),
+        "{names:?}"
+    );
     for q in first["queries"].as_array().unwrap() {
         assert!(q.get("error").is_none(), "{q}");
         assert!(q["median_ms"].as_f64().unwrap() > 0.0, "{q}");

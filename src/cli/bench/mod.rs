@@ -123,7 +123,7 @@ pub async fn run(args: BenchArgs, config: Config) -> anyhow::Result<()> {
     let analyses: Vec<Analysis> = set::standard_set(&anchors)
         .into_iter()
         .chain(set::saved_queries(&registry, &anchors))
-        .filter(|a| args.query.is_empty() || args.query.iter().any(|q| *q == a.name))
+        .filter(|a| args.query.is_empty() || args.query.contains(&a.name))
         .collect();
     if analyses.is_empty() {
         bail!("the lake has no delivery to look up; run other queries of the set");
