@@ -1,5 +1,5 @@
 -- name: traffic_drop
--- description: a source that usually sends whose deliveries in the last :bucket_seconds seconds fell below median - :k × MAD of the :baseline_buckets buckets before (quiet buckets count as zeros), with a baseline median of at least :min_median
+-- description: a source that usually sends whose new events in the last :bucket_seconds seconds fell below the median - :k spreads of the :baseline_buckets buckets before (quiet buckets count as zeros), with a baseline median of at least :min_median
 -- schedule: every 5m
 -- alert: rows > 0
 -- severity: warning
@@ -8,8 +8,9 @@
 -- param: baseline_buckets = 12
 -- param: k = 3
 -- param: min_median = 10
--- Method: the mirror of traffic_spike (median and MAD, floored at 1, of zero-filled
--- buckets of the hour before); a source quiet in the last bucket counts as zero.
+-- Method: the mirror of traffic_spike (first arrivals; the median, and as spread the
+-- larger of 1.4826 × MAD and √median, of the zero-filled buckets of the hour before);
+-- a source quiet in the last bucket counts as zero.
 WITH counts AS (
     SELECT source,
            CAST(floor((date_part('epoch', now()) - date_part('epoch', received_at)) / :bucket_seconds) AS BIGINT) AS ago,
@@ -17,6 +18,7 @@ WITH counts AS (
     FROM deliveries
     WHERE received_at > now() - CAST(CAST(:bucket_seconds * (:baseline_buckets + 1) AS VARCHAR) || ' seconds' AS INTERVAL)
       AND received_at <= now()
+      AND attempt = 1
     GROUP BY 1, 2
 ),
 known AS (SELECT DISTINCT source FROM counts WHERE ago >= 1),
@@ -38,7 +40,7 @@ spread AS (
     GROUP BY f.source, m.med
 )
 SELECT f.source, f.n AS deliveries, s.med AS baseline_median, s.mad AS baseline_mad,
-       s.med - :k * greatest(s.mad, 1) AS threshold
+       s.med - :k * greatest(1.4826 * s.mad, sqrt(s.med), 1) AS threshold
 FROM filled f JOIN spread s ON s.source = f.source
-WHERE f.ago = 0 AND s.med >= :min_median AND f.n < s.med - :k * greatest(s.mad, 1)
+WHERE f.ago = 0 AND s.med >= :min_median AND f.n < s.med - :k * greatest(1.4826 * s.mad, sqrt(s.med), 1)
 ORDER BY f.source

@@ -1,5 +1,5 @@
 -- name: traffic_spike
--- description: a source whose deliveries in the last :bucket_seconds seconds are far above its usual count: above median + :k × MAD of the :baseline_buckets buckets before (quiet buckets count as zeros), and at least :min_count
+-- description: a source whose new events in the last :bucket_seconds seconds are far above its usual count: above the median + :k spreads of the :baseline_buckets buckets before (quiet buckets count as zeros), and at least :min_count
 -- schedule: every 5m
 -- alert: rows > 0
 -- severity: warning
@@ -8,9 +8,11 @@
 -- param: baseline_buckets = 12
 -- param: k = 5
 -- param: min_count = 20
--- Method: robust baseline, median and median absolute deviation (MAD, floored at 1) of
+-- Method: first arrivals only (retries are retry_storm's). A robust baseline of the
 -- zero-filled buckets ending at the run's time (an hour by default: short enough that
--- the daily rhythm does not read as a spike); a source needs deliveries in the baseline.
+-- the daily rhythm does not read as a spike): the median, and as spread the larger of
+-- 1.4826 × MAD (the standard deviation's robust estimate) and √median (the Poisson
+-- floor: at low counts the MAD of a dozen buckets is too small).
 WITH counts AS (
     SELECT source,
            CAST(floor((date_part('epoch', now()) - date_part('epoch', received_at)) / :bucket_seconds) AS BIGINT) AS ago,
@@ -18,6 +20,7 @@ WITH counts AS (
     FROM deliveries
     WHERE received_at > now() - CAST(CAST(:bucket_seconds * (:baseline_buckets + 1) AS VARCHAR) || ' seconds' AS INTERVAL)
       AND received_at <= now()
+      AND attempt = 1
     GROUP BY 1, 2
 ),
 known AS (SELECT DISTINCT source FROM counts WHERE ago >= 1),
@@ -39,7 +42,7 @@ spread AS (
     GROUP BY f.source, m.med
 )
 SELECT f.source, f.n AS deliveries, s.med AS baseline_median, s.mad AS baseline_mad,
-       s.med + :k * greatest(s.mad, 1) AS threshold
+       s.med + :k * greatest(1.4826 * s.mad, sqrt(s.med), 1) AS threshold
 FROM filled f JOIN spread s ON s.source = f.source
-WHERE f.ago = 0 AND f.n >= :min_count AND f.n > s.med + :k * greatest(s.mad, 1)
+WHERE f.ago = 0 AND f.n >= :min_count AND f.n > s.med + :k * greatest(1.4826 * s.mad, sqrt(s.med), 1)
 ORDER BY f.source

@@ -63,6 +63,7 @@ in its time range per second, and the rows it returned.")]
   hookscope queries run traffic_spike
   hookscope queries run traffic_spike --param k=3 --at 2026-03-01T12:05:00Z --format json
   hookscope queries run volume_per_source --server http://127.0.0.1:8080
+  hookscope queries backtest traffic_spike --from 2026-03-01 --to 2026-03-08 --param k=4
 
 The shipped queries are built in; .sql files in the queries_dirs folders (default
 ./queries) add more, and one with a shipped query's name replaces it. A file starts
@@ -106,6 +107,30 @@ pub enum QueriesCommand {
     List(QueriesListArgs),
     /// Run one saved query and print its rows.
     Run(QueriesRunArgs),
+    /// Run an alert rule at every scheduled time of a range over the stored history
+    /// and print when its alerts would have fired and resolved (sends nothing).
+    Backtest(QueriesBacktestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QueriesBacktestArgs {
+    /// The rule's name.
+    pub name: String,
+    /// Start of the range (RFC 3339 or a date).
+    #[arg(long, value_name = "TIME")]
+    pub from: String,
+    /// End of the range, not included (RFC 3339 or a date).
+    #[arg(long, value_name = "TIME")]
+    pub to: String,
+    /// A parameter's value, e.g. --param k=3 (repeatable).
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub param: Vec<String>,
+    /// Output: table or json.
+    #[arg(long, short = 'f')]
+    pub format: Option<String>,
+    /// Data directory to read (overrides data_dir).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -7,7 +7,7 @@ use std::io::Write;
 use anyhow::{Context, bail};
 
 use super::query::{open_offline, open_output, output_format, remote, wire_format, write_stream};
-use super::{QueriesArgs, QueriesCommand, QueriesListArgs, QueriesRunArgs};
+use super::{QueriesArgs, QueriesBacktestArgs, QueriesCommand, QueriesListArgs, QueriesRunArgs};
 use crate::config::Config;
 use crate::lake::Lake;
 use crate::lake::manifest::Manifest;
@@ -28,6 +28,12 @@ pub async fn run(args: QueriesArgs, mut config: Config) -> anyhow::Result<()> {
                 config.data_dir = dir.clone();
             }
             run_query(r, config).await
+        }
+        QueriesCommand::Backtest(b) => {
+            if let Some(dir) = &b.data_dir {
+                config.data_dir = dir.clone();
+            }
+            backtest(b, config).await
         }
     }
 }
@@ -140,25 +146,99 @@ async fn run_query(args: QueriesRunArgs, config: Config) -> anyhow::Result<()> {
         remote(url, &path, body, format, &mut out).await?;
     } else {
         let registry = Registry::load(&config.queries_dirs);
-        let Some(q) = registry.get(&args.name) else {
-            let known: Vec<&str> = registry.queries().map(|q| q.name.as_str()).collect();
-            let broken = registry
-                .problems()
-                .iter()
-                .find(|p| p.file.contains(&args.name))
-                .map(|p| format!(" ({p})"))
-                .unwrap_or_default();
-            bail!(
-                "no saved query `{}`{broken}; the saved queries: {}",
-                args.name,
-                known.join(", ")
-            );
-        };
+        let q = find(&registry, &args.name)?;
         let engine = open_offline(&config).await?;
         let at = at.unwrap_or_else(chrono::Utc::now);
         let stream = run::stream(engine.query(), q, at, &params).await?;
         write_stream(stream, format, &mut out).await?;
     }
     out.flush().context("cannot write the result")?;
+    Ok(())
+}
+
+/// The named query of the registry, or an error listing the others.
+fn find<'a>(registry: &'a Registry, name: &str) -> anyhow::Result<&'a crate::monitor::QueryFile> {
+    if let Some(q) = registry.get(name) {
+        return Ok(q);
+    }
+    let known: Vec<&str> = registry.queries().map(|q| q.name.as_str()).collect();
+    let broken = registry
+        .problems()
+        .iter()
+        .find(|p| p.file.contains(name))
+        .map(|p| format!(" ({p})"))
+        .unwrap_or_default();
+    bail!(
+        "no saved query `{name}`{broken}; the saved queries: {}",
+        known.join(", ")
+    )
+}
+
+async fn backtest(args: QueriesBacktestArgs, config: Config) -> anyhow::Result<()> {
+    let format = args.format.as_deref().unwrap_or("table");
+    if !["table", "json"].contains(&format) {
+        bail!("--format {format}: write table or json");
+    }
+    let from = run::parse_time(&args.from).map_err(anyhow::Error::msg)?;
+    let to = run::parse_time(&args.to).map_err(anyhow::Error::msg)?;
+    if to <= from {
+        bail!("--to must be after --from");
+    }
+    let params = parse_params(&args.param)?;
+    let registry = Registry::load(&config.queries_dirs);
+    let q = find(&registry, &args.name)?;
+    let times = crate::monitor::backtest::times(q, from, to).map_err(anyhow::Error::msg)?;
+    let engine = open_offline(&config).await?;
+    let bar = indicatif::ProgressBar::new(times.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "backtest [{elapsed_precise}] {bar:30} {pos}/{len} runs",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let episodes = crate::monitor::backtest::backtest(
+        engine.query(),
+        q,
+        &times,
+        &params,
+        config.alerts.renotify.0,
+        || bar.inc(1),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    bar.finish_and_clear();
+    let mut out = std::io::stdout().lock();
+    if format == "json" {
+        let list: Vec<serde_json::Value> = episodes.iter().map(|e| e.to_json()).collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<28} {:<28} {:<9} key",
+        "fired_at", "resolved_at", "severity"
+    )?;
+    for e in &episodes {
+        let resolved = e.resolved_at.map_or_else(
+            || "(still firing)".into(),
+            |t| crate::monitor::runs::rfc3339(&t),
+        );
+        writeln!(
+            out,
+            "{:<28} {:<28} {:<9} {}",
+            crate::monitor::runs::rfc3339(&e.fired_at),
+            resolved,
+            e.severity,
+            e.key
+        )?;
+    }
+    let days = (to - from).num_seconds() as f64 / 86_400.0;
+    writeln!(
+        out,
+        "{} alerts in {} runs over {days:.1} days ({:.2} a day); nothing was sent",
+        episodes.len(),
+        times.len(),
+        episodes.len() as f64 / days
+    )?;
     Ok(())
 }

@@ -182,6 +182,109 @@ async fn the_shipped_analyses_find_what_the_generator_put_in() {
     let before = rows(&engine, "error_burst", down_from - 3_600_000_000, &[]).await;
     assert!(before.is_empty(), "{before:?}");
 
+    // Backtests: the rule at every scheduled time around the outage finds exactly
+    // it, firing during it and resolving after it.
+    let registry = Registry::load(&[]);
+    let hour = Duration::from_secs(3600);
+    let rule = registry.get("error_burst").unwrap();
+    let range = (
+        at(down_from - 1_800_000_000),
+        at(down_from + OUTAGE_US + 3_600_000_000),
+    );
+    let times = super::backtest::times(rule, range.0, range.1).unwrap();
+    let episodes =
+        super::backtest::backtest(engine.query(), rule, &times, &BTreeMap::new(), hour, || {})
+            .await
+            .unwrap();
+    assert_eq!(episodes.len(), 1, "{episodes:?}");
+    let e = &episodes[0];
+    assert_eq!(e.source.as_deref(), Some(PROFILES[down].source));
+    assert!(
+        e.fired_at > at(down_from) && e.fired_at < at(down_from + OUTAGE_US),
+        "{e:?}"
+    );
+    let resolved = e.resolved_at.expect("resolved");
+    assert!(
+        resolved > at(down_from + OUTAGE_US)
+            && resolved < at(down_from + OUTAGE_US + 1_800_000_000),
+        "{e:?}"
+    );
+    // And the spike rule around the last burst.
+    let (start, profile) = burst(END_US / DAY_US - 1);
+    let rule = registry.get("traffic_spike").unwrap();
+    let times =
+        super::backtest::times(rule, at(start - 3_600_000_000), at(start + 3_600_000_000)).unwrap();
+    let episodes =
+        super::backtest::backtest(engine.query(), rule, &times, &BTreeMap::new(), hour, || {})
+            .await
+            .unwrap();
+    assert_eq!(episodes.len(), 1, "{episodes:?}");
+    assert_eq!(
+        episodes[0].source.as_deref(),
+        Some(PROFILES[profile].source)
+    );
+
+    // Retry storm: the providers retry what the downed handler failed (thresholds
+    // for this small lake's volumes).
+    let storm = &[("min_retries", "5")];
+    let stormy = rows(&engine, "retry_storm", down_from + OUTAGE_US, storm).await;
+    assert!(
+        sources(&stormy).contains(&PROFILES[down].source),
+        "{stormy:?}"
+    );
+    for hours_before in [3, 9, 15] {
+        let calm = rows(
+            &engine,
+            "retry_storm",
+            down_from - hours_before * 3_600_000_000,
+            storm,
+        )
+        .await;
+        assert!(
+            calm.is_empty(),
+            "{hours_before} h before the outage: {calm:?}"
+        );
+    }
+
+    // Traffic drop: the silent source, half an hour after it went quiet (30-minute
+    // buckets: this lake's sources send a few deliveries a minute).
+    let drop = &[("bucket_seconds", "1800"), ("min_median", "5")];
+    let quiet_from = END_US - 6 * 3_600_000_000;
+    let dropped = rows(&engine, "traffic_drop", quiet_from + 35 * 60_000_000, drop).await;
+    assert_eq!(sources(&dropped), [PROFILES[SILENT].source], "{dropped:?}");
+    let mut false_drops = Vec::new();
+    for hours_before in (2..48).step_by(5) {
+        let t = quiet_from - hours_before * 3_600_000_000;
+        if (down_from - 3_600_000_000..down_from + OUTAGE_US + 3_600_000_000).contains(&t) {
+            continue;
+        }
+        false_drops.extend(rows(&engine, "traffic_drop", t, drop).await);
+    }
+    assert!(false_drops.is_empty(), "{false_drops:?}");
+
+    // Payment failures: failed payment events over first arrivals, as counted directly.
+    let payments = rows(
+        &engine,
+        "payment_failures",
+        END_US,
+        &[("window", "24 hours")],
+    )
+    .await;
+    let stripe = payments.iter().find(|r| r["source"] == "stripe").unwrap();
+    let direct = number(
+        &engine,
+        "SELECT count(*) FROM deliveries WHERE source = 'stripe' AND attempt = 1 \
+         AND event_type = 'charge.failed' \
+         AND received_at > TIMESTAMP '2026-11-01T00:00:00Z' AND received_at <= TIMESTAMP '2026-11-02T00:00:00Z'",
+    )
+    .await;
+    assert!(direct > 0);
+    assert_eq!(
+        stripe["failed_events"].as_i64().unwrap(),
+        direct,
+        "{stripe}"
+    );
+
     // Latency degradation: the handler that slows to four times its speed over the
     // span's last fifth, and no other, at the end; nobody two days before.
     let slow = rows(&engine, "latency_degradation", END_US, &[]).await;

@@ -8,6 +8,7 @@
 //! - `run.rs`: one run: parameters bound, `now()` the scheduled time, a timeout.
 //! - `runs.rs`: the recent runs and last results, in memory.
 //! - `scheduler.rs`: runs each scheduled query at its times, never overlapping itself.
+//! - `alerts.rs`: the alert state machine; `backtest.rs`: a rule over stored history.
 //!
 //! The shipped queries (the repository's `queries/` folder) are built into the binary;
 //! `queries_dirs` adds the user's own, and a user file of the same name replaces a
@@ -15,6 +16,7 @@
 //! never stops the others.
 
 pub mod alerts;
+pub mod backtest;
 pub mod file;
 pub mod params;
 pub mod run;

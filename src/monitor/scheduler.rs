@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use super::runs::{RESULT_ROWS, RunLog, RunRecord, Trigger};
 
 /// Rows of an alert rule's run that are judged (each is an instance).
-const ALERT_ROWS: usize = 1_000;
+pub(crate) const ALERT_ROWS: usize = 1_000;
 use super::alerts::Alerting;
 use super::{QueryFile, Registry, run};
 use crate::engine::Engine;

@@ -137,6 +137,42 @@ async fn saved_queries_are_listed_run_with_parameters_and_repeat_at_a_time() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no saved query `no_such_query`"), "{err}");
+    // A backtest: the rule at every second of the range, over the stored history.
+    std::fs::write(
+        queries.path().join("three.sql"),
+        "-- alert: rows > 0\n-- schedule: every 1s\n\
+         SELECT source, count(*) AS n FROM deliveries WHERE received_at <= now() \
+         GROUP BY source HAVING count(*) >= 3",
+    )
+    .unwrap();
+    let from = (cut - chrono::Duration::seconds(20)).to_rfc3339();
+    let to = (cut + chrono::Duration::seconds(1)).to_rfc3339();
+    let backtest = |name: &str| {
+        std::process::Command::new(crate::harness::binary())
+            .args([
+                "queries", "backtest", name, "--from", &from, "--to", &to, "--format", "json",
+            ])
+            .arg("--data-dir")
+            .arg(&lake)
+            .env("HOOKSCOPE_QUERIES_DIRS", &dirs)
+            .env_remove("HOOKSCOPE_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let out = backtest("three");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let episodes: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(episodes.as_array().unwrap().len(), 1, "{episodes}");
+    assert_eq!(episodes[0]["source"], "alpha");
+    assert!(episodes[0]["resolved_at"].is_null(), "{episodes}");
+    let out = backtest("per_source");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an alert rule"));
+
     let listed = cli_ok(&lake, &["queries", "list", "--format", "json"]);
     let listed: Value = serde_json::from_str(&listed).unwrap();
     assert!(listed["queries"].as_array().unwrap().len() >= 8, "{listed}");
