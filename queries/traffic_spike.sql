@@ -11,8 +11,8 @@
 -- Method: first arrivals only (retries are retry_storm's). A robust baseline of the
 -- zero-filled buckets ending at the run's time (an hour by default: short enough that
 -- the daily rhythm does not read as a spike): the median, and as spread the larger of
--- 1.4826 × MAD (the standard deviation's robust estimate) and √median (the Poisson
--- floor: at low counts the MAD of a dozen buckets is too small).
+-- 1.4826 × MAD (the standard deviation's robust estimate) and √median (a Poisson
+-- lower bound, as the MAD of a dozen buckets is too small at low counts).
 WITH counts AS (
     SELECT source,
            CAST(floor((date_part('epoch', now()) - date_part('epoch', received_at)) / :bucket_seconds) AS BIGINT) AS ago,
