@@ -110,7 +110,8 @@ impl AlertBook {
         let Some(condition) = q.alert else {
             return Vec::new();
         };
-        let complete = total <= rows.len() as u64;
+        // All judged, or nothing to judge (the condition does not hold).
+        let complete = !condition.holds(total) || total <= rows.len() as u64;
         let mut active: BTreeMap<String, &Value> = BTreeMap::new();
         if condition.holds(total) {
             if rows.is_empty() {
@@ -249,7 +250,7 @@ impl AlertBook {
                     source: source_of(&id.1, &i.row),
                     severity: "info".into(),
                     message: format!("resolved: {rule} (the rule was removed or is no longer a scheduled alert rule)"),
-                    details: i.row.to_string(),
+                    details: capped(i.row.to_string()),
                     resolved_at_us: Some(at.timestamp_micros()),
                     key: id.1.clone(),
                     state: "resolved".into(),
@@ -259,6 +260,22 @@ impl AlertBook {
         }
         out
     }
+}
+
+/// The most bytes of a row kept in a notification's details.
+pub const DETAILS_BYTES: usize = 8 * 1024;
+
+/// `details` cut to [`DETAILS_BYTES`] (a row may hold a whole body): as a JSON string
+/// saying it was cut.
+fn capped(details: String) -> String {
+    if details.len() <= DETAILS_BYTES {
+        return details;
+    }
+    let mut cut = DETAILS_BYTES;
+    while !details.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    serde_json::json!({"truncated": true, "row": &details[..cut]}).to_string()
 }
 
 /// Instances of one rule that are tracked; more are ignored (and logged).
@@ -338,7 +355,7 @@ fn notice(
         source,
         severity: q.severity.clone(),
         message,
-        details: i.row.to_string(),
+        details: capped(i.row.to_string()),
         resolved_at_us: resolved.map(|t| t.timestamp_micros()),
         key: key.to_string(),
         state: if resolved.is_some() {
@@ -507,6 +524,28 @@ mod tests {
                 .all(|r| r.state == "resolved" && r.message.contains("removed"))
         );
         assert_eq!(book.firing(), 0);
+    }
+
+    #[test]
+    fn a_rule_on_no_rows_resolves_when_many_rows_come_back_and_details_are_capped() {
+        let text = "-- alert: rows = 0\n-- schedule: every 1m\nSELECT 1";
+        let q = super::super::file::parse("r.sql", "quiet", text).unwrap();
+        let mut book = AlertBook::default();
+        assert_eq!(book.evaluate(&q, t(0), &[], 0, HOUR).len(), 1);
+        let judged: Vec<Value> = (0..1000)
+            .map(|i| json!({"source": format!("s{i}")}))
+            .collect();
+        let out = book.evaluate(&q, t(60), &judged, 5_000, HOUR);
+        assert_eq!(states(&out), [("resolved".into(), "{}".into())]);
+        let big = rule("");
+        let row = json!({"source": "s", "body": "x".repeat(100_000)});
+        let out = book.evaluate(&big, t(0), std::slice::from_ref(&row), 1, HOUR);
+        assert!(
+            out[0].details.len() < DETAILS_BYTES + 100,
+            "{}",
+            out[0].details.len()
+        );
+        assert!(out[0].details.contains("truncated"));
     }
 
     #[test]

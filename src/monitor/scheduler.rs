@@ -38,6 +38,9 @@ use crate::query::QueryEngine;
 const TICK: Duration = Duration::from_secs(1);
 /// How often reading the alerts table is tried again when it failed at start.
 const RESTORE_RETRY: Duration = Duration::from_secs(30);
+/// Tries at reading the alerts table before rules are judged without it (a
+/// notification sent twice is better than none).
+const RESTORE_ATTEMPTS: u32 = 4;
 /// How long a stop waits for runs in flight.
 const STOP_WAIT: Duration = Duration::from_secs(5);
 
@@ -60,6 +63,7 @@ pub fn spawn(
             _ = stop.changed() => return,
         };
         let mut restore_tried = Instant::now();
+        let mut restore_failures = u32::from(!alerting.is_restored());
         let mut tasks = JoinSet::new();
         let now = Utc::now();
         // Times missed while the server was down: each query runs once, for the
@@ -110,8 +114,18 @@ pub fn spawn(
             while tasks.try_join_next().is_some() {}
             if !alerting.is_restored() && restore_tried.elapsed() >= RESTORE_RETRY {
                 restore_tried = Instant::now();
-                if let Err(e) = restore_alerts(&engine, &registry, &alerting).await {
-                    tracing::error!(error = %e, "still cannot read the alerts table");
+                let tried = tokio::select! {
+                    r = restore_alerts(&engine, &registry, &alerting) => r,
+                    _ = stop.changed() => break,
+                };
+                if let Err(e) = tried {
+                    restore_failures += 1;
+                    if restore_failures >= RESTORE_ATTEMPTS {
+                        tracing::error!(error = %e, "cannot read the alerts table after {restore_failures} tries: judging alert rules without what fired before the start (alerts still holding are sent again)");
+                        alerting.set_restored();
+                    } else {
+                        tracing::error!(error = %e, "still cannot read the alerts table");
+                    }
                 }
             }
             let now = Utc::now();
@@ -248,8 +262,10 @@ async fn restore_alerts(
 ) -> Result<(), String> {
     use arrow::array::AsArray;
     use arrow::datatypes::TimestampMicrosecondType;
-    let sql = "SELECT rule, key, fired_at, notified_at, details FROM ( \
-                 SELECT rule, key, fired_at, notified_at, state, details, \
+    // Only the narrow columns are sorted (a row's details can be large); the row is
+    // taken again at the rule's next run.
+    let sql = "SELECT rule, key, fired_at, notified_at FROM ( \
+                 SELECT rule, key, fired_at, notified_at, state, \
                         row_number() OVER (PARTITION BY rule, key ORDER BY notified_at DESC, state DESC) AS rn \
                  FROM alerts) \
                WHERE rn = 1 AND state = 'firing'";
@@ -261,12 +277,11 @@ async fn restore_alerts(
     let mut restored = 0;
     let mut retired = std::collections::BTreeSet::new();
     for b in &batches {
-        let (Some(rule), Some(key), Some(fired), Some(notified), Some(details)) = (
+        let (Some(rule), Some(key), Some(fired), Some(notified)) = (
             b.column(0).as_string_opt::<i32>(),
             b.column(1).as_string_opt::<i32>(),
             b.column(2).as_primitive_opt::<TimestampMicrosecondType>(),
             b.column(3).as_primitive_opt::<TimestampMicrosecondType>(),
-            b.column(4).as_string_opt::<i32>(),
         ) else {
             return Err("the alerts table has unexpected column types".into());
         };
@@ -277,12 +292,14 @@ async fn restore_alerts(
             ) else {
                 continue;
             };
-            let row = serde_json::from_str(details.value(i)).unwrap_or_default();
             let name = rule.value(i);
-            alerting
-                .book
-                .lock()
-                .restore(name, key.value(i), fired_at, last, row);
+            alerting.book.lock().restore(
+                name,
+                key.value(i),
+                fired_at,
+                last,
+                serde_json::Value::Null,
+            );
             restored += 1;
             let judged = registry
                 .get(name)

@@ -109,6 +109,9 @@ impl Notifier {
             let abort = worker.abort_handle();
             if tokio::time::timeout_at(deadline, worker).await.is_err() {
                 abort.abort();
+                tracing::error!(
+                    "stopping with alert notifications not sent (a sink is failing); they are in the alerts table, but not sent again after the start"
+                );
             }
         }
     }
