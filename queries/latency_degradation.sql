@@ -1,5 +1,5 @@
 -- name: latency_degradation
--- description: a source whose p95 processing time over the last :window is more than :factor × its p95 over the same window a day before and a week before (where that history exists)
+-- description: a source whose p95 processing time over the last :window is more than :factor × its p95 over the same window a day before or a week before (a slow creep shows against the week)
 -- schedule: every 15m
 -- alert: rows > 0
 -- severity: warning
@@ -38,5 +38,5 @@ LEFT JOIN p d ON d.source = n.source AND d.period = 'day' AND d.samples >= :min_
 LEFT JOIN p k ON k.source = n.source AND k.period = 'week' AND k.samples >= :min_samples
 WHERE n.period = 'now' AND n.samples >= :min_samples
   AND (d.p95 IS NOT NULL OR k.p95 IS NOT NULL)
-  AND n.p95 > :factor * greatest(coalesce(d.p95, 0), coalesce(k.p95, 0))
+  AND (n.p95 > :factor * d.p95 OR n.p95 > :factor * k.p95)
 ORDER BY n.source

@@ -6,11 +6,14 @@
 -- key: source
 -- param: bucket_seconds = 300
 -- param: baseline_buckets = 12
--- param: k = 3
+-- for: 10m
+-- param: k = 4
 -- param: min_median = 10
 -- Method: the mirror of traffic_spike (first arrivals; the median, and as spread the
 -- larger of 1.4826 × MAD and √median, of the zero-filled buckets of the hour before);
--- a source quiet in the last bucket counts as zero.
+-- a source quiet in the last bucket counts as zero. It fires once the drop has lasted
+-- 10 minutes (`for`), so one quiet bucket does not page anyone. A drop to zero shows
+-- only when the median is above k² (16): for a quiet source, use longer buckets.
 WITH counts AS (
     SELECT source,
            CAST(floor((date_part('epoch', now()) - date_part('epoch', received_at)) / :bucket_seconds) AS BIGINT) AS ago,

@@ -246,11 +246,15 @@ async fn the_shipped_analyses_find_what_the_generator_put_in() {
         );
     }
 
-    // Traffic drop: the silent source, half an hour after it went quiet (30-minute
-    // buckets: this lake's sources send a few deliveries a minute).
-    let drop = &[("bucket_seconds", "1800"), ("min_median", "5")];
+    // Traffic drop: the silent source, an hour after it went quiet (hourly buckets:
+    // this lake's sources send a few deliveries a minute).
+    let drop = &[
+        ("bucket_seconds", "3600"),
+        ("baseline_buckets", "6"),
+        ("min_median", "5"),
+    ];
     let quiet_from = END_US - 6 * 3_600_000_000;
-    let dropped = rows(&engine, "traffic_drop", quiet_from + 35 * 60_000_000, drop).await;
+    let dropped = rows(&engine, "traffic_drop", quiet_from + 65 * 60_000_000, drop).await;
     assert_eq!(sources(&dropped), [PROFILES[SILENT].source], "{dropped:?}");
     let mut false_drops = Vec::new();
     for hours_before in (2..48).step_by(5) {

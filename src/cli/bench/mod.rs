@@ -306,7 +306,7 @@ async fn time_one(
     };
     timing.median_ms = median;
     timing.rows_per_s = median
-        .filter(|ms| *ms > 0.0)
+        .filter(|ms| *ms > 0.0 && analysis.table.is_some())
         .map(|ms| timing.scanned_rows as f64 / (ms / 1000.0));
     timing
 }
@@ -384,7 +384,7 @@ fn print_table(report: &Report) {
     );
     println!("median of {} runs after one untimed run\n", report.runs);
     println!(
-        "{:<16} {:>12} {:>14} {:>14} {:>12}",
+        "{:<28} {:>12} {:>14} {:>14} {:>12}",
         "query", "median", "rows scanned", "rows/s", "result rows"
     );
     for q in &report.queries {
@@ -393,9 +393,14 @@ fn print_table(report: &Report) {
             .map_or_else(|| "-".into(), |ms| format!("{ms:.1} ms"));
         let rate = q.rows_per_s.map_or_else(|| "-".into(), per_second);
         let rows = q.result_rows.map_or_else(|| "-".into(), |r| r.to_string());
+        let scanned = if q.rows_per_s.is_some() || q.scanned_rows > 0 {
+            q.scanned_rows.to_string()
+        } else {
+            "-".into()
+        };
         println!(
-            "{:<16} {:>12} {:>14} {:>14} {:>12}",
-            q.name, median, q.scanned_rows, rate, rows
+            "{:<28} {:>12} {:>14} {:>14} {:>12}",
+            q.name, median, scanned, rate, rows
         );
         if let Some(e) = &q.error {
             println!("  error: {e}");
