@@ -133,3 +133,39 @@ async fn a_burst_fires_once_survives_a_kill_and_resolves_once() {
         "{metrics}"
     );
 }
+
+/// While an alert keeps firing it is sent again once per renotify interval, with its
+/// first `fired_at`, and not more often.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_firing_alert_is_sent_again_once_per_renotify() {
+    let (url, seen) = start_sink(0).await;
+    let queries = tempfile::tempdir().unwrap();
+    std::fs::write(
+        queries.path().join("any_delivery.sql"),
+        "-- schedule: every 1s\n-- alert: rows > 0\n\
+         SELECT source, count(*) AS n FROM deliveries WHERE received_at <= now() GROUP BY source",
+    )
+    .unwrap();
+    let config = format!(
+        "[alerts]\nrenotify = \"3s\"\n[[alerts.sinks]]\nkind = \"webhook\"\nurl = \"{url}\"\n"
+    );
+    let (server, _dir) = Server::start(
+        Options::default()
+            .config(&config)
+            .env("HOOKSCOPE_QUERIES_DIRS", queries.path().display()),
+    );
+    server.post_json("s", &json!({"a": 1})).await;
+    let first = wait_for(&seen, 1, Duration::from_secs(10)).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    // Sent again at +3 s and +6 s (runs every second find it each time) …
+    let all = wait_for(&seen, 3, Duration::from_secs(20)).await;
+    assert_eq!(all.len(), 3, "{all:?}");
+    // … and not in between: the next is due at +9 s.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(seen.lock().len(), 3, "{:?}", seen.lock());
+    assert!(
+        all.iter()
+            .all(|n| n["state"] == "firing" && n["fired_at"] == all[0]["fired_at"])
+    );
+    let _ = server;
+}
