@@ -35,7 +35,7 @@ pub enum Command {
   hookscope query \"SELECT * FROM deliveries\" -o deliveries.parquet
   hookscope query \"SELECT count(*) FROM deliveries\" --server http://127.0.0.1:8080
 
-Tables: deliveries, outcomes, alerts (their columns: docs/tables.md, or DESCRIBE deliveries). Only read-only statements run.")]
+Tables: deliveries, outcomes, alerts, query_runs (their columns: docs/tables.md, or DESCRIBE deliveries). Only read-only statements run.")]
     Query(QueryArgs),
 
     /// Time the standard analytic set on a generated lake (or your own).
