@@ -162,14 +162,9 @@ fn find<'a>(registry: &'a Registry, name: &str) -> anyhow::Result<&'a crate::mon
         return Ok(q);
     }
     let known: Vec<&str> = registry.queries().map(|q| q.name.as_str()).collect();
-    let broken = registry
-        .problems()
-        .iter()
-        .find(|p| p.file.contains(name))
-        .map(|p| format!(" ({p})"))
-        .unwrap_or_default();
     bail!(
-        "no saved query `{name}`{broken}; the saved queries: {}",
+        "{}; the saved queries: {}",
+        registry.not_found(name),
         known.join(", ")
     )
 }

@@ -54,16 +54,9 @@ pub(crate) async fn show(
 
 fn find<'a>(state: &'a AppState, name: &str) -> Result<&'a monitor::QueryFile, ApiError> {
     state.queries.get(name).ok_or_else(|| {
-        let broken = state
-            .queries
-            .problems()
-            .iter()
-            .find(|p| p.file.contains(name))
-            .map(|p| format!(" (its file cannot be used: {p})"))
-            .unwrap_or_default();
         ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("no saved query `{name}`{broken}; GET /queries lists them"),
+            format!("{}; GET /queries lists them", state.queries.not_found(name)),
         )
     })
 }

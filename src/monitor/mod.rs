@@ -207,6 +207,17 @@ impl Registry {
         self.queries.get(name)
     }
 
+    /// Why `name` is not a usable query: unknown, or its file cannot be used.
+    pub fn not_found(&self, name: &str) -> String {
+        let broken = self
+            .problems
+            .iter()
+            .find(|p| p.file.contains(name))
+            .map(|p| format!(" (its file cannot be used: {p})"))
+            .unwrap_or_default();
+        format!("no saved query `{name}`{broken}")
+    }
+
     /// The usable queries, by name.
     pub fn queries(&self) -> impl Iterator<Item = &QueryFile> {
         self.queries.values()

@@ -33,14 +33,11 @@ pub(crate) struct Analysis {
 
 /// A time as RFC 3339 in JSON (chrono is built without serde).
 pub(crate) fn rfc3339<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+    s.serialize_str(&crate::monitor::runs::rfc3339(t))
 }
 
 fn at(t: DateTime<Utc>) -> String {
-    format!(
-        "'{}'",
-        t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-    )
+    format!("'{}'", crate::monitor::runs::rfc3339(&t))
 }
 
 /// The set, in the order it runs. Lookups are left out when the lake has no row to
