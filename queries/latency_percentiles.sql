@@ -2,8 +2,8 @@
 -- description: p50 / p95 / p99 of processing time (the app's reports), upstream latency (forwarded deliveries) and delivery lag (provider to hookscope), per source and event type, over the last :window
 -- schedule: every 5m
 -- param: window = 24 hours
--- Method: approx_percentile_cont (t-digest; exact for small samples, within about 1% of
--- the exact percentile for large ones). A report takes its event type from the delivery it names.
+-- Method: approx_percentile_cont (t-digest: exact for small samples, an estimate for
+-- large ones). A report takes its event type from the delivery it names.
 WITH d AS (
     SELECT id, source, event_type, upstream_latency_ms, delivery_lag_ms
     FROM deliveries
