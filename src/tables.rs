@@ -24,6 +24,13 @@ pub enum Table {
     QueryRuns,
 }
 
+/// A table's key in the manifest is its name.
+impl AsRef<str> for Table {
+    fn as_ref(&self) -> &str {
+        self.name()
+    }
+}
+
 impl Table {
     /// Every table, in catalog order.
     pub const ALL: [Table; 4] = [
@@ -41,7 +48,8 @@ impl Table {
         Table::QueryRuns,
     ];
 
-    /// The SQL name, also the directory name under the data dir.
+    /// The SQL name, also the directory name under the data dir (and its key in the
+    /// manifest).
     pub fn name(self) -> &'static str {
         match self {
             Table::Deliveries => "deliveries",

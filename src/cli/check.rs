@@ -71,8 +71,9 @@ async fn check_files(
     found: &mut Findings,
 ) -> anyhow::Result<()> {
     let mut named: HashSet<&str> = HashSet::new();
-    for table in Table::ALL {
-        for entry in manifest.files(table) {
+    // The write path's tables and the rollups.
+    for files in manifest.tables.values() {
+        for entry in files {
             named.insert(entry.path.as_str());
             let path = dir.join(&entry.path);
             let file = match std::fs::File::open(&path) {
@@ -120,11 +121,10 @@ async fn check_files(
     }
     let retired: HashSet<&str> = manifest.retired.iter().map(|r| r.path.as_str()).collect();
     let mut waiting = 0;
-    for folder in Table::ALL
-        .iter()
-        .map(|t| t.name())
-        .chain([crate::lake::dedup_state::DIR])
-    {
+    for folder in Table::ALL.iter().map(|t| t.name()).chain([
+        crate::lake::dedup_state::DIR,
+        crate::query::catalog::rollup::DIR,
+    ]) {
         for listed in lake.list(folder).await? {
             if named.contains(listed.path.as_str()) {
                 continue;

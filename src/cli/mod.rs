@@ -110,6 +110,31 @@ pub enum QueriesCommand {
     /// Run an alert rule at every scheduled time of a range over the stored history
     /// and print when its alerts would have fired and resolved (sends nothing).
     Backtest(QueriesBacktestArgs),
+    /// Fill a rollup (a query with `materialize: true`) for a range of its buckets
+    /// from the stored deliveries, a day of buckets at a time; each day replaces what
+    /// the rollup held for it. Needs the data directory: stop the server first.
+    Backfill(QueriesBackfillArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  hookscope queries backfill hourly_traffic --from 2026-11-01 --to 2026-12-01"
+)]
+pub struct QueriesBackfillArgs {
+    /// The rollup's name.
+    pub name: String,
+    /// First bucket to fill: the one holding this time (RFC 3339 or a date).
+    #[arg(long, value_name = "TIME")]
+    pub from: String,
+    /// End of the range, not included (RFC 3339 or a date; default: now).
+    #[arg(long, value_name = "TIME")]
+    pub to: Option<String>,
+    /// A parameter's value, e.g. --param k=3 (repeatable).
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub param: Vec<String>,
+    /// Data directory to fill (overrides data_dir).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -7,8 +7,12 @@ use std::io::Write;
 use anyhow::{Context, bail};
 
 use super::query::{open_offline, open_output, output_format, remote, wire_format, write_stream};
-use super::{QueriesArgs, QueriesBacktestArgs, QueriesCommand, QueriesListArgs, QueriesRunArgs};
+use super::{
+    QueriesArgs, QueriesBackfillArgs, QueriesBacktestArgs, QueriesCommand, QueriesListArgs,
+    QueriesRunArgs,
+};
 use crate::config::Config;
+use crate::engine::{Engine, EngineSettings, Mode};
 use crate::lake::Lake;
 use crate::lake::manifest::Manifest;
 use crate::monitor::{self, Registry, run};
@@ -35,7 +39,79 @@ pub async fn run(args: QueriesArgs, mut config: Config) -> anyhow::Result<()> {
             }
             backtest(b, config).await
         }
+        QueriesCommand::Backfill(b) => {
+            if let Some(dir) = &b.data_dir {
+                config.data_dir = dir.clone();
+            }
+            backfill(b, config).await
+        }
     }
+}
+
+async fn backfill(args: QueriesBackfillArgs, config: Config) -> anyhow::Result<()> {
+    let from = run::parse_time(&args.from).map_err(anyhow::Error::msg)?;
+    let to = match &args.to {
+        Some(t) => run::parse_time(t).map_err(anyhow::Error::msg)?,
+        None => chrono::Utc::now(),
+    };
+    if to <= from {
+        bail!("--to must be after --from");
+    }
+    let params = parse_params(&args.param)?;
+    let registry = checked_registry(&config).await?;
+    let q = find(&registry, &args.name)?;
+    if !q.materialize {
+        bail!(
+            "{} is not a rollup: its file has no `-- materialize: true` (and `-- bucket:`)",
+            q.name
+        );
+    }
+    if !config.data_dir.exists() {
+        bail!(
+            "data directory {} does not exist; pass --data-dir",
+            config.data_dir.display()
+        );
+    }
+    let engine = Engine::open(EngineSettings::from_config(&config), Mode::Serve)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open {} (a running server keeps its rollups itself; stop it to backfill)",
+                config.data_dir.display()
+            )
+        })?;
+    let chunks = crate::monitor::rollup::chunks(q, from, to);
+    let bar = indicatif::ProgressBar::new(chunks.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "backfill [{elapsed_precise}] {bar:30} {pos}/{len} days {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let result = crate::monitor::rollup::refresh(&engine, q, from, to, &params, |w, _| {
+        bar.set_message(w.from.format("%Y-%m-%d").to_string());
+        bar.inc(1);
+    })
+    .await;
+    bar.finish_and_clear();
+    let shutdown = engine.shutdown().await;
+    let done = result.map_err(anyhow::Error::msg)?;
+    shutdown?;
+    println!(
+        "rollup_{}: {} rows for the buckets from {} to {} ({} chunks)",
+        q.name,
+        done.rows,
+        crate::monitor::runs::rfc3339(&crate::monitor::rollup::bucket_start(q, from)),
+        crate::monitor::runs::rfc3339(&to),
+        done.chunks
+    );
+    if done.outside > 0 {
+        println!(
+            "note: the query returned {} rows outside the buckets it was run for; they were not kept (filter its time column on :from and :to)",
+            done.outside
+        );
+    }
+    Ok(())
 }
 
 /// The registry, its SQL checked against the tables (of an empty lake: only the

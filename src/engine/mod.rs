@@ -19,6 +19,7 @@ pub mod dedup;
 mod flush;
 mod open;
 mod retention;
+mod rollup;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -27,6 +28,7 @@ pub use compact::CompactReport;
 pub use flush::FlushReport;
 use flush::FlushStatus;
 pub(crate) use open::lock_dir;
+pub use rollup::RollupWrite;
 
 use std::fs::File;
 use std::path::PathBuf;

@@ -232,7 +232,10 @@ async fn remove_uncommitted(lake: &Lake, manifest: &Manifest) {
     let folders: Vec<&str> = Table::ALL
         .iter()
         .map(|t| t.name())
-        .chain([crate::lake::dedup_state::DIR])
+        .chain([
+            crate::lake::dedup_state::DIR,
+            crate::query::catalog::rollup::DIR,
+        ])
         .collect();
     let mut with_manifests = folders.clone();
     with_manifests.push(crate::lake::manifest::DIR);

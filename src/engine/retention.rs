@@ -12,6 +12,17 @@ use crate::lake::retention;
 const DAY_US: i64 = 86_400_000_000;
 
 impl Engine {
+    /// The newest retention horizon of the write path's tables as of `now_us`: rows
+    /// older than it may be gone from one of them (`None` without retention). Rollups
+    /// are kept past it, so a rollup never recomputes buckets older than this.
+    pub fn retention_horizon_us(&self, now_us: i64) -> Option<i64> {
+        self.settings
+            .retention
+            .iter()
+            .map(|(_, days)| now_us.saturating_sub(i64::from(*days).saturating_mul(DAY_US)))
+            .max()
+    }
+
     /// Drops the partitions past the horizon as of `now_us`; returns how many files
     /// it dropped. Nothing to do without retention settings or on a read-only engine.
     pub async fn apply_retention(&self, now_us: i64) -> Result<u64, EngineError> {

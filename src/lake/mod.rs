@@ -50,6 +50,8 @@ pub enum LakeError {
     },
     #[error("invalid lake path {0:?}")]
     BadPath(String),
+    #[error("cannot read {path}: {reason}")]
+    Unreadable { path: String, reason: String },
 }
 
 /// An object listed in the lake.

@@ -360,5 +360,30 @@ pub fn parse(file: &str, stem: &str, text: &str) -> Result<QueryFile, FileError>
             "a query is either a rollup (materialize) or an alert rule, not both".into(),
         ));
     }
+    if q.bucket.is_some_and(|b| b < Duration::from_secs(1)) {
+        return Err(err(
+            1,
+            "bucket: a rollup's bucket is 1s at least (e.g. 1m, 1h, 1d)".into(),
+        ));
+    }
+    if q.materialize {
+        if let Some(name) = ["from", "to"]
+            .into_iter()
+            .find(|p| q.params.contains_key(*p))
+        {
+            return Err(err(
+                1,
+                format!(
+                    "`{name}` is not a parameter a rollup may declare: :from and :to are its window's bounds, set by each run"
+                ),
+            ));
+        }
+        if !q.sql.contains(":from") {
+            q.warnings.push(format!(
+                "{}: the rollup's SQL does not read `:from`: each run computes every bucket and keeps only its window's (filter the time column on :from and :to)",
+                q.origin
+            ));
+        }
+    }
     Ok(q)
 }

@@ -19,6 +19,7 @@ pub mod alerts;
 pub mod backtest;
 pub mod file;
 pub mod params;
+pub mod rollup;
 pub mod run;
 pub mod runs;
 pub mod schedule;
@@ -48,6 +49,10 @@ pub const SHIPPED: &[(&str, &str)] = &[
     (
         "volume_per_source.sql",
         include_str!("../../queries/volume_per_source.sql"),
+    ),
+    (
+        "hourly_traffic.sql",
+        include_str!("../../queries/hourly_traffic.sql"),
     ),
     (
         "signature_failures.sql",
@@ -185,12 +190,12 @@ impl Registry {
             let Some(q) = self.queries.get(&name) else {
                 continue;
             };
-            let checked = match params::bind(&q.sql, &q.params) {
+            let checked = match run::sql_of(q, chrono::Utc::now(), &BTreeMap::new()) {
                 Ok(sql) => match engine.check(&sql).await {
                     Ok(columns) => key_columns_exist(q, &columns),
                     Err(e) => Err(e.to_string()),
                 },
-                Err(e) => Err(e),
+                Err(e) => Err(e.to_string()),
             };
             if let Err(reason) = checked {
                 let q = self.queries.remove(&name).expect("listed");

@@ -10,7 +10,7 @@ use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Utc};
 use thiserror::Error;
 
-use super::{QueryFile, params};
+use super::{QueryFile, params, rollup};
 use crate::query::{QueryEngine, QueryError, ResultStream};
 
 #[derive(Debug, Error)]
@@ -23,9 +23,28 @@ pub enum RunError {
     Timeout(Duration),
 }
 
-/// The SQL a run executes: `q`'s SQL with its defaults overridden by `overrides`.
-pub fn sql_of(q: &QueryFile, overrides: &BTreeMap<String, String>) -> Result<String, RunError> {
-    let values = params::resolve(&q.params, overrides).map_err(RunError::Params)?;
+/// The SQL a run as of `at` executes: `q`'s SQL with its defaults overridden by
+/// `overrides` (and, for a rollup, `:from` and `:to` bound to its window at `at`).
+pub fn sql_of(
+    q: &QueryFile,
+    at: DateTime<Utc>,
+    overrides: &BTreeMap<String, String>,
+) -> Result<String, RunError> {
+    let window = q.materialize.then(|| rollup::window_at(q, at));
+    sql_for(q, window, overrides)
+}
+
+/// [`sql_of`] with a rollup's window given.
+fn sql_for(
+    q: &QueryFile,
+    window: Option<rollup::Window>,
+    overrides: &BTreeMap<String, String>,
+) -> Result<String, RunError> {
+    let mut values = params::resolve(&q.params, overrides).map_err(RunError::Params)?;
+    if let Some(w) = window {
+        values.insert(rollup::FROM.into(), super::runs::rfc3339(&w.from));
+        values.insert(rollup::TO.into(), super::runs::rfc3339(&w.to));
+    }
     params::bind(&q.sql, &values).map_err(RunError::Params)
 }
 
@@ -36,7 +55,7 @@ pub async fn stream(
     at: DateTime<Utc>,
     overrides: &BTreeMap<String, String>,
 ) -> Result<ResultStream, RunError> {
-    let sql = sql_of(q, overrides)?;
+    let sql = sql_of(q, at, overrides)?;
     Ok(engine.stream_at(&sql, Some(at)).await?)
 }
 
@@ -47,8 +66,26 @@ pub async fn collect(
     at: DateTime<Utc>,
     overrides: &BTreeMap<String, String>,
 ) -> Result<(SchemaRef, Vec<RecordBatch>), RunError> {
-    let sql = sql_of(q, overrides)?;
-    let run = engine.collect_at(&sql, Some(at));
+    let sql = sql_of(q, at, overrides)?;
+    timed(q, engine.collect_at(&sql, Some(at))).await
+}
+
+/// Runs rollup `q` over the buckets of `window`, as of the window's end.
+pub async fn collect_window(
+    engine: &QueryEngine,
+    q: &QueryFile,
+    window: rollup::Window,
+    overrides: &BTreeMap<String, String>,
+) -> Result<(SchemaRef, Vec<RecordBatch>), RunError> {
+    let sql = sql_for(q, Some(window), overrides)?;
+    timed(q, engine.collect_at(&sql, Some(window.to))).await
+}
+
+/// `run` within `q`'s own timeout.
+async fn timed(
+    q: &QueryFile,
+    run: impl std::future::Future<Output = Result<(SchemaRef, Vec<RecordBatch>), QueryError>>,
+) -> Result<(SchemaRef, Vec<RecordBatch>), RunError> {
     match q.timeout {
         Some(limit) => tokio::time::timeout(limit, run)
             .await

@@ -30,7 +30,7 @@ use super::runs::{RESULT_ROWS, RunLog, RunRecord, Trigger};
 /// Rows of an alert rule's run that are judged (each is an instance).
 pub(crate) const ALERT_ROWS: usize = 1_000;
 use super::alerts::Alerting;
-use super::{QueryFile, Registry, run};
+use super::{QueryFile, Registry, rollup, run};
 use crate::engine::Engine;
 use crate::query::QueryEngine;
 
@@ -67,14 +67,15 @@ pub fn spawn(
         let mut tasks = JoinSet::new();
         let now = Utc::now();
         // Times missed while the server was down: each query runs once, for the
-        // latest of them (an alert judges the present; older windows are history).
-        let mut catch_up: Vec<(String, DateTime<Utc>)> = Vec::new();
+        // latest of them (an alert judges the present; older windows are history; a
+        // rollup's run covers every bucket since its last run).
+        let mut catch_up: Vec<(String, DateTime<Utc>, DateTime<Utc>)> = Vec::new();
         for q in registry.queries() {
             let (Some(schedule), Some(previous)) = (&q.schedule, last.get(&q.name)) else {
                 continue;
             };
             if let Some(missed) = schedule.latest_at_or_before(now).filter(|t| t > previous) {
-                catch_up.push((q.name.clone(), missed));
+                catch_up.push((q.name.clone(), missed, *previous));
             }
         }
         let mut next: BTreeMap<String, DateTime<Utc>> = registry
@@ -93,7 +94,7 @@ pub fn spawn(
             catch_up = catch_up.len(),
             "scheduler started"
         );
-        for (name, at) in catch_up {
+        for (name, at, since) in catch_up {
             let (Some(q), Some(flag)) = (registry.get(&name), busy.get(&name)) else {
                 continue;
             };
@@ -104,7 +105,12 @@ pub fn spawn(
                 Arc::clone(&alerting),
                 q.clone(),
             );
-            tasks.spawn(run_and_record(run, at, Trigger::CatchUp, Arc::clone(flag)));
+            let when = When {
+                at,
+                since,
+                trigger: Trigger::CatchUp,
+            };
+            tasks.spawn(run_and_record(run, when, Arc::clone(flag)));
         }
         let mut last_now = now;
         loop {
@@ -167,9 +173,17 @@ pub fn spawn(
                 // Later times passed meanwhile (the clock jumped, the machine slept):
                 // run once, for the latest of them.
                 let latest = q.schedule.as_ref().and_then(|s| s.latest_at_or_before(now));
-                let (at, trigger) = match latest {
-                    Some(latest) if latest > at => (latest, Trigger::CatchUp),
-                    _ => (at, Trigger::Schedule),
+                let when = match latest {
+                    Some(latest) if latest > at => When {
+                        at: latest,
+                        since: at,
+                        trigger: Trigger::CatchUp,
+                    },
+                    _ => When {
+                        at,
+                        since: at,
+                        trigger: Trigger::Schedule,
+                    },
                 };
                 let run = (
                     Arc::clone(&engine),
@@ -177,7 +191,7 @@ pub fn spawn(
                     Arc::clone(&alerting),
                     q.clone(),
                 );
-                tasks.spawn(run_and_record(run, at, trigger, flag));
+                tasks.spawn(run_and_record(run, when, flag));
             }
             let wait = next
                 .values()
@@ -211,15 +225,33 @@ pub fn spawn(
 /// What a run needs besides the query.
 type RunContext = (Arc<Engine>, Arc<RunLog>, Arc<Alerting>, QueryFile);
 
+/// When a run is for.
+struct When {
+    /// Its scheduled time: `now()` in the query.
+    at: DateTime<Utc>,
+    /// The earliest scheduled time it stands for (earlier than `at` for a catch-up):
+    /// a rollup recomputes every bucket from this time's window on.
+    since: DateTime<Utc>,
+    trigger: Trigger,
+}
+
 /// Runs `q` as of `at`, records it (in the log and in `query_runs`); for an alert
 /// rule, applies its rows to the alert state, recording each notification in
-/// `alerts` (through the WAL) before it is sent. Then clears `busy`.
+/// `alerts` (through the WAL) before it is sent; for a rollup, replaces the buckets
+/// of its window. Then clears `busy`.
 async fn run_and_record(
     (engine, runs, alerting, q): RunContext,
-    at: DateTime<Utc>,
-    trigger: Trigger,
+    When { at, since, trigger }: When,
     busy: Arc<AtomicBool>,
 ) {
+    if q.materialize {
+        let record = run_rollup(&engine, &q, at, since, trigger, &runs).await;
+        if let Err(e) = engine.record_query_run(record.to_row()).await {
+            tracing::warn!(query = %q.name, error = %e, "could not record a saved query's run in query_runs");
+        }
+        busy.store(false, Ordering::Release);
+        return;
+    }
     let (record, rows) = run_once(engine.query(), &q, at, trigger, &runs).await;
     if let Err(e) = engine.record_query_run(record.to_row()).await {
         tracing::warn!(query = %q.name, error = %e, "could not record a saved query's run in query_runs");
@@ -389,14 +421,6 @@ pub async fn run_once(
         }
         Err(e) => (0, Some(e.to_string()), None),
     };
-    match &error {
-        Some(e) => {
-            tracing::warn!(query = %q.name, scheduled_for = %at, error = %e, "saved query failed")
-        }
-        None => {
-            tracing::debug!(query = %q.name, scheduled_for = %at, rows, duration_ms, "saved query ran")
-        }
-    }
     let record = RunRecord {
         name: q.name.clone(),
         scheduled_for: at,
@@ -409,8 +433,53 @@ pub async fn run_once(
     let shown = result_rows
         .as_ref()
         .map(|r| serde_json::Value::Array(r.iter().take(RESULT_ROWS).cloned().collect()));
-    runs.record(record.clone(), shown);
+    finish(record.clone(), shown, runs);
     (record, result_rows)
+}
+
+/// Logs a run and keeps it in `runs`.
+fn finish(record: RunRecord, shown: Option<serde_json::Value>, runs: &RunLog) {
+    let (name, at) = (&record.name, record.scheduled_for);
+    match &record.error {
+        Some(e) => {
+            tracing::warn!(query = %name, scheduled_for = %at, error = %e, "saved query failed")
+        }
+        None => {
+            tracing::debug!(query = %name, scheduled_for = %at, rows = record.rows, duration_ms = record.duration_ms, "saved query ran")
+        }
+    }
+    runs.record(record, shown);
+}
+
+/// Runs rollup `q` as of `at`: recomputes the buckets of its window at `since`
+/// through `at`, and records the run (its rows are the rows written).
+pub async fn run_rollup(
+    engine: &Engine,
+    q: &QueryFile,
+    at: DateTime<Utc>,
+    since: DateTime<Utc>,
+    trigger: Trigger,
+    runs: &RunLog,
+) -> RunRecord {
+    let started_at = Utc::now();
+    let clock = Instant::now();
+    let from = rollup::window_at(q, since.min(at)).from;
+    let result = rollup::refresh(engine, q, from, at, &BTreeMap::new(), |_, _| {}).await;
+    let (rows, error) = match result {
+        Ok(done) => (i64::try_from(done.rows).unwrap_or(i64::MAX), None),
+        Err(e) => (0, Some(e)),
+    };
+    let record = RunRecord {
+        name: q.name.clone(),
+        scheduled_for: at,
+        started_at,
+        duration_ms: clock.elapsed().as_secs_f64() * 1000.0,
+        rows,
+        error,
+        trigger,
+    };
+    finish(record.clone(), None, runs);
+    record
 }
 
 /// The first `limit` rows as a JSON array of objects.

@@ -20,7 +20,7 @@ use std::time::Instant;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use datafusion::catalog::{Session, TableProvider};
+use datafusion::catalog::{SchemaProvider, Session, TableProvider};
 use datafusion::common::config::TableParquetOptions;
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::TableType;
@@ -38,9 +38,42 @@ use datafusion::physical_plan::union::UnionExec;
 use parking_lot::Mutex;
 
 use crate::buffer::Buffer;
-use crate::lake::Lake;
 use crate::lake::manifest::{FileEntry, Manifest};
+use crate::lake::{Lake, LakeError};
 use crate::tables::Table;
+
+/// Rollup tables in the manifest and in SQL.
+pub mod rollup {
+    use super::*;
+
+    /// The prefix of a rollup table's SQL name.
+    pub const PREFIX: &str = "rollup_";
+    /// The folder under the data dir that holds every rollup's files.
+    pub const DIR: &str = "rollups";
+
+    /// The table of the saved query `query`.
+    pub fn table_name(query: &str) -> String {
+        format!("{PREFIX}{query}")
+    }
+
+    pub fn is_rollup(name: &str) -> bool {
+        name.starts_with(PREFIX) && name.len() > PREFIX.len()
+    }
+
+    /// The Arrow schema of a committed rollup file.
+    pub async fn read_schema(lake: &Lake, path: &str) -> Result<SchemaRef, LakeError> {
+        let bytes = lake.get(path).await?.ok_or_else(|| LakeError::Unreadable {
+            path: path.to_string(),
+            reason: "a committed rollup file is missing; run `hookscope check`".into(),
+        })?;
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .map(|b| Arc::clone(b.schema()))
+            .map_err(|e| LakeError::Unreadable {
+                path: path.to_string(),
+                reason: format!("not a readable Parquet file ({e}); run `hookscope check`"),
+            })
+    }
+}
 
 struct State {
     manifest: Arc<Manifest>,
@@ -54,6 +87,9 @@ pub struct Catalog {
     /// The buffer's approximate bytes, updated under the lock whenever the buffer
     /// changes, so that every request can check it without taking the lock.
     buffered_bytes: AtomicUsize,
+    /// Schemas of the rollup tables, by SQL name (see [`Catalog::rollup_schema`]).
+    /// (a committed file, the schema read from it) per rollup.
+    rollup_schemas: Mutex<std::collections::HashMap<String, (String, SchemaRef)>>,
 }
 
 /// What a scan of one table reads.
@@ -71,6 +107,7 @@ impl Catalog {
                 buffer: Buffer::default(),
             }),
             buffered_bytes: AtomicUsize::new(0),
+            rollup_schemas: Mutex::default(),
         })
     }
 
@@ -146,16 +183,127 @@ impl Catalog {
     /// The DataFusion table over `table`.
     pub fn provider(self: &Arc<Self>, table: Table) -> Arc<LakeTable> {
         Arc::new(LakeTable {
-            table,
+            name: table.name().to_string(),
+            time_column: table.time_column().to_string(),
+            buffered: Some(table),
             schema: table.schema(),
             catalog: Arc::clone(self),
         })
+    }
+
+    /// The rollup tables with committed rows, by SQL name.
+    pub fn rollup_names(&self) -> Vec<String> {
+        self.manifest()
+            .tables
+            .iter()
+            .filter(|(name, files)| rollup::is_rollup(name) && !files.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// The schema of rollup table `name`, as its files hold it; `None` if it has no
+    /// committed file. All files of a rollup have the same columns, so it is read
+    /// from one file's footer and kept while that file is committed.
+    pub async fn rollup_schema(&self, name: &str) -> Result<Option<SchemaRef>, LakeError> {
+        let manifest = self.manifest();
+        let files = manifest.files(name);
+        let Some(newest) = files.last() else {
+            return Ok(None);
+        };
+        if let Some((path, schema)) = self.rollup_schemas.lock().get(name)
+            && files.iter().any(|f| f.path == *path)
+        {
+            return Ok(Some(Arc::clone(schema)));
+        }
+        let schema = rollup::read_schema(&self.lake, &newest.path).await?;
+        self.rollup_schemas
+            .lock()
+            .insert(name.to_string(), (newest.path.clone(), Arc::clone(&schema)));
+        Ok(Some(schema))
+    }
+
+    /// The DataFusion table over rollup table `name` (committed files only).
+    pub async fn rollup_provider(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> Result<Option<Arc<LakeTable>>, LakeError> {
+        let Some(schema) = self.rollup_schema(name).await? else {
+            return Ok(None);
+        };
+        let time_column = schema
+            .fields()
+            .first()
+            .map(|f| f.name().clone())
+            .unwrap_or_default();
+        Ok(Some(Arc::new(LakeTable {
+            name: name.to_string(),
+            time_column,
+            buffered: None,
+            schema,
+            catalog: Arc::clone(self),
+        })))
+    }
+}
+
+/// The tables of the lake for DataFusion: the write path's tables, and a
+/// `rollup_<name>` table for each materialized saved query with committed rows
+/// (looked up when a query names it, so a rollup committed after the session was
+/// made is visible to the next query).
+pub struct LakeSchema {
+    catalog: Arc<Catalog>,
+}
+
+impl std::fmt::Debug for LakeSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LakeSchema").finish_non_exhaustive()
+    }
+}
+
+impl LakeSchema {
+    pub fn new(catalog: Arc<Catalog>) -> Self {
+        Self { catalog }
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for LakeSchema {
+    fn table_names(&self) -> Vec<String> {
+        Table::ALL
+            .iter()
+            .map(|t| t.name().to_string())
+            .chain(self.catalog.rollup_names())
+            .collect()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        if let Some(table) = Table::from_name(name) {
+            return Ok(Some(self.catalog.provider(table)));
+        }
+        if !rollup::is_rollup(name) {
+            return Ok(None);
+        }
+        let provider = self
+            .catalog
+            .rollup_provider(name)
+            .await
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+        Ok(provider.map(|p| p as Arc<dyn TableProvider>))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        Table::from_name(name).is_some()
+            || (rollup::is_rollup(name) && !self.catalog.manifest().files(name).is_empty())
     }
 }
 
 /// A lake table as DataFusion sees it: committed Parquet files ∪ buffered rows.
 pub struct LakeTable {
-    table: Table,
+    /// The SQL name, also the manifest's key.
+    name: String,
+    /// Files are pruned by this column's min/max.
+    time_column: String,
+    /// The write path's table (with buffered rows); `None` for a rollup.
+    buffered: Option<Table>,
     schema: SchemaRef,
     catalog: Arc<Catalog>,
 }
@@ -163,7 +311,7 @@ pub struct LakeTable {
 impl std::fmt::Debug for LakeTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LakeTable")
-            .field("table", &self.table.name())
+            .field("table", &self.name)
             .finish()
     }
 }
@@ -192,8 +340,14 @@ impl TableProvider for LakeTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let snapshot = self.catalog.snapshot(self.table);
-        let range = TimeRange::from_filters(filters, self.table.time_column());
+        let snapshot = match self.buffered {
+            Some(table) => self.catalog.snapshot(table),
+            None => Snapshot {
+                files: self.catalog.manifest().files(&self.name).to_vec(),
+                batches: Vec::new(),
+            },
+        };
+        let range = TimeRange::from_filters(filters, &self.time_column);
         let ids = ids_from_filters(filters);
         let files: Vec<&FileEntry> = snapshot
             .files

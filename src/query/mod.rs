@@ -41,7 +41,6 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::query::catalog::Catalog;
-use crate::tables::Table;
 use guard::QueryGuard;
 
 /// Why a query did not produce its result.
@@ -191,10 +190,12 @@ impl QueryEngine {
         let mut ctx = SessionContext::new_with_state(state);
         let lake = catalog.lake();
         ctx.register_object_store(lake.url().as_ref(), Arc::clone(lake.store()));
-        for table in Table::ALL {
-            ctx.register_table(table.name(), catalog.provider(table))
-                .map_err(QueryError::from_df)?;
-        }
+        // The default schema is the lake's: its tables, and rollups as they appear.
+        let lake_schema = Arc::new(catalog::LakeSchema::new(Arc::clone(catalog)));
+        ctx.catalog("datafusion")
+            .ok_or_else(|| QueryError::Internal("the session has no default catalog".into()))?
+            .register_schema("public", lake_schema)
+            .map_err(QueryError::from_df)?;
         datafusion_functions_json::register_all(&mut ctx).map_err(QueryError::from_df)?;
         ctx.register_udf(date_trunc::UtcDateTrunc::udf());
         limits::register_bounded_functions(&ctx, limits::batch_limit(limits.memory_limit));

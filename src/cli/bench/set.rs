@@ -189,7 +189,7 @@ pub(crate) fn saved_queries(registry: &crate::monitor::Registry, a: &Anchors) ->
     registry
         .queries()
         .filter_map(|q| {
-            let sql = crate::monitor::run::sql_of(q, &Default::default()).ok()?;
+            let sql = crate::monitor::run::sql_of(q, a.end, &Default::default()).ok()?;
             Some(Analysis {
                 name: format!("saved:{}", q.name),
                 description: q.description.clone(),

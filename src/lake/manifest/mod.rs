@@ -153,9 +153,9 @@ pub struct DedupFiles {
 
 impl Manifest {
     /// The committed files of `table`.
-    pub fn files(&self, table: Table) -> &[FileEntry] {
+    pub fn files(&self, table: impl AsRef<str>) -> &[FileEntry] {
         self.tables
-            .get(table.name())
+            .get(table.as_ref())
             .map(Vec::as_slice)
             .unwrap_or(&[])
     }
@@ -260,7 +260,7 @@ impl Manifest {
     /// time has passed leave the list.
     pub fn replacing(
         &self,
-        table: Table,
+        table: impl AsRef<str>,
         removed: &[FileEntry],
         added: Vec<FileEntry>,
         now_us: i64,
@@ -276,7 +276,7 @@ impl Manifest {
     /// `delete_after_us`.
     pub fn swap_files(
         &mut self,
-        table: Table,
+        table: impl AsRef<str>,
         removed: &[FileEntry],
         added: Vec<FileEntry>,
         delete_after_us: i64,
@@ -284,7 +284,7 @@ impl Manifest {
         let next = self;
         let gone: std::collections::HashSet<&str> =
             removed.iter().map(|r| r.path.as_str()).collect();
-        let files = next.tables.entry(table.name().to_string()).or_default();
+        let files = next.tables.entry(table.as_ref().to_string()).or_default();
         let at = files
             .iter()
             .position(|f| gone.contains(f.path.as_str()))
@@ -319,7 +319,7 @@ impl Manifest {
     }
 
     /// True if every one of `files` is committed for `table` in this version.
-    pub fn holds(&self, table: Table, files: &[FileEntry]) -> bool {
+    pub fn holds(&self, table: impl AsRef<str>, files: &[FileEntry]) -> bool {
         let committed: std::collections::HashMap<&str, &FileEntry> = self
             .files(table)
             .iter()
