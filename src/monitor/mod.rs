@@ -290,4 +290,6 @@ pub fn describe_problems(problems: &[FileError]) -> serde_json::Value {
 #[cfg(test)]
 mod known_answers;
 #[cfg(test)]
+mod rollup_tests;
+#[cfg(test)]
 mod tests;

@@ -155,14 +155,17 @@ fn run_sql_binds_overrides_and_refuses_unknown_ones() {
     .unwrap();
     let none = BTreeMap::new();
     assert_eq!(
-        run::sql_of(&q, &none).unwrap(),
+        run::sql_of(&q, chrono::Utc::now(), &none).unwrap(),
         "SELECT 5 AS k, ':k' AS text"
     );
     let k3 = BTreeMap::from([("k".to_string(), "3".to_string())]);
-    assert_eq!(run::sql_of(&q, &k3).unwrap(), "SELECT 3 AS k, ':k' AS text");
+    assert_eq!(
+        run::sql_of(&q, chrono::Utc::now(), &k3).unwrap(),
+        "SELECT 3 AS k, ':k' AS text"
+    );
     let bad = BTreeMap::from([("x".to_string(), "3".to_string())]);
     assert!(
-        run::sql_of(&q, &bad)
+        run::sql_of(&q, chrono::Utc::now(), &bad)
             .unwrap_err()
             .to_string()
             .contains("`x`")
