@@ -307,3 +307,87 @@ async fn after_downtime_each_query_catches_up_once_for_the_latest_missed_time() 
         .await;
     assert!(twice.is_empty(), "runs recorded twice: {twice:?}");
 }
+
+/// A rollup kept by the scheduler of a running server, visible to SQL as
+/// `rollup_<name>`, and filled again by `queries backfill` on the stopped lake.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollup_is_kept_by_the_scheduler_and_backfilled_offline() {
+    let queries = tempfile::tempdir().unwrap();
+    std::fs::write(
+        queries.path().join("per_minute.sql"),
+        "-- schedule: every 1s\n-- materialize: true\n-- bucket: 1m\n-- lookback: 2\n\
+         SELECT date_bin(INTERVAL '1 minute', received_at) AS minute, source, count(*) AS n \
+         FROM deliveries WHERE received_at >= :from AND received_at < :to GROUP BY 1, 2",
+    )
+    .unwrap();
+    let (mut server, _dir) =
+        Server::start(Options::default().env("HOOKSCOPE_QUERIES_DIRS", queries.path().display()));
+    let total = "SELECT CAST(sum(n) AS BIGINT) AS n FROM rollup_per_minute";
+    let wait_for = |want: i64| {
+        let server = &server;
+        async move {
+            let mut seen = Vec::new();
+            for _ in 0..100 {
+                let (status, body) = server.query_raw(total, "json").await;
+                if status == 200 {
+                    seen = serde_json::from_slice(&body).unwrap();
+                    if seen.first().and_then(|r: &Value| r["n"].as_i64()) == Some(want) {
+                        return;
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!("rollup_per_minute never held {want} deliveries: {seen:?}");
+        }
+    };
+    for i in 0..4 {
+        server
+            .post_json(if i % 2 == 0 { "a" } else { "b" }, &json!({"i": i}))
+            .await;
+    }
+    wait_for(4).await;
+    server.post_json("a", &json!({"i": 4})).await;
+    wait_for(5).await;
+    let shown = get_json(&server, "/queries/per_minute").await;
+    assert_eq!(shown["materialize"], true, "{shown}");
+    assert!(shown["last_runs"][0]["error"].is_null(), "{shown}");
+    let direct = server
+        .query("SELECT date_bin(INTERVAL '1 minute', received_at) AS minute, source, count(*) AS n FROM deliveries GROUP BY 1, 2 ORDER BY 1, 2")
+        .await;
+    let rolled = server
+        .query("SELECT minute, source, n FROM rollup_per_minute ORDER BY 1, 2")
+        .await;
+    assert_eq!(rolled, direct);
+    assert!(server.terminate().success());
+
+    // Offline: the backfill recomputes the range from the raw rows.
+    let lake = server.lake();
+    let out = std::process::Command::new(crate::harness::binary())
+        .args(["queries", "backfill", "per_minute", "--from"])
+        .arg((chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339())
+        .arg("--data-dir")
+        .arg(&lake)
+        .env("HOOKSCOPE_QUERIES_DIRS", queries.path())
+        .env_remove("HOOKSCOPE_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("rollup_per_minute: ") && stdout.contains(" rows "),
+        "{stdout}"
+    );
+    let n = cli_ok(&lake, &["query", "--format", "csv", total]);
+    assert_eq!(n.lines().nth(1), Some("5"), "{n}");
+    // Not a rollup: a clear refusal.
+    let out = cli(
+        &lake,
+        &["queries", "backfill", "silence", "--from", "2026-01-01"],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a rollup"));
+}
