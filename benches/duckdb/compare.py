@@ -81,9 +81,9 @@ def main():
 
     rows = []
     for q in hs["queries"]:
-        if q["name"].startswith("saved:"):
-            # Saved queries run with now() at the lake's end in hookscope; they have no
-            # DuckDB twin here.
+        if q["name"].startswith(("saved:", "rollup:")):
+            # Saved queries run with now() at the lake's end in hookscope, and rollups
+            # are hookscope's own tables; they have no DuckDB twin here.
             continue
         sql = DUCKDB_SQL.get(q["name"], q["sql"])
         times, result, cols = [], None, None

@@ -160,19 +160,26 @@ async fn list_queries(args: QueriesListArgs, config: Config) -> anyhow::Result<(
         "table" => {
             writeln!(
                 out,
-                "{:<22} {:<20} {:<10} {:<9} description",
-                "name", "schedule", "alert", "severity"
+                "{:<22} {:<20} {:<12} {:<9} description",
+                "name", "schedule", "alert/rollup", "severity"
             )?;
             for q in registry.queries() {
                 let schedule = q
                     .schedule
                     .as_ref()
                     .map_or_else(|| "-".into(), |s| s.describe());
-                let alert = q.alert.map_or_else(|| "-".into(), |a| a.to_string());
+                let (kind, severity) = match (q.alert, q.bucket.filter(|_| q.materialize)) {
+                    (Some(a), _) => (a.to_string(), q.severity.as_str()),
+                    (None, Some(b)) => (
+                        format!("rollup {}", humantime::format_duration(b)),
+                        "-",
+                    ),
+                    (None, None) => ("-".into(), "-"),
+                };
                 writeln!(
                     out,
-                    "{:<22} {:<20} {:<10} {:<9} {}",
-                    q.name, schedule, alert, q.severity, q.description
+                    "{:<22} {:<20} {:<12} {:<9} {}",
+                    q.name, schedule, kind, severity, q.description
                 )?;
                 if !q.params.is_empty() {
                     let params: Vec<String> =

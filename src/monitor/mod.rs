@@ -274,6 +274,11 @@ pub fn describe(q: &QueryFile) -> serde_json::Value {
         "alert": q.alert.map(|a| a.to_string()),
         "severity": q.severity,
         "materialize": q.materialize,
+        "rollup": q.bucket.filter(|_| q.materialize).map(|b| serde_json::json!({
+            "table": crate::query::catalog::rollup::table_name(&q.name),
+            "bucket": humantime::format_duration(b).to_string(),
+            "lookback": q.lookback,
+        })),
         "params": q.params,
         "origin": q.origin,
     })

@@ -104,6 +104,7 @@ pub async fn run(args: BenchArgs, config: Config) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("data/bench-{}-{}d", args.rows, args.days)));
     let generated_now = ensure_lake(&dir, &args, &config).await?;
+    fill_rollups(&dir, &registry, &config).await?;
 
     let mut settings = EngineSettings::from_config(&config);
     settings.data_dir = dir.clone();
@@ -123,6 +124,7 @@ pub async fn run(args: BenchArgs, config: Config) -> anyhow::Result<()> {
     let analyses: Vec<Analysis> = set::standard_set(&anchors)
         .into_iter()
         .chain(set::saved_queries(&registry, &anchors))
+        .chain(set::rollup_pair(&anchors))
         .filter(|a| args.query.is_empty() || args.query.contains(&a.name))
         .collect();
     if analyses.is_empty() {
@@ -146,6 +148,65 @@ pub async fn run(args: BenchArgs, config: Config) -> anyhow::Result<()> {
         ResultFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         _ => print_table(&report),
     }
+    Ok(())
+}
+
+/// Fills each rollup the lake does not hold yet over the lake's whole span (as
+/// `hookscope queries backfill` would), so the set can compare a chart read from a
+/// rollup with the same chart read from the raw table.
+async fn fill_rollups(
+    dir: &Path,
+    registry: &crate::monitor::Registry,
+    config: &Config,
+) -> anyhow::Result<()> {
+    let lake = crate::lake::Lake::local(dir)?;
+    let manifest = crate::lake::manifest::Manifest::load(&lake).await?;
+    let missing: Vec<&crate::monitor::QueryFile> = registry
+        .queries()
+        .filter(|q| q.materialize)
+        .filter(|q| {
+            manifest
+                .files(crate::query::catalog::rollup::table_name(&q.name))
+                .is_empty()
+        })
+        .collect();
+    let deliveries = manifest.files(Table::Deliveries);
+    let (Some(from), Some(to)) = (
+        deliveries.iter().map(|f| f.min_time_us).min(),
+        deliveries.iter().map(|f| f.max_time_us).max(),
+    ) else {
+        return Ok(());
+    };
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut settings = EngineSettings::from_config(config);
+    settings.data_dir = dir.to_path_buf();
+    settings.query.timeout = settings.query.timeout.max(Duration::from_secs(3600));
+    let engine = Engine::open(settings, Mode::Serve)
+        .await
+        .with_context(|| format!("cannot open {} to fill its rollups", dir.display()))?;
+    let time = |us: i64| DateTime::from_timestamp_micros(us).unwrap_or_default();
+    for q in missing {
+        let started = Instant::now();
+        let done = crate::monitor::rollup::refresh(
+            &engine,
+            q,
+            time(from),
+            time(to.saturating_add(1)),
+            &Default::default(),
+            |_, _| {},
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+        eprintln!(
+            "filled rollup_{} with {} rows in {:.1} s",
+            q.name,
+            done.rows,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    engine.shutdown().await?;
     Ok(())
 }
 
@@ -426,6 +487,7 @@ pub(crate) fn names(registry: &crate::monitor::Registry) -> Vec<String> {
     set::standard_set(&anchors)
         .into_iter()
         .chain(set::saved_queries(registry, &anchors))
+        .chain(set::rollup_pair(&anchors))
         .map(|a| a.name)
         .collect()
 }

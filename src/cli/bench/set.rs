@@ -201,3 +201,37 @@ pub(crate) fn saved_queries(registry: &crate::monitor::Registry, a: &Anchors) ->
         })
         .collect()
 }
+
+/// A dashboard's chart over the whole lake (deliveries, duplicates and bytes per
+/// source per day), from the raw table and from the shipped hourly rollup: the
+/// speed-up a rollup buys. Named `rollup:…`; present when the rollup has rows.
+pub(crate) fn rollup_pair(a: &Anchors) -> Vec<Analysis> {
+    let pair = [
+        (
+            "rollup:daily_from_raw",
+            "deliveries, duplicates and bytes per source per day over the whole lake, from deliveries",
+            Some(Table::Deliveries),
+            "SELECT date_trunc('day', received_at) AS day, source, count(*) AS deliveries, \
+             sum(CASE WHEN is_duplicate THEN 1 ELSE 0 END) AS duplicates, sum(payload_size) AS bytes \
+             FROM deliveries GROUP BY 1, 2 ORDER BY 1, 2",
+        ),
+        (
+            "rollup:daily_from_rollup",
+            "the same, from rollup_hourly_traffic (one row per source and hour)",
+            None,
+            "SELECT date_trunc('day', hour) AS day, source, CAST(sum(deliveries) AS BIGINT) AS deliveries, \
+             CAST(sum(duplicates) AS BIGINT) AS duplicates, CAST(sum(bytes) AS BIGINT) AS bytes \
+             FROM rollup_hourly_traffic GROUP BY 1, 2 ORDER BY 1, 2",
+        ),
+    ];
+    pair.into_iter()
+        .map(|(name, description, table, sql)| Analysis {
+            name: name.into(),
+            description: description.into(),
+            table,
+            since: None,
+            sql: sql.into(),
+            now: Some(a.end),
+        })
+        .collect()
+}
