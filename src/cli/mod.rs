@@ -132,6 +132,10 @@ pub struct QueriesBackfillArgs {
     /// A parameter's value, e.g. --param k=3 (repeatable).
     #[arg(long, value_name = "NAME=VALUE")]
     pub param: Vec<String>,
+    /// Drop every row the rollup holds first (needed when the query's columns
+    /// changed; buckets outside the range are gone afterwards).
+    #[arg(long)]
+    pub rebuild: bool,
     /// Data directory to fill (overrides data_dir).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,

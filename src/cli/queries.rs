@@ -50,9 +50,10 @@ pub async fn run(args: QueriesArgs, mut config: Config) -> anyhow::Result<()> {
 
 async fn backfill(args: QueriesBackfillArgs, config: Config) -> anyhow::Result<()> {
     let from = run::parse_time(&args.from).map_err(anyhow::Error::msg)?;
+    let now = chrono::Utc::now();
     let to = match &args.to {
         Some(t) => run::parse_time(t).map_err(anyhow::Error::msg)?,
-        None => chrono::Utc::now(),
+        None => now,
     };
     if to <= from {
         bail!("--to must be after --from");
@@ -80,6 +81,8 @@ async fn backfill(args: QueriesBackfillArgs, config: Config) -> anyhow::Result<(
                 config.data_dir.display()
             )
         })?;
+    // A bucket is computed whole (unless it is still going on).
+    let to = crate::monitor::rollup::bucket_end(q, to).min(now.max(to));
     let chunks = crate::monitor::rollup::chunks(q, from, to);
     let bar = indicatif::ProgressBar::new(chunks.len() as u64);
     bar.set_style(
@@ -88,11 +91,12 @@ async fn backfill(args: QueriesBackfillArgs, config: Config) -> anyhow::Result<(
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let result = crate::monitor::rollup::refresh(&engine, q, from, to, &params, |w, _| {
-        bar.set_message(w.from.format("%Y-%m-%d").to_string());
-        bar.inc(1);
-    })
-    .await;
+    let result =
+        crate::monitor::rollup::refresh(&engine, q, from, to, &params, args.rebuild, |w, _| {
+            bar.set_message(w.from.format("%Y-%m-%d").to_string());
+            bar.inc(1);
+        })
+        .await;
     bar.finish_and_clear();
     let shutdown = engine.shutdown().await;
     let done = result.map_err(anyhow::Error::msg)?;
@@ -105,6 +109,12 @@ async fn backfill(args: QueriesBackfillArgs, config: Config) -> anyhow::Result<(
         crate::monitor::runs::rfc3339(&to),
         done.chunks
     );
+    if let Some(kept) = done.kept_before {
+        println!(
+            "note: the buckets before {} were left as they are: the tables the query reads keep their rows for less time than that ([retention])",
+            crate::monitor::runs::rfc3339(&kept)
+        );
+    }
     if done.outside > 0 {
         println!(
             "note: the query returned {} rows outside the buckets it was run for; they were not kept (filter its time column on :from and :to)",
@@ -170,10 +180,7 @@ async fn list_queries(args: QueriesListArgs, config: Config) -> anyhow::Result<(
                     .map_or_else(|| "-".into(), |s| s.describe());
                 let (kind, severity) = match (q.alert, q.bucket.filter(|_| q.materialize)) {
                     (Some(a), _) => (a.to_string(), q.severity.as_str()),
-                    (None, Some(b)) => (
-                        format!("rollup {}", humantime::format_duration(b)),
-                        "-",
-                    ),
+                    (None, Some(b)) => (format!("rollup {}", humantime::format_duration(b)), "-"),
                     (None, None) => ("-".into(), "-"),
                 };
                 writeln!(

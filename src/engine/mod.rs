@@ -28,7 +28,7 @@ pub use compact::CompactReport;
 pub use flush::FlushReport;
 use flush::FlushStatus;
 pub(crate) use open::lock_dir;
-pub use rollup::RollupWrite;
+pub use rollup::{RollupWindow, RollupWrite};
 
 use std::fs::File;
 use std::path::PathBuf;

@@ -12,13 +12,14 @@ use crate::lake::retention;
 const DAY_US: i64 = 86_400_000_000;
 
 impl Engine {
-    /// The newest retention horizon of the write path's tables as of `now_us`: rows
-    /// older than it may be gone from one of them (`None` without retention). Rollups
-    /// are kept past it, so a rollup never recomputes buckets older than this.
-    pub fn retention_horizon_us(&self, now_us: i64) -> Option<i64> {
+    /// The newest retention horizon of `tables` as of `now_us`: rows older than it
+    /// may be gone from one of them (`None` when none of them has retention).
+    /// Rollups are kept past it, so a rollup never recomputes buckets older than this.
+    pub fn retention_horizon_us(&self, now_us: i64, tables: &[Table]) -> Option<i64> {
         self.settings
             .retention
             .iter()
+            .filter(|(table, _)| tables.contains(table))
             .map(|(_, days)| now_us.saturating_sub(i64::from(*days).saturating_mul(DAY_US)))
             .max()
     }

@@ -9,11 +9,15 @@
 //!   are kept (the day files it touches are rewritten with them). The swap is one
 //!   manifest commit, so a query sees the old rows or the new ones, never both or
 //!   neither; a rerun with the same rows leaves the same table.
-//! - All files of a rollup have the same columns: when a query's result no longer
-//!   matches them (its file was edited), the write replaces the whole rollup by its
-//!   window's rows, and a backfill refills the older buckets.
-//! - Only the writing engine writes rollups, under the flush lock; the raw tables, the
-//!   WAL and the buffer are untouched. Retention and compaction leave rollups alone.
+//! - Bucket values are multiples of the bucket since 1970-01-01 UTC (as `date_bin`
+//!   gives them); a result with others is refused, since its buckets would straddle
+//!   windows.
+//! - All files of a rollup have the same columns: a result whose columns differ is
+//!   refused, unless the write rebuilds (then it replaces the whole rollup).
+//! - Only the writing engine writes rollups, under the flush lock, in a task of its
+//!   own (a run aborted at a stop cannot leave a commit half done); the raw tables,
+//!   the WAL and the buffer are untouched. Retention and compaction leave rollups
+//!   alone.
 
 use std::sync::Arc;
 
@@ -35,6 +39,18 @@ use crate::query::catalog::rollup;
 
 const DAY_US: i64 = 86_400_000_000;
 
+/// Which buckets a write replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RollupWindow {
+    /// Buckets `[from_us, to_us)`.
+    pub from_us: i64,
+    pub to_us: i64,
+    /// The bucket's length: bucket values are multiples of it.
+    pub bucket_us: i64,
+    /// Replace the whole rollup (whatever its columns) by this window's rows.
+    pub rebuild: bool,
+}
+
 /// What one rollup write did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RollupWrite {
@@ -44,23 +60,27 @@ pub struct RollupWrite {
     pub outside: u64,
     pub files_written: usize,
     pub files_replaced: usize,
-    /// The result's columns differed from the stored ones: the whole rollup was
-    /// replaced.
-    pub schema_changed: bool,
+    /// The whole rollup was replaced (a rebuild).
+    pub rebuilt: bool,
 }
 
 impl Engine {
-    /// Replaces the buckets in `[from_us, to_us)` of the rollup of saved query `query`
-    /// by `batches` (the query's result, `schema` its columns; the first column is the
+    /// Replaces the buckets of `window` in the rollup of saved query `query` by
+    /// `batches` (the query's result, `schema` its columns; the first column is the
     /// bucket start). See the module docs.
     pub async fn write_rollup(
-        &self,
+        self: &Arc<Self>,
         query: &str,
-        from_us: i64,
-        to_us: i64,
+        window: RollupWindow,
         schema: &SchemaRef,
         batches: Vec<RecordBatch>,
     ) -> Result<RollupWrite, EngineError> {
+        let RollupWindow {
+            from_us,
+            to_us,
+            rebuild,
+            ..
+        } = window;
         if self.wal.is_none() {
             return Err(EngineError::Task(
                 "this engine was opened read-only; writing a rollup needs the data directory's lock"
@@ -68,7 +88,7 @@ impl Engine {
             ));
         }
         let table = rollup::table_name(query);
-        let (schema, fresh, outside) = normalize(schema, &batches, from_us, to_us)?;
+        let (schema, fresh, outside) = normalize(schema, &batches, &window)?;
         drop(batches);
         let lake = self.catalog.lake().clone();
         let manifest = self.catalog.manifest();
@@ -77,18 +97,27 @@ impl Engine {
             true => None,
             false => self.catalog.rollup_schema(&table).await?,
         };
-        let schema_changed = stored.is_some_and(|s| !same_columns(&s, &schema));
-        if schema_changed {
-            tracing::warn!(rollup = %table, "the query's columns changed: the rollup is replaced by this run's buckets (backfill to refill older ones)");
+        if let Some(stored) = stored.filter(|s| !rebuild && !same_columns(s, &schema)) {
+            return Err(EngineError::Task(format!(
+                "{table} holds the columns ({}) but the query now returns ({}); to start the rollup again with the new columns, stop the server and run `hookscope queries backfill {query} --from <time> --rebuild` (it drops the rows it holds)",
+                describe(&stored),
+                describe(&schema)
+            )));
         }
         let replaced: Vec<FileEntry> = existing
             .into_iter()
-            .filter(|f| schema_changed || (f.max_time_us >= from_us && f.min_time_us < to_us))
+            .filter(|f| rebuild || (f.max_time_us >= from_us && f.min_time_us < to_us))
             .collect();
+        if fresh.is_empty() && replaced.is_empty() {
+            return Ok(RollupWrite {
+                outside,
+                ..RollupWrite::default()
+            });
+        }
 
         // Rows of the replaced day files outside the window stay.
         let mut rows = fresh;
-        if !schema_changed {
+        if !rebuild {
             for f in &replaced {
                 let bytes = lake.get(&f.path).await?.ok_or_else(|| {
                     EngineError::Task(format!(
@@ -136,29 +165,69 @@ impl Engine {
             outside,
             files_written: added.len(),
             files_replaced: replaced.len(),
-            schema_changed,
+            rebuilt: rebuild,
         };
+        // The swap runs to its end even if the run is aborted meanwhile (a commit
+        // cut off between its rename and its bookkeeping could be overwritten).
+        let engine = Arc::clone(self);
+        tokio::spawn(async move {
+            engine
+                .swap_rollup(&table, window, &replaced, added, &written)
+                .await
+        })
+        .await
+        .map_err(|e| EngineError::Task(format!("the rollup commit stopped: {e}")))??;
+        Ok(report)
+    }
 
+    /// Under the flush lock: if the files of `table` in `window` are still exactly
+    /// `replaced`, commits `added` in their place.
+    async fn swap_rollup(
+        &self,
+        table: &str,
+        window: RollupWindow,
+        replaced: &[FileEntry],
+        added: Vec<FileEntry>,
+        written: &[String],
+    ) -> Result<(), EngineError> {
+        let lake = self.catalog.lake();
         let guard = self.flush_lock.lock().await;
         let manifest = self.catalog.manifest();
-        if !manifest.holds(&table, &replaced) {
+        let now_in_window = manifest
+            .files(table)
+            .iter()
+            .filter(|f| {
+                window.rebuild || (f.max_time_us >= window.from_us && f.min_time_us < window.to_us)
+            })
+            .count();
+        if now_in_window != replaced.len() || !manifest.holds(table, replaced) {
             drop(guard);
-            discard(&lake, written.iter().map(String::as_str)).await;
+            discard(lake, written.iter().map(String::as_str)).await;
             return Err(EngineError::Task(format!(
                 "{table} changed while this run wrote it; the next run writes its buckets again"
             )));
         }
         let now_us = chrono::Utc::now().timestamp_micros();
         let mut next =
-            manifest.replacing(&table, &replaced, added, now_us, self.retire_after(now_us));
-        if let Err(e) = self.commit_manifest(&mut next, &written).await {
+            manifest.replacing(table, replaced, added, now_us, self.retire_after(now_us));
+        if let Err(e) = self.commit_manifest(&mut next, written).await {
             drop(guard);
             return Err(e.into());
         }
         self.catalog.replace_manifest(next);
         drop(guard);
-        Ok(report)
+        Ok(())
     }
+}
+
+/// `name type, …` of a schema's columns, for errors.
+fn describe(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// True if `a` and `b` have the same column names and types (nullability and
@@ -177,14 +246,14 @@ fn bucket_type() -> DataType {
 }
 
 /// The result as stored: the bucket column as a UTC timestamp, every column nullable,
-/// and only rows whose bucket is in `[from_us, to_us)`. Returns the schema, the rows
-/// and how many rows were left out.
+/// and only rows whose bucket is in the window. Returns the schema, the rows and how
+/// many rows were left out. Refuses bucket values off the bucket's boundaries.
 fn normalize(
     schema: &SchemaRef,
     batches: &[RecordBatch],
-    from_us: i64,
-    to_us: i64,
+    window: &RollupWindow,
 ) -> Result<(SchemaRef, Vec<RecordBatch>, u64), EngineError> {
+    let (from_us, to_us) = (window.from_us, window.to_us);
     let first = schema.fields().first().ok_or_else(|| {
         EngineError::Task("the query returns no columns: nothing to keep as a rollup".into())
     })?;
@@ -221,6 +290,21 @@ fn normalize(
         let keep = in_window(&batch, from_us, to_us);
         let kept = filter_record_batch(&batch, &keep).map_err(arrow)?;
         outside += (batch.num_rows() - kept.num_rows()) as u64;
+        let buckets = kept.column(0).as_primitive::<TimestampMicrosecondType>();
+        if let Some(off) = buckets
+            .values()
+            .iter()
+            .find(|t| t.rem_euclid(window.bucket_us.max(1)) != 0)
+        {
+            let at = chrono::DateTime::from_timestamp_micros(*off).unwrap_or_default();
+            return Err(EngineError::Task(format!(
+                "the bucket `{}` = {at} is not on a boundary of the rollup's {} buckets (counted from 1970-01-01 UTC); compute it with date_bin(INTERVAL '<bucket>', <time column>), or make `-- bucket:` match the query",
+                first.name(),
+                humantime::format_duration(std::time::Duration::from_micros(
+                    window.bucket_us.max(1).unsigned_abs()
+                )),
+            )));
+        }
         if kept.num_rows() > 0 {
             out.push(kept);
         }

@@ -17,12 +17,16 @@
 //!   buckets and stops the run, so the next run or backfill redoes it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 use super::{QueryFile, run};
-use crate::engine::Engine;
+use crate::engine::{Engine, RollupWindow};
+use crate::tables::Table;
 
 /// The parameters a rollup's window is bound to.
 pub const FROM: &str = "from";
@@ -45,6 +49,9 @@ pub struct Refreshed {
     pub chunks: usize,
     /// Rows the query returned outside its chunk's buckets (not kept).
     pub outside: u64,
+    /// The buckets before this were left as they are: the raw rows of a table the
+    /// query reads may be past its retention there.
+    pub kept_before: Option<DateTime<Utc>>,
 }
 
 fn bucket_us(q: &QueryFile) -> i64 {
@@ -64,6 +71,30 @@ fn time(us: i64) -> DateTime<Utc> {
 pub fn bucket_start(q: &QueryFile, t: DateTime<Utc>) -> DateTime<Utc> {
     let b = bucket_us(q);
     time(micros(t).div_euclid(b) * b)
+}
+
+/// The end of the bucket that holds the instant before `t` (`t` itself on a
+/// boundary).
+pub fn bucket_end(q: &QueryFile, t: DateTime<Utc>) -> DateTime<Utc> {
+    let b = bucket_us(q);
+    time((micros(t).saturating_sub(1).div_euclid(b) + 1).saturating_mul(b))
+}
+
+/// The write path's tables a query's SQL names.
+fn tables_read(sql: &str) -> Vec<Table> {
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else {
+        return Table::ALL.to_vec();
+    };
+    let mut tables: Vec<Table> = tokens
+        .iter()
+        .filter_map(|t| match t {
+            Token::Word(w) => Table::from_name(&w.value.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect();
+    tables.sort();
+    tables.dedup();
+    tables
 }
 
 /// The window a run at `at` recomputes: the `lookback` buckets up to the one that
@@ -98,13 +129,15 @@ pub fn chunks(q: &QueryFile, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<Wind
 }
 
 /// Computes `q` over `[from, to)` chunk by chunk and replaces those buckets of its
-/// rollup. `on_chunk` hears of each committed chunk (for progress).
+/// rollup (`rebuild`: the first chunk replaces the whole rollup, whatever columns it
+/// had). `on_chunk` hears of each committed chunk (for progress).
 pub async fn refresh(
-    engine: &Engine,
+    engine: &Arc<Engine>,
     q: &QueryFile,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     overrides: &BTreeMap<String, String>,
+    rebuild: bool,
     mut on_chunk: impl FnMut(&Window, u64),
 ) -> Result<Refreshed, String> {
     if !q.materialize {
@@ -114,32 +147,35 @@ pub async fn refresh(
         ));
     }
     // Buckets whose raw rows retention may have dropped keep what the rollup holds.
-    let horizon = engine.retention_horizon_us(Utc::now().timestamp_micros());
+    let mut done = Refreshed::default();
+    let horizon = engine.retention_horizon_us(Utc::now().timestamp_micros(), &tables_read(&q.sql));
     let from = match horizon {
         Some(h) if h > micros(from) => {
-            let kept = time(micros(bucket_start(q, time(h))).saturating_add(bucket_us(q)));
+            let kept = bucket_end(q, time(h));
             tracing::info!(query = %q.name, from = %from, kept_from = %kept, "buckets before the retention horizon are kept as they are in the rollup");
+            done.kept_before = Some(kept);
             kept
         }
         _ => from,
     };
-    let mut done = Refreshed::default();
+    let mut rebuild = rebuild;
     for chunk in chunks(q, from, to) {
         let (schema, batches) = run::collect_window(engine.query(), q, chunk, overrides)
             .await
             .map_err(|e| e.to_string())?;
+        let window = RollupWindow {
+            from_us: micros(chunk.from),
+            to_us: micros(chunk.to),
+            bucket_us: bucket_us(q),
+            rebuild,
+        };
         let written = engine
-            .write_rollup(
-                &q.name,
-                micros(chunk.from),
-                micros(chunk.to),
-                &schema,
-                batches,
-            )
+            .write_rollup(&q.name, window, &schema, batches)
             .await
             .map_err(|e| format!("cannot write rollup_{}: {e}", q.name))?;
+        rebuild = false;
         if written.outside > 0 {
-            tracing::debug!(query = %q.name, rows = written.outside, "rows outside the run's buckets were not kept (filter on :from and :to)");
+            tracing::warn!(query = %q.name, rows = written.outside, "rows outside the run's buckets were not kept (filter the time column on :from and :to)");
         }
         done.rows += written.rows;
         done.outside += written.outside;

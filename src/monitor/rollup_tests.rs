@@ -45,7 +45,7 @@ async fn ingest(engine: &Engine, n: &mut u32, source: &str, at_us: i64, size: i6
     d.received_at_us = at_us;
     d.source = source.into();
     // Every third delivery repeats an earlier one's key: duplicates are counted too.
-    d.dedup_key = format!("k{}", *n - (*n % 3 == 0) as u32);
+    d.dedup_key = format!("k{}", *n - u32::from(n.is_multiple_of(3)));
     d.payload_size = size;
     engine.ingest(d).await.unwrap();
 }
@@ -159,9 +159,17 @@ async fn a_rollup_over_many_runs_with_late_rows_equals_the_direct_aggregate() {
 
     // The buckets since the far-late row, recomputed: the rollup equals the
     // aggregate, row for row.
-    rollup::refresh(&engine, &q, at(T0_US), at(end), &BTreeMap::new(), |_, _| {})
-        .await
-        .unwrap();
+    rollup::refresh(
+        &engine,
+        &q,
+        at(T0_US),
+        at(end),
+        &BTreeMap::new(),
+        false,
+        |_, _| {},
+    )
+    .await
+    .unwrap();
     assert_eq!(rollup_rows(&engine).await, raw);
     // A rerun changes nothing, and the rollup holds one file per day.
     let record =
@@ -171,7 +179,19 @@ async fn a_rollup_over_many_runs_with_late_rows_equals_the_direct_aggregate() {
     let files = engine.catalog().manifest().files("rollup_per_hour").len();
     assert_eq!(files, 1, "one day of buckets is one file");
 
-    // The query changes its columns: the rollup is replaced by the new run's rows.
+    // Buckets the query computes off the rollup's boundaries are refused.
+    let halves = query(&ROLLUP.replace("INTERVAL '1 hour'", "INTERVAL '30 minutes'"));
+    let record =
+        scheduler::run_rollup(&engine, &halves, at(end), at(end), Trigger::Schedule, &runs).await;
+    let error = record.error.unwrap();
+    assert!(
+        error.contains("not on a boundary") && error.contains("date_bin"),
+        "{error}"
+    );
+    assert_eq!(rollup_rows(&engine).await, raw);
+
+    // The query changes its columns: runs are refused (the rollup is kept) until a
+    // rebuild replaces it.
     let changed =
         query(&ROLLUP.replace("sum(payload_size) AS bytes", "max(payload_size) AS largest"));
     let record = scheduler::run_rollup(
@@ -183,7 +203,24 @@ async fn a_rollup_over_many_runs_with_late_rows_equals_the_direct_aggregate() {
         &runs,
     )
     .await;
-    assert_eq!(record.error, None);
+    let error = record.error.unwrap();
+    assert!(
+        error.contains("--rebuild") && error.contains("largest"),
+        "{error}"
+    );
+    assert_eq!(rollup_rows(&engine).await, raw);
+    let from = rollup::window_at(&changed, at(end)).from;
+    rollup::refresh(
+        &engine,
+        &changed,
+        from,
+        at(end),
+        &BTreeMap::new(),
+        true,
+        |_, _| {},
+    )
+    .await
+    .unwrap();
     let rows = rollup_rows(&engine).await;
     assert!(
         !rows.is_empty()
@@ -223,6 +260,7 @@ async fn a_rollup_whose_first_column_is_not_a_time_is_refused() {
         at(T0_US),
         at(T0_US + 60 * MIN_US),
         &BTreeMap::new(),
+        false,
         |_, _| {},
     )
     .await

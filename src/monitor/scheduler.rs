@@ -13,6 +13,9 @@
 //!   latest time it missed.
 //! - After downtime each query runs once, for the latest time missed since its last
 //!   run in `query_runs` (trigger `catch-up`).
+//! - A rollup's run recomputes every bucket since its last run without an error (in
+//!   `query_runs` at start, then as runs succeed), so a failed, skipped or missed run
+//!   leaves no bucket behind.
 //! - On stop, runs in flight get a few seconds to finish and be recorded before the
 //!   engine's last flush.
 
@@ -53,7 +56,7 @@ pub fn spawn(
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let last = tokio::select! {
+        let (last, succeeded) = tokio::select! {
             last = async {
                 if let Err(e) = restore_alerts(&engine, &registry, &alerting).await {
                     tracing::error!(error = %e, "cannot read the alerts table; alert rules are not judged until it can be read (retried every {RESTORE_RETRY:?})");
@@ -62,6 +65,14 @@ pub fn spawn(
             } => last,
             _ = stop.changed() => return,
         };
+        // The latest time each rollup ran for without an error: its next run
+        // recomputes every bucket since (a failed or skipped run leaves no gap).
+        let rollups: Rollups = Arc::new(parking_lot::Mutex::new(
+            succeeded
+                .into_iter()
+                .filter(|(name, _)| registry.get(name).is_some_and(|q| q.materialize))
+                .collect(),
+        ));
         let mut restore_tried = Instant::now();
         let mut restore_failures = u32::from(!alerting.is_restored());
         let mut tasks = JoinSet::new();
@@ -103,6 +114,7 @@ pub fn spawn(
                 Arc::clone(&engine),
                 Arc::clone(&runs),
                 Arc::clone(&alerting),
+                Arc::clone(&rollups),
                 q.clone(),
             );
             let when = When {
@@ -189,6 +201,7 @@ pub fn spawn(
                     Arc::clone(&engine),
                     Arc::clone(&runs),
                     Arc::clone(&alerting),
+                    Arc::clone(&rollups),
                     q.clone(),
                 );
                 tasks.spawn(run_and_record(run, when, flag));
@@ -223,7 +236,10 @@ pub fn spawn(
 }
 
 /// What a run needs besides the query.
-type RunContext = (Arc<Engine>, Arc<RunLog>, Arc<Alerting>, QueryFile);
+type RunContext = (Arc<Engine>, Arc<RunLog>, Arc<Alerting>, Rollups, QueryFile);
+
+/// The latest scheduled time each rollup ran for without an error.
+type Rollups = Arc<parking_lot::Mutex<HashMap<String, DateTime<Utc>>>>;
 
 /// When a run is for.
 struct When {
@@ -240,12 +256,17 @@ struct When {
 /// `alerts` (through the WAL) before it is sent; for a rollup, replaces the buckets
 /// of its window. Then clears `busy`.
 async fn run_and_record(
-    (engine, runs, alerting, q): RunContext,
+    (engine, runs, alerting, rollups, q): RunContext,
     When { at, since, trigger }: When,
     busy: Arc<AtomicBool>,
 ) {
     if q.materialize {
+        let done = rollups.lock().get(&q.name).copied();
+        let since = done.map_or(since, |done| done.min(since));
         let record = run_rollup(&engine, &q, at, since, trigger, &runs).await;
+        if record.error.is_none() {
+            rollups.lock().insert(q.name.clone(), at);
+        }
         if let Err(e) = engine.record_query_run(record.to_row()).await {
             tracing::warn!(query = %q.name, error = %e, "could not record a saved query's run in query_runs");
         }
@@ -356,38 +377,52 @@ async fn restore_alerts(
     Ok(())
 }
 
-/// The latest scheduled time each query ran for, from `query_runs` (empty if it
-/// cannot be read: then nothing is caught up).
-async fn last_scheduled(engine: &QueryEngine) -> HashMap<String, DateTime<Utc>> {
+/// The latest scheduled time each query ran for, and the latest it ran for without
+/// an error, from `query_runs` (empty if it cannot be read: then nothing is caught
+/// up).
+async fn last_scheduled(
+    engine: &QueryEngine,
+) -> (
+    HashMap<String, DateTime<Utc>>,
+    HashMap<String, DateTime<Utc>>,
+) {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::TimestampMicrosecondType;
-    let sql = "SELECT name, max(scheduled_for) AS last FROM query_runs GROUP BY name";
+    let sql = "SELECT name, max(scheduled_for) AS last, \
+               max(CASE WHEN error IS NULL THEN scheduled_for END) AS succeeded \
+               FROM query_runs GROUP BY name";
     let batches = match engine.collect(sql).await {
         Ok((_, b)) => b,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read query_runs: no catch-up of runs missed while stopped");
-            return HashMap::new();
+            return Default::default();
         }
     };
-    let mut last = HashMap::new();
+    let (mut last, mut succeeded) = (HashMap::new(), HashMap::new());
     for batch in &batches {
-        let (Some(names), Some(times)) = (
+        let (Some(names), Some(times), Some(ok)) = (
             batch.column(0).as_string_opt::<i32>(),
             batch
                 .column(1)
+                .as_primitive_opt::<TimestampMicrosecondType>(),
+            batch
+                .column(2)
                 .as_primitive_opt::<TimestampMicrosecondType>(),
         ) else {
             continue;
         };
         for i in 0..batch.num_rows() {
-            if times.is_valid(i)
-                && let Some(t) = DateTime::from_timestamp_micros(times.value(i))
-            {
-                last.insert(names.value(i).to_string(), t);
+            let name = names.value(i);
+            for (column, into) in [(times, &mut last), (ok, &mut succeeded)] {
+                if column.is_valid(i)
+                    && let Some(t) = DateTime::from_timestamp_micros(column.value(i))
+                {
+                    into.insert(name.to_string(), t);
+                }
             }
         }
     }
-    last
+    (last, succeeded)
 }
 
 /// Runs `q` as of `at` and records the run (and its first rows) in `runs`.
@@ -454,7 +489,7 @@ fn finish(record: RunRecord, shown: Option<serde_json::Value>, runs: &RunLog) {
 /// Runs rollup `q` as of `at`: recomputes the buckets of its window at `since`
 /// through `at`, and records the run (its rows are the rows written).
 pub async fn run_rollup(
-    engine: &Engine,
+    engine: &Arc<Engine>,
     q: &QueryFile,
     at: DateTime<Utc>,
     since: DateTime<Utc>,
@@ -464,7 +499,7 @@ pub async fn run_rollup(
     let started_at = Utc::now();
     let clock = Instant::now();
     let from = rollup::window_at(q, since.min(at)).from;
-    let result = rollup::refresh(engine, q, from, at, &BTreeMap::new(), |_, _| {}).await;
+    let result = rollup::refresh(engine, q, from, at, &BTreeMap::new(), false, |_, _| {}).await;
     let (rows, error) = match result {
         Ok(done) => (i64::try_from(done.rows).unwrap_or(i64::MAX), None),
         Err(e) => (0, Some(e)),

@@ -195,6 +195,7 @@ async fn fill_rollups(
             time(from),
             time(to.saturating_add(1)),
             &Default::default(),
+            false,
             |_, _| {},
         )
         .await
