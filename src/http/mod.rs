@@ -13,6 +13,7 @@
 //!   page cannot read it through DNS rebinding or a preflight-free `text/plain` POST.
 //! - Every error body is `{"error": "..."}` saying what went wrong and what to do.
 
+mod api;
 mod health;
 mod queries;
 mod query;
@@ -49,6 +50,10 @@ pub(crate) struct AppState {
     pub runs: Arc<crate::monitor::runs::RunLog>,
     /// The alert rules' instances and notifications.
     pub alerting: Arc<crate::monitor::alerts::Alerting>,
+    /// Acknowledged deliveries for the live stream (`GET /api/events/stream`).
+    pub live: tokio::sync::broadcast::Sender<Arc<api::Live>>,
+    /// Turns true when the server begins to stop.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// An error answer: status plus a message for the `error` field.
@@ -130,6 +135,11 @@ impl IntoResponse for ApiError {
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     let read = Router::new()
         .route("/query", get(query::query_get).post(query::query_post))
+        .route("/api/events", get(api::events))
+        .route("/api/events/stream", get(api::stream))
+        .route("/api/events/{id}", get(api::event))
+        .route("/api/stats", get(api::stats))
+        .route("/api/alerts", get(api::alerts))
         .route("/queries", get(queries::list))
         .route("/queries/{name}", get(queries::show))
         .route("/queries/{name}/run", post(queries::run_now))

@@ -75,6 +75,9 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
         config.alerts.renotify.0,
         move |alert| sender.send(alert),
     ));
+    // Set when a stop signal arrives: long-lived answers (the live stream) end, so
+    // the graceful shutdown does not wait for their clients.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let state = Arc::new(AppState {
         engine: Arc::clone(&engine),
         receiver,
@@ -84,6 +87,8 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
         queries: Arc::clone(&queries),
         runs: Arc::clone(&runs),
         alerting: Arc::clone(&alerting),
+        live: tokio::sync::broadcast::channel(super::api::LIVE_CAPACITY).0,
+        stopping,
     });
     let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -119,7 +124,10 @@ pub async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> 
         let _ = tcp.set_nodelay(true);
     });
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            let _ = stopping_tx.send(true);
+        })
         .await
         .context("HTTP server failed")?;
     tracing::info!("shutting down: flushing the buffer to Parquet");

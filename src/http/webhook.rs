@@ -122,7 +122,12 @@ pub async fn ingest(
     let status = received.delivery.status_code;
     let status_text = received.delivery.signature_status.as_str();
     let provider = received.delivery.provider.clone();
+    let mut live = super::api::watched(&state, &received.delivery);
     let applied = state.engine.ingest(received.delivery).await?;
+    if let Some(live) = &mut live {
+        live.attempt = Some(applied.attempt as i32);
+    }
+    super::api::publish(&state, live);
     state.metrics.ack.observe(arrived.elapsed().as_secs_f64());
     let code = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
     state
@@ -191,7 +196,9 @@ async fn forward(
         delivery.provider.clone(),
         delivery.signature_status.as_str().to_string(),
     ];
+    let live = super::api::watched(state, &delivery);
     state.engine.begin_forward(delivery).await?;
+    super::api::publish(state, live);
     let answer = state
         .forwarder
         .forward(

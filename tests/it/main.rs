@@ -7,6 +7,7 @@ mod compaction;
 mod durability;
 mod harness;
 mod ingest;
+mod inspect_api;
 mod providers;
 mod query_api;
 mod recovery;
