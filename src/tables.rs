@@ -320,7 +320,7 @@ pub mod deliveries {
         source: Text req Plain = &r.0.source,
             "the `{source}` path segment";
         provider: Text req Plain = &r.0.provider,
-            "stripe, github, shopify, slack, standard, svix, twilio, paypal, token, hmac or generic: configured, or detected from the headers";
+            "stripe, github, shopify, slack, standard, svix, twilio, paypal, sentry, token, hmac or generic: configured, or detected from the headers";
         event_type: Text opt Plain = r.0.event_type.as_deref(),
             "the provider's event type (X-GitHub-Event, X-Shopify-Topic, body `type` …)";
         event_id: Text opt Key = r.0.event_id.as_deref(),

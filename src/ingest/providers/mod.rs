@@ -14,6 +14,7 @@ mod generic;
 mod github;
 mod hmac;
 mod paypal;
+mod sentry;
 mod shopify;
 pub mod sig;
 mod slack;
@@ -186,6 +187,7 @@ pub(crate) static REGISTRY: &[Registered] = &[
     ),
     entry("twilio", &["x-twilio-signature"], &twilio::Twilio),
     entry("paypal", &["paypal-transmission-id"], &paypal::PayPal),
+    entry("sentry", &["sentry-hook-resource"], &sentry::Sentry),
     entry("token", &[], &token::Token),
     entry("hmac", &[], &hmac::GenericHmac),
     GENERIC,

@@ -204,6 +204,7 @@ fn detection_recognises_each_provider_by_its_headers() {
         ("x-slack-signature", "slack"),
         ("x-twilio-signature", "twilio"),
         ("paypal-transmission-id", "paypal"),
+        ("sentry-hook-resource", "sentry"),
     ] {
         let req = Req::new(&[(header, "x")], b"", 0);
         assert_eq!(detect(&req.headers).name, name, "{header}");
@@ -288,4 +289,57 @@ fn twilio_json_bodies_are_signed_through_body_sha256_in_the_url() {
     // The same signed URL with another body: the hash no longer matches.
     req.body = br#"[{"type":"forged"}]"#;
     assert_eq!(status("twilio", &req, &src), SignatureStatus::Invalid);
+}
+
+#[test]
+fn sentry_signature_type_and_ids() {
+    use ::hmac::Mac;
+    let body = br#"{"action":"created","installation":{"uuid":"i-1"},"data":{"issue":{"id":"1170820242","title":"boom"}}}"#;
+    // The signature as Sentry's docs compute it: HMAC-SHA256 of the body, hex.
+    let mut mac = ::hmac::Hmac::<sha2::Sha256>::new_from_slice(b"client-secret").unwrap();
+    mac.update(body);
+    let signature: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let req = Req::new(
+        &[
+            ("sentry-hook-resource", "issue"),
+            ("sentry-hook-timestamp", "1733400000"),
+            ("sentry-hook-signature", &signature),
+            ("request-id", "req-7"),
+        ],
+        body,
+        1_733_400_001,
+    );
+    assert_eq!(detect(&req.headers).name, "sentry");
+    assert_eq!(
+        status("sentry", &req, &source(&["client-secret"])),
+        SignatureStatus::Valid
+    );
+    assert_eq!(
+        status("sentry", &req, &source(&["other"])),
+        SignatureStatus::Invalid
+    );
+    let id = by_name("sentry").unwrap().identify(&req.view());
+    assert_eq!(id.event_type.as_deref(), Some("issue.created"));
+    assert_eq!(id.event_id.as_deref(), Some("issue:1170820242:created"));
+    assert_eq!(id.delivery_id.as_deref(), Some("req-7"));
+    assert_eq!(id.sent_at_us, Some(1_733_400_000_000_000));
+    let unsigned = Req::new(&[("sentry-hook-resource", "issue")], body, 0);
+    assert_eq!(
+        status("sentry", &unsigned, &source(&["client-secret"])),
+        SignatureStatus::Missing
+    );
+    // An error event's own id wins.
+    let alert = Req::new(
+        &[("sentry-hook-resource", "event_alert")],
+        br#"{"action":"triggered","data":{"event":{"event_id":"ab12"}}}"#,
+        0,
+    );
+    let id = by_name("sentry").unwrap().identify(&alert.view());
+    assert_eq!(id.event_type.as_deref(), Some("event_alert.triggered"));
+    assert_eq!(id.event_id.as_deref(), Some("ab12"));
 }
