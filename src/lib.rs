@@ -22,6 +22,7 @@ pub mod model;
 pub mod monitor;
 pub mod outbound;
 pub mod query;
+pub mod simulate;
 pub mod sys;
 pub mod tables;
 pub mod telemetry;

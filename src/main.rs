@@ -84,6 +84,13 @@ fn run(args: Cli) -> anyhow::Result<()> {
             if let Some(listen) = serve.listen {
                 config.listen = listen;
             }
+            if serve.demo {
+                for demo in hookscope::simulate::demo_sources() {
+                    if !config.sources.iter().any(|s| s.name == demo.name) {
+                        config.sources.push(demo);
+                    }
+                }
+            }
             runtime.block_on(server::serve(
                 config,
                 ServeOptions {
@@ -98,6 +105,7 @@ fn run(args: Cli) -> anyhow::Result<()> {
             runtime.block_on(cli::query::run(query, config))
         }
         Command::Bench(bench) => runtime.block_on(cli::bench::run(bench, config)),
+        Command::Simulate(simulate) => runtime.block_on(cli::simulate::run(simulate)),
         Command::Queries(queries) => runtime.block_on(cli::queries::run(queries, config)),
         Command::Check(check) => {
             if let Some(dir) = check.data_dir {

@@ -28,6 +28,15 @@ pub enum Command {
   HOOKSCOPE_WAL_SYNC=none hookscope serve --config hookscope.toml")]
     Serve(ServeArgs),
 
+    /// Send realistic, signed webhook traffic from several providers to a running
+    /// server (start it with `hookscope serve --demo` so the signatures verify).
+    #[command(after_help = "Examples:
+  hookscope serve --demo            (in one terminal)
+  hookscope simulate                (in another: 20 deliveries a second for a minute)
+  hookscope simulate --rate 200 --duration 5m --profile spike
+  hookscope simulate --profile outage --server http://127.0.0.1:9000")]
+    Simulate(SimulateArgs),
+
     /// Run SQL against a data directory (offline) or a running server.
     #[command(after_help = "Examples:
   hookscope query \"SELECT source, count(*) FROM deliveries GROUP BY source\"
@@ -204,6 +213,36 @@ pub struct ServeArgs {
     /// Allow listening beyond loopback without a token.
     #[arg(long)]
     pub insecure: bool,
+    /// Add the sources `hookscope simulate` sends to, with its demo secrets (stripe,
+    /// github, shopify, slack, sentry; a source you configured keeps your settings).
+    #[arg(long)]
+    pub demo: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// The running server to send to.
+    #[arg(long, default_value = "http://127.0.0.1:8080", value_name = "URL")]
+    pub server: String,
+    /// First sends per second over all sources (retries and duplicates come on top).
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    /// How long to send, e.g. 60s, 10m.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub duration: std::time::Duration,
+    /// realistic, spike (Stripe at ten times its rate in the middle third) or outage
+    /// (GitHub goes silent after the first third).
+    #[arg(long, default_value = "realistic")]
+    pub profile: String,
+    /// Share of deliveries the app reports as failed (the provider then retries them).
+    #[arg(long, default_value_t = 0.05)]
+    pub failure_ratio: f64,
+    /// Share of deliveries sent twice (at-least-once delivery).
+    #[arg(long, default_value_t = 0.02)]
+    pub duplicate_ratio: f64,
+    /// Seed of the random choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 #[derive(Debug, Args)]
@@ -269,3 +308,4 @@ pub mod check;
 pub mod compact;
 pub mod queries;
 pub mod query;
+pub mod simulate;

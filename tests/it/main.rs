@@ -12,3 +12,4 @@ mod providers;
 mod query_api;
 mod recovery;
 mod saved_queries;
+mod simulate;
