@@ -161,6 +161,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             "/report/{source}/fail",
             get(report::fail).post(report::fail),
         )
+        .route("/api/openapi.json", get(openapi))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .merge(read)
@@ -186,6 +187,21 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     };
     let text = state.metrics.render(&gauges, wal.map(|w| &w.sync_seconds));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// The OpenAPI 3 description of these routes (a test keeps it in step with the
+/// router).
+const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        OPENAPI,
+    )
+        .into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -292,6 +308,25 @@ fn is_local_or_ip(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every route of the router is in the OpenAPI document, and every documented
+    /// path is a route.
+    #[test]
+    fn the_openapi_document_lists_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let documented: std::collections::BTreeSet<String> =
+            doc["paths"].as_object().unwrap().keys().cloned().collect();
+        let source = include_str!("mod.rs");
+        let routed: std::collections::BTreeSet<String> = source
+            .split(".route(")
+            .skip(1)
+            .filter_map(|rest| rest.trim_start().strip_prefix('"')?.split('"').next())
+            .filter(|path| path.starts_with('/') && !matches!(*path, "/webhook" | "/webhook/"))
+            .map(|path| path.replace("{*source}", "{source}"))
+            .collect();
+        assert!(routed.len() > 15, "{routed:?}");
+        assert_eq!(routed, documented);
+    }
 
     #[test]
     fn local_names_and_ip_addresses_pass_other_names_do_not() {

@@ -165,6 +165,10 @@ async fn events_filter_page_and_drill_down_on_known_deliveries() {
     assert_eq!(beta["failure_ratio"], 1.0);
     let (status, _) = get(&server, "/api/stats?window=soon").await;
     assert_eq!(status, 400);
+    let (status, doc) = get(&server, "/api/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(doc["paths"]["/api/events/{id}"]["get"].is_object());
     let (status, alerts) = get(&server, "/api/alerts").await;
     assert_eq!(status, 200);
     assert!(alerts.as_array().unwrap().is_empty());
