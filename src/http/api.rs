@@ -321,7 +321,7 @@ pub(crate) async fn stats(
     let deliveries = rows(
         &state,
         &format!(
-            "SELECT source, count(*) AS deliveries, count(*) / {seconds} AS per_second, \
+            "SELECT source, count(*) AS deliveries, CAST(count(*) AS DOUBLE) / {seconds:.3} AS per_second, \
                     avg(CASE WHEN is_duplicate THEN 1.0 ELSE 0.0 END) AS duplicate_ratio, \
                     sum(CASE WHEN signature_status IN ('invalid', 'expired', 'missing') THEN 1 ELSE 0 END) AS signature_failures, \
                     avg(CASE WHEN status_code >= 400 OR upstream_status >= 400 OR upstream_error IS NOT NULL THEN 1.0 ELSE 0.0 END) AS error_ratio, \

@@ -14,6 +14,7 @@
 //! - Every error body is `{"error": "..."}` saying what went wrong and what to do.
 
 mod api;
+mod dashboard;
 mod health;
 mod queries;
 mod query;
@@ -161,6 +162,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             "/report/{source}/fail",
             get(report::fail).post(report::fail),
         )
+        .route("/", get(dashboard::index))
+        .route("/assets/{file}", get(dashboard::asset))
         .route("/api/openapi.json", get(openapi))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -4,6 +4,7 @@
 mod alerts;
 mod bench;
 mod compaction;
+mod dashboard;
 mod durability;
 mod harness;
 mod ingest;
