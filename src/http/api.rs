@@ -40,10 +40,19 @@ const MAX_PAGE: usize = 500;
 pub(crate) const LIVE_CAPACITY: usize = 1024;
 
 /// The columns of a delivery in a list (the body and headers are in the drill-down).
+const DELIVERY_COLUMNS: &str = "d.id, d.received_at, d.source, d.provider, d.event_type, \
+     d.event_id, d.attempt, d.is_duplicate, d.retry_gap_ms, d.signature_status, \
+     d.payload_size, d.status_code, d.upstream_status, d.upstream_latency_ms, \
+     d.delivery_lag_ms";
+/// … and its outcome (`o`: [`OUTCOMES`] by delivery id).
 const LIST_COLUMNS: &str = "d.id, d.received_at, d.source, d.provider, d.event_type, \
      d.event_id, d.attempt, d.is_duplicate, d.retry_gap_ms, d.signature_status, \
      d.payload_size, d.status_code, d.upstream_status, d.upstream_latency_ms, \
      d.delivery_lag_ms, o.outcome, o.processing_time_ms";
+/// A delivery's outcome: failure if any report says so.
+const OUTCOMES: &str = "SELECT delivery_id, \
+     CASE WHEN bool_or(status = 'failure') THEN 'failure' ELSE 'success' END AS outcome, \
+     max(processing_time_ms) AS processing_time_ms FROM outcomes";
 
 /// One acknowledged delivery, as the live stream sends it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -194,24 +203,32 @@ pub(crate) async fn events(
             }
             None => String::new(),
         };
-        let sql = format!(
-            "SELECT {LIST_COLUMNS} FROM deliveries d LEFT JOIN (\
-               SELECT delivery_id, \
-                      CASE WHEN bool_or(status = 'failure') THEN 'failure' ELSE 'success' END AS outcome, \
-                      max(processing_time_ms) AS processing_time_ms \
-               FROM outcomes {outcomes_from} GROUP BY delivery_id) o ON o.delivery_id = d.id \
-             {} ORDER BY d.received_at DESC, d.id DESC LIMIT {}",
-            if all.is_empty() {
-                String::new()
-            } else {
-                format!("WHERE {}", all.join(" AND "))
-            },
-            limit + 1
-        );
+        let filter = if all.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", all.join(" AND "))
+        };
+        // Filtering on the outcome joins the window's outcomes; otherwise the page is
+        // found first and only its own outcomes are looked up.
+        let sql = if f.status.is_some() {
+            format!(
+                "SELECT {LIST_COLUMNS} FROM deliveries d LEFT JOIN ({OUTCOMES} {outcomes_from} GROUP BY delivery_id) o \
+                 ON o.delivery_id = d.id {filter} ORDER BY d.received_at DESC, d.id DESC LIMIT {}",
+                limit + 1
+            )
+        } else {
+            format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries d {filter} ORDER BY d.received_at DESC, d.id DESC LIMIT {}",
+                limit + 1
+            )
+        };
         found = rows(&state, &sql).await?;
         if found.len() > limit {
             break;
         }
+    }
+    if f.status.is_none() {
+        add_outcomes(&state, &mut found).await?;
     }
     let next_cursor = if found.len() > limit {
         found.truncate(limit);
@@ -220,6 +237,40 @@ pub(crate) async fn events(
         None
     };
     Ok(Json(serde_json::json!({"events": found, "next_cursor": next_cursor})).into_response())
+}
+
+/// Adds `outcome` and `processing_time_ms` to listed deliveries: the reports of
+/// those deliveries only, from an hour before the oldest of them on.
+async fn add_outcomes(state: &AppState, found: &mut [Value]) -> Result<(), ApiError> {
+    let ids: Vec<String> = found
+        .iter()
+        .filter_map(|r| r["id"].as_str().map(literal))
+        .collect();
+    let oldest = found
+        .iter()
+        .filter_map(|r| r["received_at"].as_str())
+        .filter_map(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .min();
+    let mut by_id = std::collections::HashMap::new();
+    if let (false, Some(oldest)) = (ids.is_empty(), oldest) {
+        let sql = format!(
+            "{OUTCOMES} WHERE delivery_id IN ({}) AND reported_at >= {} GROUP BY delivery_id",
+            ids.join(", "),
+            literal(&rfc3339(&(oldest - chrono::Duration::hours(1))))
+        );
+        for row in rows(state, &sql).await? {
+            if let Some(id) = row["delivery_id"].as_str() {
+                by_id.insert(id.to_string(), row);
+            }
+        }
+    }
+    for r in found.iter_mut() {
+        let o = r["id"].as_str().and_then(|id| by_id.get(id));
+        r["outcome"] = o.map_or(Value::Null, |o| o["outcome"].clone());
+        r["processing_time_ms"] = o.map_or(Value::Null, |o| o["processing_time_ms"].clone());
+    }
+    Ok(())
 }
 
 /// `<received_at µs>:<id>` of a listed row.
@@ -279,6 +330,22 @@ pub(crate) async fn event(
         ),
     )
     .await?;
+    // Attempts are counted within the dedup window of each other: look that far
+    // either side of this one (files outside are not opened).
+    let window = chrono::Duration::from_std(state.config.dedup.window.0)
+        .unwrap_or_else(|_| chrono::Duration::days(7));
+    let near = delivery["received_at"]
+        .as_str()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| {
+            let t = t.with_timezone(&Utc);
+            format!(
+                " AND received_at >= {} AND received_at <= {}",
+                literal(&rfc3339(&(t - window))),
+                literal(&rfc3339(&(t + window)))
+            )
+        })
+        .unwrap_or_default();
     let attempts = match (delivery["source"].as_str(), delivery["dedup_key"].as_str()) {
         (Some(source), Some(key)) => {
             rows(
@@ -286,7 +353,7 @@ pub(crate) async fn event(
                 &format!(
                     "SELECT id, received_at, attempt, is_duplicate, retry_gap_ms, status_code, \
                             signature_status, upstream_status, upstream_error \
-                     FROM deliveries WHERE source = {} AND dedup_key = {} ORDER BY received_at, id",
+                     FROM deliveries WHERE source = {} AND dedup_key = {}{near} ORDER BY received_at, id",
                     literal(source),
                     literal(key)
                 ),

@@ -87,9 +87,16 @@ fn bench_generates_a_lake_then_reuses_it_and_times_the_whole_set() {
     ] {
         assert!(names.contains(&saved), "{names:?}");
     }
+    // Then a chart read from the raw table and from the hourly rollup (filled
+    // first).
+    let tail = names.len() - 2;
     assert!(
-        names[8..].iter().all(|n| n.starts_with("saved:")),
+        names[8..tail].iter().all(|n| n.starts_with("saved:")),
         "{names:?}"
+    );
+    assert_eq!(
+        names[tail..],
+        ["rollup:daily_from_raw", "rollup:daily_from_rollup"]
     );
     for q in first["queries"].as_array().unwrap() {
         assert!(q.get("error").is_none(), "{q}");
