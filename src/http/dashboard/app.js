@@ -6,7 +6,7 @@
 const $ = (id) => document.getElementById(id);
 const COLORS = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563"];
 const WINDOWS = { "15m": 900, "1h": 3600, "6h": 21600, "24h": 86400, "7d": 604800, "30d": 2592000 };
-const state = { cursor: null, charts: {}, live: null, colors: {} };
+const state = { cursor: null, paged: false, charts: {}, live: null, colors: {} };
 
 class AuthNeeded extends Error {}
 
@@ -279,6 +279,7 @@ async function loadEvents(more) {
     target.replaceChildren(table(page.events, EVENT_COLUMNS, openEvent));
   }
   state.cursor = page.next_cursor;
+  state.paged = Boolean(more);
   $("more").hidden = !page.next_cursor;
 }
 
@@ -426,7 +427,8 @@ async function refresh() {
     ["sources", loadTiles],
     ["charts", loadCharts],
     ["alerts", loadAlerts],
-    ["deliveries", () => loadEvents(false)],
+    // The list is left alone while the user reads further pages.
+    ["deliveries", () => (state.paged ? Promise.resolve() : loadEvents(false))],
   ];
   $("status").textContent = "";
   await Promise.all(jobs.map(([name, job]) => job().catch((e) => showError(name, e))));
@@ -439,10 +441,14 @@ function start() {
     $("login").hidden = true;
     boot();
   });
-  $("refresh").addEventListener("click", () => refresh());
+  $("refresh").addEventListener("click", () => {
+    state.paged = false;
+    refresh();
+  });
   $("window").addEventListener("change", () => refresh());
   $("filters").addEventListener("submit", (e) => {
     e.preventDefault();
+    state.paged = false;
     loadEvents(false).catch((err) => showError("deliveries", err));
   });
   $("more").addEventListener("click", () => loadEvents(true).catch((err) => showError("deliveries", err)));
