@@ -6,6 +6,7 @@ mod bench;
 mod compaction;
 mod durability;
 mod harness;
+mod import;
 mod ingest;
 mod providers;
 mod query_api;
