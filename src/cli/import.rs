@@ -15,20 +15,30 @@ pub async fn run(args: ImportArgs, config: Config) -> anyhow::Result<()> {
     let dir = config.data_dir.clone();
     let imported = import(&dir, &args.files, &options, move |f| {
         println!(
-            "{}: {} rows imported into {} ({} files)",
+            "{}: {} imported into {} ({})",
             f.path.display(),
-            f.rows,
+            count(f.rows, "row"),
             table.name(),
-            f.files
+            count(f.files, "Parquet file")
         );
     })
     .await?;
     let rows: u64 = imported.iter().map(|f| f.rows).sum();
     println!(
-        "{rows} rows from {} files imported into {} in {}",
-        imported.len(),
+        "{} from {} imported into {} in {}",
+        count(rows, "row"),
+        count(imported.len() as u64, "file"),
         table.name(),
         dir.display()
     );
     Ok(())
+}
+
+/// `1 row`, `2 rows`.
+fn count(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }

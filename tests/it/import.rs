@@ -112,7 +112,7 @@ fn history_files_of_every_format_are_imported_and_queryable() {
         ],
     );
     assert!(out.contains("flask.ndjson: 2 rows imported"), "{out}");
-    assert!(out.contains("saas.csv: 1 rows imported"), "{out}");
+    assert!(out.contains("saas.csv: 1 row imported"), "{out}");
     assert!(out.contains("stripe.parquet: 2 rows imported"), "{out}");
     assert!(
         out.contains("5 rows from 3 files imported into deliveries"),
