@@ -275,7 +275,7 @@ fn epoch_seconds(f: f64) -> Option<i64> {
     (f.is_finite() && us.abs() < 9e18).then_some(us as i64)
 }
 
-/// The table's columns as builders, and the name → index map.
+/// One builder per column of the table, in its order.
 fn builders(table: Table) -> Vec<Builder> {
     table
         .columns()
