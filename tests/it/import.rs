@@ -139,6 +139,8 @@ fn history_files_of_every_format_are_imported_and_queryable() {
              "event_type": null, "dedup_key": "evt_9", "payload_size": 0},
         ])
     );
+    // The imported files are ordinary committed files of the lake.
+    cli_ok(&lake, &["check"]);
     let ids = query(
         &lake,
         "SELECT count(DISTINCT id) AS n FROM deliveries WHERE id = '01JH0000000000000000000CSV' OR length(id) = 26",
