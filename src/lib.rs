@@ -8,7 +8,8 @@
 //! forwards deliveries to the app. [`model`] and [`tables`] are the shared vocabulary
 //! (records, table columns), [`config`] the settings, [`telemetry`] the metrics,
 //! [`sys`] the operating-system helpers, and [`cli`] the commands. [`generate`] writes
-//! synthetic traffic into a lake for benchmarks, tests and demos. See ARCHITECTURE.md.
+//! synthetic traffic into a lake for benchmarks, tests and demos; [`import`] appends
+//! history from Parquet, NDJSON or CSV files. See ARCHITECTURE.md.
 
 pub mod buffer;
 pub mod cli;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod engine;
 pub mod generate;
 pub mod http;
+pub mod import;
 pub mod ingest;
 pub mod lake;
 pub mod model;

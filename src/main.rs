@@ -113,6 +113,12 @@ fn run(args: Cli) -> anyhow::Result<()> {
             }
             runtime.block_on(cli::check::run(config))
         }
+        Command::Import(import) => {
+            if let Some(dir) = &import.data_dir {
+                config.data_dir = dir.clone();
+            }
+            runtime.block_on(cli::import::run(import, config))
+        }
         Command::Compact(compact) => {
             if let Some(dir) = compact.data_dir {
                 config.data_dir = dir;

@@ -39,6 +39,19 @@ impl SignatureStatus {
         }
     }
 
+    /// The status whose SQL value is `s`.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Valid,
+            Self::Invalid,
+            Self::Expired,
+            Self::Missing,
+            Self::Unchecked,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+
     pub(crate) fn code(self) -> u8 {
         match self {
             Self::Valid => 0,

@@ -91,6 +91,30 @@ is for a lake no server runs on (it needs the data directory's lock). Rows are s
 in one manifest commit: a query sees every row exactly once, before, during and after.")]
     Compact(CompactArgs),
 
+    /// Append history (of any age) to a lake from Parquet, NDJSON or CSV files.
+    #[command(after_help = "Examples:
+  hookscope import --data-dir /var/lib/hookscope old-receiver.ndjson
+  hookscope import --table outcomes reports-2025.csv reports-2026.parquet
+  sqlite3 -json hooks.db \"SELECT * FROM deliveries\" > history.json && hookscope import history.json
+
+The files' columns are the table's (docs/tables.md, or `hookscope query \"DESCRIBE deliveries\"`),
+by name; the format is told by the extension: .parquet, .ndjson / .jsonl / .json (one object a
+line, or one array), .csv (with a header). A column the file lacks is null if it is optional;
+the id is assigned (a ULID of the row's time) and these deliveries columns are derived as on
+receipt when the file has none: payload_size and payload_sha256 (from body or body_base64),
+dedup_key (event_id, else sha256:<payload_sha256>), attempt, is_duplicate and retry_gap_ms
+(every row of the command in received_at order, per source and dedup_key, as the dedup index
+counts live arrivals), delivery_lag_ms (received_at - sent_at).
+
+Timestamps in NDJSON and CSV: RFC 3339 (2026-03-01T12:00:00Z, 2026-03-01 12:00:00.5+02:00;
+no offset means UTC) or an integer epoch in seconds, ms, µs or ns. Other values must have
+their column's type (an integer column takes no \"12\" in JSON). A file with an unknown
+column, a value of the wrong type, or a required column missing or empty is refused with the
+row and column named, and then nothing is imported. Each file is committed on its own (all
+its rows or none) and its rows are printed. Stop the server first: the import takes the
+data directory's lock. Importing a file twice adds its rows twice.")]
+    Import(ImportArgs),
+
     /// Verify a lake: manifest, files and WAL; exits non-zero when anything is wrong.
     #[command(after_help = "Examples:
   hookscope check
@@ -102,6 +126,19 @@ the dedup state files exist; and that the WAL reads and no record past the commi
 files is missing. Changes nothing; safe beside a running server (a flush in progress
 may show as a file the manifest does not name yet).")]
     Check(CompactArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The table the rows go to.
+    #[arg(long, default_value = "deliveries", value_parser = ["deliveries", "outcomes"])]
+    pub table: String,
+    /// Data directory (overrides data_dir); created if missing.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Files to import (.parquet, .ndjson, .jsonl, .json, .csv).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -306,6 +343,7 @@ pub struct ResultArgs {
 pub mod bench;
 pub mod check;
 pub mod compact;
+pub mod import;
 pub mod queries;
 pub mod query;
 pub mod simulate;

@@ -108,18 +108,11 @@ impl LakeApplier {
         let seen = self
             .dedup
             .observe(&d.source, &d.dedup_key, d.received_at_us);
-        let attempt = d
-            .provider_attempt
-            .unwrap_or(i32::try_from(seen.arrivals).unwrap_or(i32::MAX));
-        let derived = Derived {
-            attempt,
-            is_duplicate: attempt > 1,
-            retry_gap_ms: seen.gap_ms,
-        };
+        let derived: Derived = seen.derived(d.provider_attempt);
         buf.push_delivery(seq, d, derived);
         Applied {
-            attempt,
-            duplicate: attempt > 1,
+            attempt: derived.attempt,
+            duplicate: derived.is_duplicate,
         }
     }
 }

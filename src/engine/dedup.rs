@@ -40,6 +40,19 @@ pub struct Seen {
     pub gap_ms: Option<f64>,
 }
 
+impl Seen {
+    /// The derived columns of a delivery this arrival is: the provider's own attempt
+    /// number (`provider_attempt`) wins over the count of arrivals.
+    pub fn derived(self, provider_attempt: Option<i32>) -> crate::buffer::Derived {
+        let attempt = provider_attempt.unwrap_or(i32::try_from(self.arrivals).unwrap_or(i32::MAX));
+        crate::buffer::Derived {
+            attempt,
+            is_duplicate: attempt > 1,
+            retry_gap_ms: self.gap_ms,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     arrivals: u32,

@@ -25,7 +25,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::lake::manifest::{FileEntry, Manifest, ManifestError};
+use crate::lake::append::Append;
+use crate::lake::manifest::{Manifest, ManifestError};
 use crate::lake::persist::{self, PersistError};
 use crate::lake::{Lake, LakeError};
 use crate::tables::Table;
@@ -135,7 +136,6 @@ async fn generate_locked(
     let _lock = crate::engine::lock_dir(dir)?;
     let lake = &Lake::local(dir)?;
     let manifest = Manifest::load(lake).await?;
-    let next_file = manifest.next_file_seq.max(1);
 
     // The generator fills windows on its own thread; this task encodes and writes
     // them (two cores: one each).
@@ -148,22 +148,18 @@ async fn generate_locked(
         .spawn(move || Generator::new(&spec_for_thread, run, span_us, window_us).run(&tx))
         .map_err(|e| GenerateError::Task(format!("cannot start the generator thread: {e}")))?;
 
-    let mut out = Written {
-        summary: Summary::default(),
-        added: Vec::new(),
-        paths: Vec::new(),
-        next_file,
-    };
+    let mut summary = Summary::default();
+    let mut out = Append::new(lake, &manifest, "gen");
     let result: Result<(), GenerateError> = async {
         // Each table of a window is encoded on its own blocking thread, and the next
         // window's encoding starts before this one's files are written.
         let mut encoding = std::collections::VecDeque::new();
         while let Some(window) = rx.recv().await {
-            out.summary.deliveries += window.deliveries;
-            out.summary.retries += window.retries;
-            out.summary.duplicates += window.duplicates;
-            out.summary.outcomes += window.outcomes;
-            out.summary.request_bytes += window.request_bytes;
+            summary.deliveries += window.deliveries;
+            summary.retries += window.retries;
+            summary.duplicates += window.duplicates;
+            summary.outcomes += window.outcomes;
+            summary.request_bytes += window.request_bytes;
             let mut buffer = window.buffer;
             for table in [Table::Deliveries, Table::Outcomes] {
                 let batches = buffer.snapshot(table);
@@ -175,13 +171,13 @@ async fn generate_locked(
             }
             while encoding.len() > 2 {
                 if let Some((table, task)) = encoding.pop_front() {
-                    out.write(lake, table, task).await?;
+                    write(&mut out, table, task).await?;
                 }
             }
-            progress(out.summary.deliveries);
+            progress(summary.deliveries);
         }
         while let Some((table, task)) = encoding.pop_front() {
-            out.write(lake, table, task).await?;
+            write(&mut out, table, task).await?;
         }
         Ok(())
     }
@@ -192,62 +188,30 @@ async fn generate_locked(
         .await
         .map_err(|e| GenerateError::Task(e.to_string()))
         .and_then(|r| r.map_err(|_| GenerateError::Task("the generator thread panicked".into())));
-    let outcome = result.and(joined.map(|_| ()));
-    let committed = match outcome {
-        Ok(()) => {
-            let mut next = manifest.with_files(out.added, manifest.wal_through, out.next_file);
-            next.commit(lake, &manifest)
-                .await
-                .map_err(GenerateError::from)
-        }
-        Err(e) => Err(e),
-    };
-    if let Err(e) = committed {
+    summary.files = out.files() as u64;
+    summary.bytes = out.bytes;
+    match result.and(joined.map(|_| ())) {
         // Files no manifest names: removed now (or at the next start if this fails).
-        if !matches!(&e, GenerateError::Manifest(m) if Manifest::keeps_files(m)) {
-            for path in &out.paths {
-                let _ = lake.delete(path).await;
-            }
+        Ok(()) => {
+            out.commit().await?;
         }
-        return Err(e);
+        Err(e) => {
+            out.abandon().await;
+            return Err(e);
+        }
     }
-    Ok(out.summary)
+    Ok(summary)
 }
 
-/// The files written so far.
-struct Written {
-    summary: Summary,
-    added: Vec<(Table, FileEntry)>,
-    paths: Vec<String>,
-    next_file: u64,
-}
-
-impl Written {
-    /// Writes the files `task` encodes for `table`.
-    async fn write(
-        &mut self,
-        lake: &Lake,
-        table: Table,
-        task: tokio::task::JoinHandle<Result<Vec<persist::EncodedFile>, PersistError>>,
-    ) -> Result<(), GenerateError> {
-        let files = task
-            .await
-            .map_err(|e| GenerateError::Task(e.to_string()))??;
-        for f in files {
-            let path = format!(
-                "{}/{}/gen-{:012}.parquet",
-                table.name(),
-                f.partition,
-                self.next_file
-            );
-            self.next_file += 1;
-            let (entry, bytes) = f.into_entry(path);
-            self.paths.push(entry.path.clone());
-            lake.put_durable(&entry.path, bytes).await?;
-            self.summary.files += 1;
-            self.summary.bytes += entry.bytes;
-            self.added.push((table, entry));
-        }
-        Ok(())
-    }
+/// Writes the files `task` encodes for `table`.
+async fn write(
+    out: &mut Append<'_>,
+    table: Table,
+    task: tokio::task::JoinHandle<Result<Vec<persist::EncodedFile>, PersistError>>,
+) -> Result<(), GenerateError> {
+    let files = task
+        .await
+        .map_err(|e| GenerateError::Task(e.to_string()))??;
+    out.write(table, files).await?;
+    Ok(())
 }

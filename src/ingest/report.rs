@@ -84,7 +84,7 @@ impl ReportError {
     }
 }
 
-fn status_of(s: &str) -> Result<&'static str, ReportError> {
+pub(crate) fn status_of(s: &str) -> Result<&'static str, ReportError> {
     match s {
         "success" => Ok("success"),
         "failure" => Ok("failure"),

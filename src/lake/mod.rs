@@ -11,6 +11,7 @@
 //! - Relative paths passed in are lake-relative (`deliveries/date=…/x.parquet`) and
 //!   are checked: no `..`, no absolute paths, no empty segments.
 
+pub(crate) mod append;
 pub mod compact;
 pub mod dedup_file;
 pub mod dedup_state;

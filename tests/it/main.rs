@@ -7,6 +7,7 @@ mod compaction;
 mod dashboard;
 mod durability;
 mod harness;
+mod import;
 mod ingest;
 mod inspect_api;
 mod providers;
