@@ -11,7 +11,7 @@ use crate::tables::Table;
 pub async fn run(args: ImportArgs, config: Config) -> anyhow::Result<()> {
     let table = Table::from_name(&args.table)
         .with_context(|| format!("--table {}: write deliveries or outcomes", args.table))?;
-    let options = Options::from_config(table, &config);
+    let options = Options::from_config(table, &config).map_err(anyhow::Error::msg)?;
     let dir = config.data_dir.clone();
     let imported = import(&dir, &args.files, &options, move |f| {
         println!(

@@ -35,6 +35,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use super::flush::{discard, put_or_discard};
 use super::{Engine, EngineError};
 use crate::lake::manifest::FileEntry;
+use crate::lake::persist::EncodedFile;
 use crate::query::catalog::rollup;
 
 const DAY_US: i64 = 86_400_000_000;
@@ -148,15 +149,16 @@ impl Engine {
                 self.settings.node_id,
                 ulid::Ulid::new()
             );
-            let entry = FileEntry {
-                path,
+            let (entry, bytes) = EncodedFile {
+                partition: String::new(),
+                bytes: day.bytes,
                 rows: day.rows,
-                bytes: day.bytes.len() as u64,
                 min_time_us: day.min_time_us,
                 max_time_us: day.max_time_us,
                 ids: None,
-            };
-            put_or_discard(&lake, &entry, day.bytes, added.iter()).await?;
+            }
+            .into_entry(path);
+            put_or_discard(&lake, &entry, bytes, added.iter()).await?;
             added.push(entry);
         }
         let written: Vec<String> = added.iter().map(|e| e.path.clone()).collect();

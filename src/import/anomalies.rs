@@ -238,10 +238,8 @@ async fn backtest_rules(
     let d = write("deliveries.ndjson", &deliveries);
     let o = write("outcomes.ndjson", &outcomes);
     let opts = |table| Options {
-        table,
-        dedup_window: Duration::from_secs(7 * 86_400),
         dedup_max_keys: 1_000_000,
-        zstd_level: 1,
+        ..super::tests::options(table)
     };
     let imported = import(&lake, &[d], &opts(Table::Deliveries), |_| {})
         .await

@@ -57,8 +57,10 @@ use crate::model::{Delivery, Outcome, SignatureStatus, StoredBody};
 use crate::tables::Table;
 
 /// How to import.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
+    /// Which headers are stored redacted, as the receive step decides it.
+    pub receiver: std::sync::Arc<crate::ingest::receive::Receiver>,
     /// `deliveries` or `outcomes`.
     pub table: Table,
     /// The dedup index's window and bound, as the server's (`[dedup]`).
@@ -70,14 +72,45 @@ pub struct Options {
 
 impl Options {
     /// The settings of `config` for importing into `table`.
-    pub fn from_config(table: Table, config: &Config) -> Self {
-        Self {
+    pub fn from_config(table: Table, config: &Config) -> Result<Self, String> {
+        let receiver = crate::ingest::receive::Receiver::new(config).map_err(|e| e.to_string())?;
+        Ok(Self {
+            receiver: std::sync::Arc::new(receiver),
             table,
             dedup_window: config.dedup.window.0,
             dedup_max_keys: config.dedup.max_keys,
             zstd_level: config.parquet.zstd_level,
-        }
+        })
     }
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("table", &self.table)
+            .field("dedup_window", &self.dedup_window)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A file's `headers` as the receive step stores them: a JSON object with lower-case
+/// names in order, the values of secret headers replaced by `"[redacted]"`.
+fn redacted_headers(text: &str, redacts: impl Fn(&str) -> bool) -> Result<String, String> {
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
+        .map_err(|_| {
+            "column `headers`: a JSON object of header names and values, e.g. {\"content-type\": \"application/json\"}".to_string()
+        })?;
+    let mut sorted = std::collections::BTreeMap::new();
+    for (name, value) in object {
+        let name = name.to_ascii_lowercase();
+        let value = match value {
+            _ if redacts(&name) => crate::ingest::receive::REDACTED.to_string(),
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        };
+        sorted.insert(name, value);
+    }
+    Ok(serde_json::to_string(&sorted).unwrap_or_else(|_| "{}".into()))
 }
 
 /// What one input file added.
@@ -111,6 +144,14 @@ pub enum ImportError {
         .0.display()
     )]
     Locked(PathBuf),
+    #[error(
+        "{}: may have been imported: its manifest version is in place but could not be confirmed durable ({source}); count its rows with `hookscope query` before importing it again",
+        path.display()
+    )]
+    MaybeWritten {
+        path: PathBuf,
+        source: Box<ManifestError>,
+    },
     #[error("{}: not imported: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -175,15 +216,32 @@ async fn import_locked(
             .map_err(|e| ImportError::Task(e.to_string()))??
     };
     let mut manifest = Manifest::load(&lake).await?;
+    // A lake no server has written yet: its dedup index is marked empty, so the
+    // first start does not rebuild it from the imported history. Imported rows never
+    // count toward live attempts, as in a lake a server already keeps.
+    if manifest.dedup.is_none()
+        && manifest.wal_through == 0
+        && manifest.files(Table::Deliveries).is_empty()
+    {
+        manifest.dedup = Some(Default::default());
+    }
     let mut done = Vec::with_capacity(files.len());
     for (path, batch) in files.iter().zip(batches) {
         let rows = batch.num_rows() as u64;
         let mut written = 0;
         if rows > 0 {
             let committed = commit_file(&lake, &manifest, table, batch, options.zstd_level).await;
-            let (next, n) = committed.map_err(|e| ImportError::Write {
-                path: path.clone(),
-                source: Box::new(e),
+            let (next, n) = committed.map_err(|e| match e {
+                ImportError::Manifest(m) if Manifest::keeps_files(&m) => {
+                    ImportError::MaybeWritten {
+                        path: path.clone(),
+                        source: Box::new(m),
+                    }
+                }
+                e => ImportError::Write {
+                    path: path.clone(),
+                    source: Box::new(e),
+                },
             })?;
             manifest = next;
             written = n;
@@ -306,33 +364,20 @@ impl<'a> Row<'a> {
     fn text(&self, name: &str) -> Option<&'a str> {
         Some(self.column(name)?.as_string_opt::<i32>()?.value(self.i))
     }
+    fn primitive<T: arrow::datatypes::ArrowPrimitiveType>(&self, name: &str) -> Option<T::Native> {
+        Some(self.column(name)?.as_primitive_opt::<T>()?.value(self.i))
+    }
     fn time(&self, name: &str) -> Option<i64> {
-        Some(
-            self.column(name)?
-                .as_primitive_opt::<TimestampMicrosecondType>()?
-                .value(self.i),
-        )
+        self.primitive::<TimestampMicrosecondType>(name)
     }
     fn int32(&self, name: &str) -> Option<i32> {
-        Some(
-            self.column(name)?
-                .as_primitive_opt::<Int32Type>()?
-                .value(self.i),
-        )
+        self.primitive::<Int32Type>(name)
     }
     fn int64(&self, name: &str) -> Option<i64> {
-        Some(
-            self.column(name)?
-                .as_primitive_opt::<Int64Type>()?
-                .value(self.i),
-        )
+        self.primitive::<Int64Type>(name)
     }
     fn float(&self, name: &str) -> Option<f64> {
-        Some(
-            self.column(name)?
-                .as_primitive_opt::<Float64Type>()?
-                .value(self.i),
-        )
+        self.primitive::<Float64Type>(name)
     }
     fn owned(&self, name: &str) -> Option<String> {
         self.text(name).map(str::to_string)
@@ -346,8 +391,24 @@ impl<'a> Row<'a> {
 
 /// The delivery of row `r`, its derived columns filled as on receipt (except the
 /// dedup index's, which need every row in time order).
-fn delivery_of(r: &Row<'_>) -> Result<Delivery, String> {
-    let received_at_us = r.required("received_at", Row::time)?;
+/// Times before 1970 or from 2200 on are refused: they are typos or wrong units,
+/// and each distinct hour would become a file of its own.
+fn sane_time(column: &str, us: i64) -> Result<i64, String> {
+    const Y2200_US: i64 = 7_258_118_400_000_000;
+    if (0..Y2200_US).contains(&us) {
+        Ok(us)
+    } else {
+        Err(format!(
+            "column `{column}`: {us} µs is not a time between 1970 and 2200 (an epoch in other units?)"
+        ))
+    }
+}
+
+fn delivery_of(
+    r: &Row<'_>,
+    receiver: &crate::ingest::receive::Receiver,
+) -> Result<Delivery, String> {
+    let received_at_us = sane_time("received_at", r.required("received_at", Row::time)?)?;
     let body = match (r.text("body"), r.text("body_base64")) {
         (Some(t), _) => StoredBody::Text(t.to_string()),
         (None, Some(b64)) => {
@@ -401,7 +462,10 @@ fn delivery_of(r: &Row<'_>) -> Result<Delivery, String> {
         delivery_id: r.owned("delivery_id"),
         dedup_key,
         provider_attempt: r.int32("attempt"),
-        sent_at_us: r.time("sent_at"),
+        sent_at_us: r
+            .time("sent_at")
+            .map(|t| sane_time("sent_at", t))
+            .transpose()?,
         signature_status,
         method: r.required("method", Row::owned)?,
         path: r.required("path", Row::owned)?,
@@ -409,7 +473,15 @@ fn delivery_of(r: &Row<'_>) -> Result<Delivery, String> {
         content_type: r.owned("content_type"),
         user_agent: r.owned("user_agent"),
         remote_addr: r.owned("remote_addr"),
-        headers_json: r.required("headers", Row::owned)?,
+        headers_json: {
+            let (source, provider) = (
+                r.text("source").unwrap_or_default(),
+                r.text("provider").unwrap_or_default(),
+            );
+            redacted_headers(r.required("headers", Row::text)?, |name| {
+                receiver.redacts(source, provider, name)
+            })?
+        },
         payload_size: r.int64("payload_size").unwrap_or(bytes.len() as i64),
         body,
         payload_sha256,
@@ -422,7 +494,7 @@ fn delivery_of(r: &Row<'_>) -> Result<Delivery, String> {
 }
 
 fn outcome_of(r: &Row<'_>) -> Result<Outcome, String> {
-    let reported_at_us = r.required("reported_at", Row::time)?;
+    let reported_at_us = sane_time("reported_at", r.required("reported_at", Row::time)?)?;
     let status = crate::ingest::report::status_of(r.required("status", Row::text)?)
         .map_err(|e| format!("column `status`: {e}"))?;
     let processing_time_ms = r.float("processing_time_ms");
@@ -474,7 +546,9 @@ fn deliveries(
     read: &[FileRows],
     options: &Options,
 ) -> Result<Vec<RecordBatch>, ImportError> {
-    let records = records(files, read, Table::Deliveries, delivery_of)?;
+    let records = records(files, read, Table::Deliveries, |r| {
+        delivery_of(r, &options.receiver)
+    })?;
     // Every row of the invocation through one fresh index, in arrival order (a
     // stable sort: equal times keep the files' order).
     let mut order: Vec<(i64, usize, usize)> = records

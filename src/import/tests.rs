@@ -7,8 +7,11 @@ use super::*;
 use crate::engine::tests::settings;
 use crate::engine::{Engine, Mode};
 
-fn options(table: Table) -> Options {
+pub(super) fn options(table: Table) -> Options {
     Options {
+        receiver: std::sync::Arc::new(
+            crate::ingest::receive::Receiver::new(&crate::config::Config::default()).unwrap(),
+        ),
         table,
         dedup_window: Duration::from_secs(7 * 86_400),
         dedup_max_keys: 100_000,
@@ -398,4 +401,60 @@ fn timestamps_in_the_formats_exports_use() {
     for bad in ["", "yesterday", "2025-13-01T00:00:00Z", "01/01/2025"] {
         assert_eq!(parse_timestamp(bad), None, "{bad}");
     }
+}
+
+#[tokio::test]
+async fn imported_headers_are_redacted_as_on_receipt() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let mut row = delivery("shop", "2025-01-01T10:00:00Z", "{}");
+    row["headers"] = json!({
+        "Authorization": "Bearer sk_live_secret",
+        "Cookie": "session=1",
+        "X-Custom": "kept",
+        "Content-Length": 2,
+    });
+    let file = write(dir.path(), "h.ndjson", &ndjson(&[row]));
+    run(&lake, &[file], Table::Deliveries).await.unwrap();
+    let rows = query(&lake, "SELECT headers FROM deliveries").await;
+    let headers: Value = serde_json::from_str(rows[0]["headers"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        headers,
+        json!({"authorization": "[redacted]", "content-length": "2", "cookie": "[redacted]", "x-custom": "kept"})
+    );
+    // Headers that are not a JSON object are refused, naming the column.
+    let mut bad = delivery("shop", "2025-01-01T10:00:00Z", "{}");
+    bad["headers"] = json!("authorization: Bearer x");
+    let file = write(dir.path(), "bad.ndjson", &ndjson(&[bad]));
+    let err = refused(run(&lake, &[file], Table::Deliveries).await.unwrap_err());
+    assert!(
+        err.contains("`headers`") && err.contains("JSON object"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn times_outside_1970_to_2200_are_refused_and_a_fresh_lake_keeps_an_empty_dedup_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let mut far = delivery("shop", "2025-01-01T10:00:00Z", "{}");
+    far["received_at"] = json!(99_999_999_999_999_999i64); // ns read as µs: year 5138
+    let file = write(dir.path(), "far.ndjson", &ndjson(&[far]));
+    let err = refused(run(&lake, &[file], Table::Deliveries).await.unwrap_err());
+    assert!(
+        err.contains("`received_at`") && err.contains("1970 and 2200"),
+        "{err}"
+    );
+    // Into a lake no server wrote: the manifest says the dedup index is empty, so a
+    // first start does not rebuild it from the imported rows.
+    let ok = write(
+        dir.path(),
+        "ok.ndjson",
+        &ndjson(&[delivery("shop", "2025-01-01T10:00:00Z", "{}")]),
+    );
+    run(&lake, &[ok], Table::Deliveries).await.unwrap();
+    let manifest = crate::lake::manifest::Manifest::load(&crate::lake::Lake::local(&lake).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(manifest.dedup, Some(Default::default()));
 }

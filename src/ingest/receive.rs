@@ -100,6 +100,23 @@ pub enum SetupError {
 }
 
 impl Receiver {
+    /// True if header `name` (lower case) of a delivery to `source` from `provider`
+    /// is stored as `"[redacted]"`: the names always redacted, the source's
+    /// `redact_headers` and token header, and the provider's secret headers.
+    pub fn redacts(&self, source: &str, provider: &str, name: &str) -> bool {
+        let configured = self.sources.get(source);
+        let scheme = configured
+            .and_then(|s| s.provider)
+            .or_else(|| providers::by_name(provider));
+        self.redact.iter().any(|h| h == name)
+            || configured.is_some_and(|s| s.redact.iter().any(|h| h == name))
+            || scheme.is_some_and(|p| {
+                p.secret_headers(configured.map(|s| &s.config))
+                    .iter()
+                    .any(|h| h.eq_ignore_ascii_case(name))
+            })
+    }
+
     /// A receiver for `config`'s sources. Fails on a source whose provider settings
     /// are unusable (unknown provider, bad algorithm …).
     pub fn new(config: &Config) -> Result<Self, SetupError> {

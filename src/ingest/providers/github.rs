@@ -35,13 +35,6 @@ impl Provider for GitHub {
             (None, None) => return Verification::status(SignatureStatus::Missing),
         };
         let candidates: Vec<Vec<u8>> = value.and_then(sig::hex_decode).into_iter().collect();
-        let ok = sig::any_secret_matches(&source.secret.0, &candidates, |key| {
-            sig::hmac(algo, key, &[req.body])
-        });
-        Verification::status(if ok {
-            SignatureStatus::Valid
-        } else {
-            SignatureStatus::Invalid
-        })
+        sig::body_hmac_status(algo, &candidates, req.body, source)
     }
 }

@@ -54,13 +54,6 @@ impl Provider for Sentry {
             return Verification::status(SignatureStatus::Missing);
         };
         let candidates: Vec<Vec<u8>> = sig::hex_decode(value.trim()).into_iter().collect();
-        let ok = sig::any_secret_matches(&source.secret.0, &candidates, |key| {
-            sig::hmac(Algo::Sha256, key, &[req.body])
-        });
-        Verification::status(if ok {
-            SignatureStatus::Valid
-        } else {
-            SignatureStatus::Invalid
-        })
+        sig::body_hmac_status(Algo::Sha256, &candidates, req.body, source)
     }
 }

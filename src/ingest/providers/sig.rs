@@ -96,6 +96,22 @@ pub(crate) fn any_secret_matches(
     matched
 }
 
+/// The status of a signature that is an `algo` HMAC of the body alone, given its
+/// decoded candidates (GitHub, Shopify, Sentry).
+pub(crate) fn body_hmac_status(
+    algo: Algo,
+    candidates: &[Vec<u8>],
+    body: &[u8],
+    source: &crate::config::SourceConfig,
+) -> super::Verification {
+    let ok = any_secret_matches(&source.secret.0, candidates, |key| hmac(algo, key, &[body]));
+    super::Verification::status(if ok {
+        crate::model::SignatureStatus::Valid
+    } else {
+        crate::model::SignatureStatus::Invalid
+    })
+}
+
 /// True if `signed_at_secs` is within `tolerance` of `now_us`, in either direction.
 pub(crate) fn within_tolerance(signed_at_secs: i64, now_us: i64, tolerance: Duration) -> bool {
     let skew_us = (now_us - signed_at_secs.saturating_mul(1_000_000)).unsigned_abs();
