@@ -187,6 +187,9 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         wal_groups,
         wal_records,
         wal_sync_failures: wal.map(|w| w.sync_failures()).unwrap_or(0),
+        parquet_bytes: manifest.tables.values().flatten().map(|f| f.bytes).sum(),
+        saved_query_runs: state.runs.totals().0,
+        saved_query_failures: state.runs.totals().1,
     };
     let text = state.metrics.render(&gauges, wal.map(|w| &w.sync_seconds));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()

@@ -81,11 +81,25 @@ struct Runs {
 #[derive(Default)]
 pub struct RunLog {
     inner: Mutex<HashMap<String, Runs>>,
+    /// Runs recorded since the start, and how many of them failed.
+    runs: std::sync::atomic::AtomicU64,
+    failures: std::sync::atomic::AtomicU64,
 }
 
 impl RunLog {
+    /// (runs, failed runs) recorded since the start.
+    pub fn totals(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.runs.load(Relaxed), self.failures.load(Relaxed))
+    }
+
     /// Records a finished run and (when it succeeded) its first rows as JSON.
     pub fn record(&self, run: RunRecord, result: Option<serde_json::Value>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.runs.fetch_add(1, Relaxed);
+        if run.error.is_some() {
+            self.failures.fetch_add(1, Relaxed);
+        }
         let mut inner = self.inner.lock();
         let runs = inner.entry(run.name.clone()).or_default();
         if runs.recent.len() == KEEP {

@@ -209,6 +209,11 @@ pub(crate) struct Gauges {
     pub wal_groups: u64,
     pub wal_records: u64,
     pub wal_sync_failures: u64,
+    /// Bytes of the committed Parquet files.
+    pub parquet_bytes: u64,
+    /// Saved-query runs since the start, and the failed ones.
+    pub saved_query_runs: u64,
+    pub saved_query_failures: u64,
 }
 
 impl Metrics {
@@ -314,6 +319,24 @@ impl Metrics {
                 "gauge",
                 "Alerts currently firing.",
                 gauges.alerts_firing,
+            ),
+            (
+                "hookscope_parquet_bytes",
+                "gauge",
+                "Bytes of the committed Parquet files (tables and rollups).",
+                gauges.parquet_bytes,
+            ),
+            (
+                "hookscope_saved_query_runs_total",
+                "counter",
+                "Scheduled runs of saved queries (alert rules and rollups included) since the start.",
+                gauges.saved_query_runs,
+            ),
+            (
+                "hookscope_saved_query_failures_total",
+                "counter",
+                "Scheduled runs of saved queries that failed (their errors are in query_runs).",
+                gauges.saved_query_failures,
             ),
         ] {
             help(&mut out, name, kind, text);

@@ -230,6 +230,26 @@ async fn the_scheduler_runs_queries_at_their_aligned_times() {
         "{shown}"
     );
     assert!(shown["next_run"].is_string());
+    // The runs are counted in /metrics.
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        value("hookscope_saved_query_runs_total") >= 2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        value("hookscope_saved_query_failures_total"),
+        0.0,
+        "{metrics}"
+    );
+    assert!(value("hookscope_parquet_bytes") >= 0.0);
 
     // Every run is a row of query_runs, durable through the WAL: a kill -9 keeps them.
     let sql = "SELECT count(*) AS n, min(rows) AS r, count(error) AS e, \
