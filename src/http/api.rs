@@ -28,7 +28,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use super::{ApiError, AppState};
-use crate::monitor::params::literal;
+use crate::monitor::params::string_literal as literal;
 use crate::monitor::run::parse_time;
 use crate::monitor::runs::rfc3339;
 use crate::monitor::scheduler::rows_json;

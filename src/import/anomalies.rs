@@ -114,19 +114,8 @@ fn history(injections: &[Injection]) -> (String, String) {
         // billing's events carry no id: their retries are told by the body's hash.
         let body = json!({"id": format!("evt_{event}"), "type": "order.updated", "amount": rng.random_range(1..10_000)}).to_string();
         let row = |at: i64| {
-            let mut d = json!({
-                "received_at": rfc3339(at),
-                "source": source,
-                "provider": "generic",
-                "signature_status": "unchecked",
-                "method": "POST",
-                "path": format!("/webhook/{source}"),
-                "query": "",
-                "headers": {"content-type": "application/json"},
-                "status_code": 200,
-                "body": body,
-                "sent_at": rfc3339(at - 200_000),
-            });
+            let mut d = super::tests::delivery(source, &rfc3339(at), &body);
+            d["sent_at"] = json!(rfc3339(at - 200_000));
             if source != "billing" {
                 d["event_id"] = json!(format!("evt_{event}"));
             }

@@ -56,8 +56,13 @@ pub fn literal(value: &str) -> String {
     }
     match v {
         "true" | "false" => v.to_string(),
-        _ => format!("'{}'", value.replace('\'', "''")),
+        _ => string_literal(value),
     }
+}
+
+/// `value` as a SQL string literal, whatever it reads as (quotes doubled).
+pub fn string_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
 }
 
 /// The parameter values of a run: the file's defaults, overridden by `overrides`

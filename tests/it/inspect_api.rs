@@ -132,6 +132,10 @@ async fn events_filter_page_and_drill_down_on_known_deliveries() {
     );
     let (status, _) = get(&server, "/api/events?cursor=nonsense").await;
     assert_eq!(status, 400);
+    // A source that reads as a number is still a name.
+    let (status, page) = get(&server, "/api/events?source=123").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(ids_of(&page).is_empty());
     // A value is a literal, never SQL.
     let (status, page) = get(&server, "/api/events?source=alpha'%20OR%20'1'='1").await;
     assert_eq!(status, 200);
