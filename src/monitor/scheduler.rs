@@ -105,18 +105,22 @@ pub fn spawn(
             catch_up = catch_up.len(),
             "scheduler started"
         );
-        for (name, at, since) in catch_up {
-            let (Some(q), Some(flag)) = (registry.get(&name), busy.get(&name)) else {
-                continue;
-            };
-            flag.store(true, Ordering::Release);
-            let run = (
+        // What a run of `q` needs.
+        let context = |q: &QueryFile| -> RunContext {
+            (
                 Arc::clone(&engine),
                 Arc::clone(&runs),
                 Arc::clone(&alerting),
                 Arc::clone(&rollups),
                 q.clone(),
-            );
+            )
+        };
+        for (name, at, since) in catch_up {
+            let (Some(q), Some(flag)) = (registry.get(&name), busy.get(&name)) else {
+                continue;
+            };
+            flag.store(true, Ordering::Release);
+            let run = context(q);
             let when = When {
                 at,
                 since,
@@ -197,14 +201,7 @@ pub fn spawn(
                         trigger: Trigger::Schedule,
                     },
                 };
-                let run = (
-                    Arc::clone(&engine),
-                    Arc::clone(&runs),
-                    Arc::clone(&alerting),
-                    Arc::clone(&rollups),
-                    q.clone(),
-                );
-                tasks.spawn(run_and_record(run, when, flag));
+                tasks.spawn(run_and_record(context(q), when, flag));
             }
             let wait = next
                 .values()
