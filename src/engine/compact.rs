@@ -43,7 +43,22 @@ pub struct CompactReport {
     pub deleted: u64,
 }
 
+/// What compaction did since the engine opened (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct CompactionTotals {
+    pub merged_files: AtomicU64,
+    pub written_files: AtomicU64,
+    pub bytes_before: AtomicU64,
+    pub bytes_after: AtomicU64,
+    pub failed: AtomicU64,
+}
+
 impl Engine {
+    /// What compaction did since the engine opened.
+    pub fn compaction_totals(&self) -> &CompactionTotals {
+        &self.compaction_totals
+    }
+
     /// The compaction thread (a low-priority worker of its own, beside the flush's).
     fn compactor(&self) -> Result<&Worker, EngineError> {
         if let Some(worker) = self.compactor.get() {
@@ -104,6 +119,16 @@ impl Engine {
             report.deleted += self.delete_retired().await;
         }
         report.deleted += self.delete_retired().await;
+        let totals = &self.compaction_totals;
+        for (total, n) in [
+            (&totals.merged_files, report.merged_files),
+            (&totals.written_files, report.written_files),
+            (&totals.bytes_before, report.bytes_before),
+            (&totals.bytes_after, report.bytes_after),
+            (&totals.failed, report.failed),
+        ] {
+            total.fetch_add(n, Ordering::Relaxed);
+        }
         Ok(report)
     }
 

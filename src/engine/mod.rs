@@ -24,7 +24,7 @@ mod rollup;
 pub(crate) mod tests;
 
 use apply::{CutState, LakeApplier, OpenForwards};
-pub use compact::CompactReport;
+pub use compact::{CompactReport, CompactionTotals};
 pub use flush::FlushReport;
 use flush::FlushStatus;
 pub(crate) use open::lock_dir;
@@ -205,6 +205,8 @@ pub struct Engine {
     /// Retired files this process deleted already (the manifest lists them until a
     /// later commit forgets them).
     deleted_retired: Mutex<std::collections::HashSet<String>>,
+    /// What compaction did since the open.
+    compaction_totals: compact::CompactionTotals,
     /// No manifest version at or below this is written again: a version renamed into
     /// place whose fsync failed may be the committed state (see `raise_floors`).
     version_floor: AtomicU64,

@@ -186,6 +186,7 @@ impl Engine {
             version_floor: AtomicU64::new(0),
             compactor: std::sync::OnceLock::new(),
             deleted_retired: Mutex::new(Default::default()),
+            compaction_totals: Default::default(),
             _lock: lock,
         });
         engine.resolve_interrupted_forwards().await?;

@@ -179,6 +179,8 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let manifest = engine.catalog().manifest();
     let wal = engine.wal_status();
     let (wal_groups, wal_records) = wal.map(|w| w.groups_and_records()).unwrap_or_default();
+    let compaction = engine.compaction_totals();
+    use std::sync::atomic::Ordering::Relaxed;
     let gauges = Gauges {
         buffer_rows: rows as u64,
         parquet_files: manifest.all_paths().count() as u64,
@@ -190,6 +192,11 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         parquet_bytes: manifest.tables.values().flatten().map(|f| f.bytes).sum(),
         saved_query_runs: state.runs.totals().0,
         saved_query_failures: state.runs.totals().1,
+        compaction_input_files: compaction.merged_files.load(Relaxed),
+        compaction_output_files: compaction.written_files.load(Relaxed),
+        compaction_input_bytes: compaction.bytes_before.load(Relaxed),
+        compaction_output_bytes: compaction.bytes_after.load(Relaxed),
+        compaction_failures: compaction.failed.load(Relaxed),
     };
     let text = state.metrics.render(&gauges, wal.map(|w| &w.sync_seconds));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()

@@ -147,12 +147,19 @@ pub(crate) async fn answer(
         .queries
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let engine = state.engine.query();
+    // The query started (planning included) one timeout before its deadline.
+    let started = stream
+        .deadline()
+        .checked_sub(engine.limits().timeout)
+        .unwrap_or_else(std::time::Instant::now);
+    let metrics = Arc::clone(&state.metrics);
     let mut encoder = Encoder::new(format, &stream.schema(), engine.limits().max_result_bytes)?;
     let mut head = BytesMut::new();
     loop {
         match stream.next().await {
             None => {
                 head.extend_from_slice(&encoder.finish()?);
+                metrics.query.observe(started.elapsed().as_secs_f64());
                 return Ok(respond(format, Body::from(head.freeze())));
             }
             Some(Err(e)) => return Err(e),
@@ -185,41 +192,47 @@ pub(crate) async fn answer(
         };
         drop(rest);
     });
-    let rest = futures::stream::unfold(held, move |held| async move {
-        let taken = {
-            let mut slot = held.lock();
-            if slot.done {
-                return None;
-            }
-            slot.done = true;
-            slot.rest.take()
-        };
-        // Dropped at the deadline: the body must end as an error, not look complete.
-        let Some((mut stream, mut encoder)) = taken else {
-            let e = QueryError::Timeout(timeout);
-            tracing::warn!(error = %e, "the client did not read the result in time; the response is cut short");
-            return Some((Err(std::io::Error::other(e.to_string())), held));
-        };
-        let item = match stream.next().await {
-            Some(Ok(batch)) => encoder.write(&batch).map(|b| (b, Some((stream, encoder)))),
-            Some(Err(e)) => Err(e),
-            None => encoder.finish().map(|b| (b, None)),
-        };
-        match item {
-            Ok((bytes, rest)) => {
+    let rest = futures::stream::unfold(held, move |held| {
+        let metrics = Arc::clone(&metrics);
+        async move {
+            let taken = {
                 let mut slot = held.lock();
-                if let Some(rest) = rest {
-                    slot.done = false;
-                    if !slot.expired {
-                        slot.rest = Some(rest);
-                    }
+                if slot.done {
+                    return None;
                 }
-                drop(slot);
-                Some((Ok::<Bytes, std::io::Error>(bytes), held))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "query failed while streaming its result; the response is cut short");
-                Some((Err(std::io::Error::other(e.to_string())), held))
+                slot.done = true;
+                slot.rest.take()
+            };
+            // Dropped at the deadline: the body must end as an error, not look complete.
+            let Some((mut stream, mut encoder)) = taken else {
+                let e = QueryError::Timeout(timeout);
+                tracing::warn!(error = %e, "the client did not read the result in time; the response is cut short");
+                return Some((Err(std::io::Error::other(e.to_string())), held));
+            };
+            let item = match stream.next().await {
+                Some(Ok(batch)) => encoder.write(&batch).map(|b| (b, Some((stream, encoder)))),
+                Some(Err(e)) => Err(e),
+                None => encoder.finish().map(|b| {
+                    metrics.query.observe(started.elapsed().as_secs_f64());
+                    (b, None)
+                }),
+            };
+            match item {
+                Ok((bytes, rest)) => {
+                    let mut slot = held.lock();
+                    if let Some(rest) = rest {
+                        slot.done = false;
+                        if !slot.expired {
+                            slot.rest = Some(rest);
+                        }
+                    }
+                    drop(slot);
+                    Some((Ok::<Bytes, std::io::Error>(bytes), held))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "query failed while streaming its result; the response is cut short");
+                    Some((Err(std::io::Error::other(e.to_string())), held))
+                }
             }
         }
     });

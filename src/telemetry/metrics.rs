@@ -1,15 +1,23 @@
-//! Process metrics for `GET /metrics` (Prometheus text format): counters, gauges and
-//! fixed-bucket histograms built on atomics, cheap enough for the ingest hot path.
+//! Process metrics for `GET /metrics`: counters and fixed-bucket histograms recorded
+//! on atomics (cheap enough for the ingest hot path), and gauges read at scrape time.
+//! The exposition (Prometheus text format 0.0.4) is `prometheus-client`'s: each scrape
+//! hands these values to its encoder through a [`Collector`].
 //!
 //! Invariant: recording never blocks on I/O and never allocates after a label set has
 //! been seen once; a labelled counter holds at most [`MAX_LABEL_SETS`] label sets
 //! (plus one overflow set), whatever names clients make up.
 
-use std::fmt::Write as _;
 use std::hash::BuildHasher as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 
 /// Upper bounds (seconds) of histogram buckets: 50 µs … 10 s.
 const BOUNDS: [f64; 17] = [
@@ -66,29 +74,37 @@ impl Histogram {
         f64::INFINITY
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
-        for (i, b) in self.buckets.iter().enumerate() {
-            cumulative += b.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{}\"}} {cumulative}",
-                BOUNDS[i]
-            );
+    /// The histogram as it is now.
+    fn snapshot(&self) -> HistogramSnapshot {
+        let mut buckets: Vec<(f64, u64)> = BOUNDS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(bound, n)| (*bound, n.load(Ordering::Relaxed)))
+            .collect();
+        buckets.push((f64::INFINITY, self.overflow.load(Ordering::Relaxed)));
+        HistogramSnapshot {
+            sum: self.sum(),
+            count: self.count(),
+            buckets,
         }
-        cumulative += self.overflow.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
-        );
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum());
-        let _ = writeln!(out, "{name}_count{braces} {}", self.count());
+    }
+}
+
+/// A histogram's values at one scrape: (upper bound, observations in that bucket).
+#[derive(Debug)]
+struct HistogramSnapshot {
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+impl EncodeMetric for HistogramSnapshot {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, &self.buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 
@@ -164,24 +180,12 @@ impl LabeledCounter {
         }
     }
 
-    fn render(&self, out: &mut String, name: &str, keys: &[&str]) {
+    /// Every label set and its count, in order.
+    fn values(&self) -> Vec<(Vec<String>, u64)> {
         let mut values = self.sets.lock().values.clone();
         values.sort();
-        for (values, n) in values {
-            let labels: Vec<String> = keys
-                .iter()
-                .zip(&values)
-                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-                .collect();
-            let _ = writeln!(out, "{name}{{{}}} {n}", labels.join(","));
-        }
+        values
     }
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// Every metric of the process.
@@ -195,6 +199,9 @@ pub(crate) struct Metrics {
     pub ack: Histogram,
     /// Queries run through the API.
     pub queries: AtomicU64,
+    /// A query's start (planning included) to the last byte of its answer, for
+    /// answers that completed.
+    pub query: Histogram,
     /// Alert notifications sent. Labels: sink, result (ok, failed).
     pub alert_notifications: LabeledCounter,
 }
@@ -214,134 +221,214 @@ pub(crate) struct Gauges {
     /// Saved-query runs since the start, and the failed ones.
     pub saved_query_runs: u64,
     pub saved_query_failures: u64,
+    /// Compaction since the start: files merged, files written, their bytes, and
+    /// partitions that could not be merged.
+    pub compaction_input_files: u64,
+    pub compaction_output_files: u64,
+    pub compaction_input_bytes: u64,
+    pub compaction_output_bytes: u64,
+    pub compaction_failures: u64,
+}
+
+/// A labelled counter at one scrape: (name without `_total`, help, label names, label
+/// sets and their counts).
+type Family = (
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    Vec<(Vec<String>, u64)>,
+);
+
+/// Everything one scrape shows, taken from the atomics at once and handed to
+/// `prometheus-client`'s encoder.
+#[derive(Debug)]
+struct Scrape {
+    /// The labelled counters.
+    families: Vec<Family>,
+    histograms: Vec<(&'static str, &'static str, HistogramSnapshot)>,
+    /// (name, help, is a counter, value).
+    values: Vec<(&'static str, &'static str, bool, u64)>,
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, keys, sets) in &self.families {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (values, n) in sets {
+                let labels: Vec<(&str, &str)> = keys
+                    .iter()
+                    .copied()
+                    .zip(values.iter().map(String::as_str))
+                    .collect();
+                ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        for (name, help, histogram) in &self.histograms {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            histogram.encode(metric)?;
+        }
+        for (name, help, counter, value) in &self.values {
+            if *counter {
+                let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                ConstCounter::new(*value).encode(metric)?;
+            } else {
+                let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                ConstGauge::new(*value).encode(metric)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Metrics {
     /// The Prometheus text exposition of these metrics, the gauges and the WAL's
     /// sync histogram.
     pub fn render(&self, gauges: &Gauges, wal_sync: Option<&Histogram>) -> String {
-        let mut out = String::with_capacity(4096);
-        let help = |out: &mut String, name: &str, kind: &str, text: &str| {
-            let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
-        };
-        help(
-            &mut out,
-            "hookscope_deliveries_total",
-            "counter",
-            "Deliveries recorded.",
-        );
-        self.deliveries.render(
-            &mut out,
-            "hookscope_deliveries_total",
-            &["source", "provider", "signature_status", "status_code"],
-        );
-        help(
-            &mut out,
-            "hookscope_reports_total",
-            "counter",
-            "Processing reports recorded.",
-        );
-        self.reports
-            .render(&mut out, "hookscope_reports_total", &["source", "status"]);
-        help(
-            &mut out,
-            "hookscope_alert_notifications_total",
-            "counter",
-            "Alert notifications, by sink and result (ok, or failed after its retries).",
-        );
-        self.alert_notifications.render(
-            &mut out,
-            "hookscope_alert_notifications_total",
-            &["sink", "result"],
-        );
-        help(
-            &mut out,
+        let families: Vec<Family> = vec![
+            (
+                "hookscope_deliveries",
+                "Deliveries recorded.",
+                &["source", "provider", "signature_status", "status_code"],
+                self.deliveries.values(),
+            ),
+            (
+                "hookscope_reports",
+                "Processing reports recorded.",
+                &["source", "status"],
+                self.reports.values(),
+            ),
+            (
+                "hookscope_alert_notifications",
+                "Alert notifications, by sink and result (ok, or failed after its retries).",
+                &["sink", "result"],
+                self.alert_notifications.values(),
+            ),
+        ];
+        let mut histograms = Vec::new();
+        histograms.push((
             "hookscope_ack_duration_seconds",
-            "histogram",
             "Delivery arrival to acknowledgement.",
-        );
-        self.ack
-            .render(&mut out, "hookscope_ack_duration_seconds", "");
+            self.ack.snapshot(),
+        ));
+        histograms.push((
+            "hookscope_query_duration_seconds",
+            "SQL query start (planning included) to the last byte of its answer, for answers that completed.",
+            self.query.snapshot(),
+        ));
         if let Some(h) = wal_sync {
-            help(
-                &mut out,
+            histograms.push((
                 "hookscope_wal_sync_duration_seconds",
-                "histogram",
                 "WAL fdatasync duration.",
-            );
-            h.render(&mut out, "hookscope_wal_sync_duration_seconds", "");
+                h.snapshot(),
+            ));
         }
-        for (name, kind, text, value) in [
+        let values = vec![
             (
                 "hookscope_buffer_rows",
-                "gauge",
                 "Rows buffered, not yet in Parquet.",
+                false,
                 gauges.buffer_rows,
             ),
             (
                 "hookscope_parquet_files",
-                "gauge",
                 "Committed Parquet files.",
+                false,
                 gauges.parquet_files,
             ),
             (
-                "hookscope_wal_segments",
-                "gauge",
-                "WAL segment files.",
-                gauges.wal_segments,
-            ),
-            (
-                "hookscope_wal_groups_total",
-                "counter",
-                "WAL group commits (one write and sync each).",
-                gauges.wal_groups,
-            ),
-            (
-                "hookscope_wal_records_total",
-                "counter",
-                "Records written to the WAL.",
-                gauges.wal_records,
-            ),
-            (
-                "hookscope_wal_sync_failures_total",
-                "counter",
-                "WAL syncs that failed after their records were acknowledged (sync = \"none\"): records may be lost if the machine crashes.",
-                gauges.wal_sync_failures,
-            ),
-            (
-                "hookscope_queries_total",
-                "counter",
-                "SQL queries run through the API.",
-                self.queries.load(Ordering::Relaxed),
-            ),
-            (
-                "hookscope_alerts_firing",
-                "gauge",
-                "Alerts currently firing.",
-                gauges.alerts_firing,
-            ),
-            (
                 "hookscope_parquet_bytes",
-                "gauge",
                 "Bytes of the committed Parquet files (tables and rollups).",
+                false,
                 gauges.parquet_bytes,
             ),
             (
-                "hookscope_saved_query_runs_total",
-                "counter",
+                "hookscope_wal_segments",
+                "WAL segment files.",
+                false,
+                gauges.wal_segments,
+            ),
+            (
+                "hookscope_wal_groups",
+                "WAL group commits (one write and sync each).",
+                true,
+                gauges.wal_groups,
+            ),
+            (
+                "hookscope_wal_records",
+                "Records written to the WAL.",
+                true,
+                gauges.wal_records,
+            ),
+            (
+                "hookscope_wal_sync_failures",
+                "WAL syncs that failed after their records were acknowledged (sync = \"none\"): records may be lost if the machine crashes.",
+                true,
+                gauges.wal_sync_failures,
+            ),
+            (
+                "hookscope_queries",
+                "SQL queries run through the API.",
+                true,
+                self.queries.load(Ordering::Relaxed),
+            ),
+            (
+                "hookscope_saved_query_runs",
                 "Scheduled runs of saved queries (alert rules and rollups included) since the start.",
+                true,
                 gauges.saved_query_runs,
             ),
             (
-                "hookscope_saved_query_failures_total",
-                "counter",
+                "hookscope_saved_query_failures",
                 "Scheduled runs of saved queries that failed (their errors are in query_runs).",
+                true,
                 gauges.saved_query_failures,
             ),
-        ] {
-            help(&mut out, name, kind, text);
-            let _ = writeln!(out, "{name} {value}");
-        }
+            (
+                "hookscope_alerts_firing",
+                "Alerts currently firing.",
+                false,
+                gauges.alerts_firing,
+            ),
+            (
+                "hookscope_compaction_input_files",
+                "Small Parquet files merged away by compaction since the start.",
+                true,
+                gauges.compaction_input_files,
+            ),
+            (
+                "hookscope_compaction_output_files",
+                "Parquet files compaction wrote since the start.",
+                true,
+                gauges.compaction_output_files,
+            ),
+            (
+                "hookscope_compaction_input_bytes",
+                "Bytes of the files compaction merged away since the start.",
+                true,
+                gauges.compaction_input_bytes,
+            ),
+            (
+                "hookscope_compaction_output_bytes",
+                "Bytes of the files compaction wrote since the start.",
+                true,
+                gauges.compaction_output_bytes,
+            ),
+            (
+                "hookscope_compaction_failures",
+                "Partitions compaction could not merge since the start (their files stay as they are; see the log).",
+                true,
+                gauges.compaction_failures,
+            ),
+        ];
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Scrape {
+            families,
+            histograms,
+            values,
+        }));
+        let mut out = String::with_capacity(4096);
+        // Writing to a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &registry);
         out
     }
 }
@@ -362,11 +449,24 @@ mod tests {
         assert_eq!(h.count(), 100);
         assert_eq!(h.quantile(0.5), 0.001);
         assert_eq!(h.quantile(0.99), 0.025);
-        let mut out = String::new();
-        h.render(&mut out, "x", "");
-        assert!(out.contains("x_bucket{le=\"0.001\"} 90"));
-        assert!(out.contains("x_bucket{le=\"+Inf\"} 100"));
-        assert!(out.contains("x_count 100"));
+        let out = Metrics::default().render(&Gauges::default(), Some(&h));
+        let line = |l: &str| out.lines().any(|x| x == l);
+        assert!(
+            line("hookscope_wal_sync_duration_seconds_bucket{le=\"0.001\"} 90"),
+            "{out}"
+        );
+        assert!(
+            line("hookscope_wal_sync_duration_seconds_bucket{le=\"+Inf\"} 100"),
+            "{out}"
+        );
+        assert!(
+            line("hookscope_wal_sync_duration_seconds_count 100"),
+            "{out}"
+        );
+        assert!(
+            line("# TYPE hookscope_wal_sync_duration_seconds histogram"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -375,12 +475,35 @@ mod tests {
         m.deliveries.inc(&["stripe", "stripe", "valid", "200"]);
         m.deliveries.inc(&["stripe", "stripe", "valid", "200"]);
         m.deliveries.inc(&["gh", "github", "invalid", "401"]);
-        let text = m.render(&Gauges::default(), None);
+        m.deliveries.inc(&["we\"ird\\", "generic", "valid", "200"]);
+        let text = m.render(
+            &Gauges {
+                alerts_firing: 3,
+                ..Gauges::default()
+            },
+            None,
+        );
         assert!(text.contains(
             "hookscope_deliveries_total{source=\"stripe\",provider=\"stripe\",signature_status=\"valid\",status_code=\"200\"} 2"
-        ));
+        ), "{text}");
         assert!(text.contains("status_code=\"401\"} 1"));
+        assert!(
+            text.contains("source=\"we\\\"ird\\\\\""),
+            "label values are escaped: {text}"
+        );
+        assert!(
+            text.contains("# TYPE hookscope_deliveries_total counter"),
+            "{text}"
+        );
         assert!(text.contains("# TYPE hookscope_ack_duration_seconds histogram"));
+        assert!(
+            text.lines().any(|l| l == "hookscope_alerts_firing 3"),
+            "{text}"
+        );
+        assert!(
+            text.lines().any(|l| l == "hookscope_wal_groups_total 0"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -391,15 +514,17 @@ mod tests {
         }
         // A set seen before the limit still counts on its own.
         c.inc(&["src7", "200"]);
-        let mut out = String::new();
-        c.render(&mut out, "x", &["source", "status_code"]);
-        assert_eq!(out.lines().count(), MAX_LABEL_SETS + 1, "{out}");
-        assert!(out.contains("x{source=\"src7\",status_code=\"200\"} 2"));
-        assert!(out.contains("x{source=\"_other\",status_code=\"_other\"} 500"));
-        let total: u64 = out
-            .lines()
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum();
+        let values = c.values();
+        assert_eq!(values.len(), MAX_LABEL_SETS + 1);
+        let count = |labels: [&str; 2]| {
+            values
+                .iter()
+                .find(|(v, _)| v.iter().map(String::as_str).eq(labels))
+                .map(|(_, n)| *n)
+        };
+        assert_eq!(count(["src7", "200"]), Some(2));
+        assert_eq!(count(["_other", "_other"]), Some(500));
+        let total: u64 = values.iter().map(|(_, n)| n).sum();
         assert_eq!(total, MAX_LABEL_SETS as u64 + 501);
     }
 }

@@ -157,6 +157,27 @@ async fn the_server_compacts_in_the_background_while_queries_run() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(server.count("deliveries").await, n);
+    // /metrics counts what compaction did.
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    assert!(
+        value("hookscope_compaction_input_files_total") >= 32,
+        "{metrics}"
+    );
+    assert!(
+        value("hookscope_compaction_output_files_total") >= 1,
+        "{metrics}"
+    );
+    assert!(
+        value("hookscope_compaction_input_bytes_total")
+            > value("hookscope_compaction_output_bytes_total") / 2
+    );
+    assert_eq!(value("hookscope_compaction_failures_total"), 0);
 }
 
 fn check(lake: &Path) -> (bool, String) {

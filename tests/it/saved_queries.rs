@@ -230,7 +230,8 @@ async fn the_scheduler_runs_queries_at_their_aligned_times() {
         "{shown}"
     );
     assert!(shown["next_run"].is_string());
-    // The runs are counted in /metrics.
+    // The runs are counted in /metrics, and a query's time.
+    server.query("SELECT 1 AS one").await;
     let metrics = server.get("/metrics").await.text().await.unwrap();
     let value = |name: &str| -> f64 {
         metrics
@@ -250,6 +251,10 @@ async fn the_scheduler_runs_queries_at_their_aligned_times() {
         "{metrics}"
     );
     assert!(value("hookscope_parquet_bytes") >= 0.0);
+    assert!(
+        value("hookscope_query_duration_seconds_count") >= 1.0,
+        "{metrics}"
+    );
 
     // Every run is a row of query_runs, durable through the WAL: a kill -9 keeps them.
     let sql = "SELECT count(*) AS n, min(rows) AS r, count(error) AS e, \
