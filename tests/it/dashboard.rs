@@ -160,7 +160,7 @@ async fn the_dashboard_renders_drills_down_runs_sql_and_tails_live() {
         "no numbers in the tiles"
     );
     assert!(
-        dom.matches("<canvas").count() >= 4,
+        dom.matches("<canvas").count() >= 5,
         "the charts did not render"
     );
     assert!(
@@ -233,4 +233,29 @@ async fn the_dashboard_renders_drills_down_runs_sql_and_tails_live() {
     let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
     assert!(size > 10_000, "no screenshot at {}", shot.display());
     eprintln!("dashboard screenshot: {}", shot.display());
+}
+
+/// Behind a token, the page asks for it instead of showing errors.
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_a_token_the_dashboard_asks_for_it() {
+    let Some(browser) = chromium() else {
+        assert!(std::env::var_os("HOOKSCOPE_REQUIRE_CHROMIUM").is_none());
+        return;
+    };
+    let (server, _dir) = Server::start(Options::default().env("HOOKSCOPE_TOKEN", "t0ken"));
+    let url = format!("{}/", server.url);
+    let (dom, stderr) = tokio::task::spawn_blocking(move || load(&browser, &url, &["--dump-dom"]))
+        .await
+        .unwrap();
+    no_page_errors(&dom, &stderr);
+    let login = dom
+        .split("<section id=\"login\"")
+        .nth(1)
+        .and_then(|rest| rest.split('>').next())
+        .unwrap_or_default();
+    assert!(
+        !login.contains("hidden"),
+        "the token form is not shown: {login}"
+    );
+    assert!(dom.contains("id=\"token\""));
 }

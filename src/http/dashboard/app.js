@@ -212,11 +212,13 @@ async function loadCharts() {
   const raw = {
     volume: `SELECT ${bin("received_at")} AS t, source, count(*) AS v FROM deliveries WHERE received_at > ${since} GROUP BY 1, 2 ORDER BY 1`,
     size: `SELECT ${bin("received_at")} AS t, source, avg(payload_size) AS v FROM deliveries WHERE received_at > ${since} GROUP BY 1, 2 ORDER BY 1`,
+    retries: `SELECT ${bin("received_at")} AS t, source, sum(CASE WHEN is_duplicate THEN 1 ELSE 0 END) AS v FROM deliveries WHERE received_at > ${since} GROUP BY 1, 2 ORDER BY 1`,
   };
   // Long windows read the hourly rollup, when the server keeps it.
   const rollup = {
     volume: `SELECT ${bin("hour")} AS t, source, sum(deliveries) AS v FROM rollup_hourly_traffic WHERE hour > ${since} GROUP BY 1, 2 ORDER BY 1`,
     size: `SELECT ${bin("hour")} AS t, source, sum(bytes) / sum(deliveries) AS v FROM rollup_hourly_traffic WHERE hour > ${since} GROUP BY 1, 2 ORDER BY 1`,
+    retries: `SELECT ${bin("hour")} AS t, source, sum(duplicates) AS v FROM rollup_hourly_traffic WHERE hour > ${since} GROUP BY 1, 2 ORDER BY 1`,
   };
   const fromRollup = w > 86400;
   const pick = async (name) => {
@@ -229,9 +231,10 @@ async function loadCharts() {
     }
     return sql(raw[name]);
   };
-  const [volume, size, errors, latency] = await Promise.all([
+  const [volume, size, retries, errors, latency] = await Promise.all([
     pick("volume"),
     pick("size"),
+    pick("retries"),
     sql(`SELECT ${bin("reported_at")} AS t, source, 100.0 * avg(CASE WHEN status = 'failure' THEN 1.0 ELSE 0.0 END) AS v FROM outcomes WHERE reported_at > ${since} GROUP BY 1, 2 ORDER BY 1`),
     sql(`SELECT ${bin("reported_at")} AS t, source, approx_percentile_cont(processing_time_ms, 0.95) AS v FROM outcomes WHERE reported_at > ${since} GROUP BY 1, 2 ORDER BY 1`),
   ]);
@@ -239,6 +242,7 @@ async function loadCharts() {
   draw("chart-errors", errors, false);
   draw("chart-latency", latency, false);
   draw("chart-size", size, false);
+  draw("chart-retries", retries, true);
 }
 
 async function loadAlerts() {
