@@ -65,7 +65,8 @@ runs once untimed, then --runs times; the median is reported, with the rows of i
 in its time range per second, and the rows it returned.")]
     Bench(BenchArgs),
 
-    /// List the saved queries, or run one now (or as of a scheduled time).
+    /// List the saved queries, run one now (or as of a scheduled time), backtest an
+    /// alert rule, or backfill a rollup.
     #[command(after_help = "Examples:
   hookscope queries list
   hookscope queries list --format json
@@ -73,12 +74,13 @@ in its time range per second, and the rows it returned.")]
   hookscope queries run traffic_spike --param k=3 --at 2026-03-01T12:05:00Z --format json
   hookscope queries run volume_per_source --server http://127.0.0.1:8080
   hookscope queries backtest traffic_spike --from 2026-03-01 --to 2026-03-08 --param k=4
+  hookscope queries backfill hourly_traffic --from 2026-01-01
 
 The shipped queries are built in; .sql files in the queries_dirs folders (default
 ./queries) add more, and one with a shipped query's name replaces it. A file starts
-with `-- key: value` lines (name, description, schedule, alert, severity, param …),
-then one SELECT; `:name` in the SQL is a parameter. In a run, now() is the run's
-scheduled time (--at), so a run can be repeated exactly.")]
+with `-- key: value` lines (name, description, schedule, alert, severity, param,
+materialize, bucket …), then one SELECT; `:name` in the SQL is a parameter. In a run,
+now() is the run's scheduled time (--at), so a run can be repeated exactly.")]
     Queries(QueriesArgs),
 
     /// Merge the small Parquet files of each partition into large sorted ones.
