@@ -183,7 +183,9 @@ impl Registry {
     }
 
     /// Plans every query with its default parameters against `engine`; a query whose
-    /// SQL does not plan moves to the problems.
+    /// SQL does not plan moves to the problems. A query that reads the rollup of
+    /// another saved query before that rollup has rows cannot be planned yet: it stays,
+    /// with a note, and its runs fail until the rollup's first run.
     pub async fn check(&mut self, engine: &QueryEngine) {
         let names: Vec<String> = self.queries.keys().cloned().collect();
         for name in names {
@@ -197,6 +199,15 @@ impl Registry {
                 },
                 Err(e) => Err(e.to_string()),
             };
+            if let Err(reason) = &checked
+                && let Some(rollup) = self.rollup_not_yet_written(reason)
+            {
+                self.notes.push(format!(
+                    "{}: reads {rollup}, which has no rows yet; it runs once the rollup's first run has written some",
+                    q.origin
+                ));
+                continue;
+            }
             if let Err(reason) = checked {
                 let q = self.queries.remove(&name).expect("listed");
                 self.problems.push(FileError {
@@ -206,6 +217,17 @@ impl Registry {
                 });
             }
         }
+    }
+
+    /// The rollup table a planning error says is missing, if it is the rollup of a
+    /// saved query here (so it is only not written yet).
+    fn rollup_not_yet_written(&self, error: &str) -> Option<String> {
+        let table = error
+            .split(['\'', '.'])
+            .find(|part| crate::query::catalog::rollup::is_rollup(part))?;
+        let query = table.strip_prefix(crate::query::catalog::rollup::PREFIX)?;
+        (error.contains("not found") && self.queries.get(query).is_some_and(|q| q.materialize))
+            .then(|| table.to_string())
     }
 
     pub fn get(&self, name: &str) -> Option<&QueryFile> {

@@ -197,10 +197,40 @@ async fn shipped_queries_plan_and_alert_keys_must_be_result_columns() {
     let engine =
         crate::query::QueryEngine::new(&catalog, crate::query::QueryLimits::default(), false)
             .unwrap();
+    // A query over a rollup with no rows yet waits for it; one over a rollup that no
+    // query keeps is a problem.
+    std::fs::write(
+        dir.path().join("daily.sql"),
+        "-- schedule: every 1h\nSELECT date_trunc('day', hour) AS day, sum(deliveries) AS n FROM rollup_hourly_traffic GROUP BY 1",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("orphan.sql"),
+        "-- schedule: every 1h\nSELECT * FROM rollup_nobody_keeps",
+    )
+    .unwrap();
     let mut registry = Registry::load(&[dir.path().to_path_buf()]);
     registry.check(&engine).await;
+    assert!(registry.get("daily").is_some());
+    assert!(
+        registry
+            .notes()
+            .iter()
+            .any(|n| n.contains("daily.sql") && n.contains("rollup_hourly_traffic")),
+        "{:?}",
+        registry.notes()
+    );
     let problems: Vec<String> = registry.problems().iter().map(|p| p.to_string()).collect();
+    assert!(
+        problems.iter().any(|p| p.contains("orphan.sql")),
+        "{problems:?}"
+    );
+    let problems: Vec<String> = problems
+        .into_iter()
+        .filter(|p| !p.contains("orphan.sql"))
+        .collect();
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].contains("key column `sourse`"), "{problems:?}");
-    assert_eq!(registry.queries().count(), SHIPPED.len());
+    // The shipped ones and `daily`.
+    assert_eq!(registry.queries().count(), SHIPPED.len() + 1);
 }
