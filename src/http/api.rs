@@ -185,7 +185,7 @@ pub(crate) async fn events(
         Some(s) => vec![Some(s)],
         None => [1, 24, 24 * 7]
             .into_iter()
-            .map(|h| Some(base - chrono::Duration::hours(h)))
+            .map(|h| base.checked_sub_signed(chrono::Duration::hours(h)))
             .chain([None])
             .collect(),
     };
@@ -198,7 +198,10 @@ pub(crate) async fn events(
                 all.push(format!("d.received_at >= {}", literal(&rfc3339(&t))));
                 format!(
                     "WHERE reported_at >= {}",
-                    literal(&rfc3339(&(t - chrono::Duration::hours(1))))
+                    literal(&rfc3339(
+                        &t.checked_sub_signed(chrono::Duration::hours(1))
+                            .unwrap_or(t)
+                    ))
                 )
             }
             None => String::new(),
@@ -257,7 +260,11 @@ async fn add_outcomes(state: &AppState, found: &mut [Value]) -> Result<(), ApiEr
         let sql = format!(
             "{OUTCOMES} WHERE delivery_id IN ({}) AND reported_at >= {} GROUP BY delivery_id",
             ids.join(", "),
-            literal(&rfc3339(&(oldest - chrono::Duration::hours(1))))
+            literal(&rfc3339(
+                &oldest
+                    .checked_sub_signed(chrono::Duration::hours(1))
+                    .unwrap_or(oldest)
+            ))
         );
         for row in rows(state, &sql).await? {
             if let Some(id) = row["delivery_id"].as_str() {
@@ -337,13 +344,13 @@ pub(crate) async fn event(
     let near = delivery["received_at"]
         .as_str()
         .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| {
+        .and_then(|t| {
             let t = t.with_timezone(&Utc);
-            format!(
+            Some(format!(
                 " AND received_at >= {} AND received_at <= {}",
-                literal(&rfc3339(&(t - window))),
-                literal(&rfc3339(&(t + window)))
-            )
+                literal(&rfc3339(&t.checked_sub_signed(window)?)),
+                literal(&rfc3339(&t.checked_add_signed(window)?))
+            ))
         })
         .unwrap_or_default();
     let attempts = match (delivery["source"].as_str(), delivery["dedup_key"].as_str()) {
@@ -382,8 +389,10 @@ pub(crate) async fn stats(
         None => std::time::Duration::from_secs(3600),
     };
     let seconds = window.as_secs_f64().max(1.0);
-    let since =
-        Utc::now() - chrono::Duration::from_std(window).map_err(|_| bad("window: too long"))?;
+    let since = chrono::Duration::from_std(window)
+        .ok()
+        .and_then(|w| Utc::now().checked_sub_signed(w))
+        .ok_or_else(|| bad("window: too long (at most a few thousand years)"))?;
     let since = literal(&rfc3339(&since));
     let deliveries = rows(
         &state,

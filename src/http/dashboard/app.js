@@ -360,6 +360,8 @@ async function downloadParquet() {
 async function loadSaved() {
   const list = await json("/queries");
   const select = $("saved");
+  // Loaded again after a token is entered: keep only the prompt.
+  while (select.options.length > 1) select.remove(1);
   for (const q of list) {
     if (!q.name || q.error) continue;
     select.append(el("option", { value: q.name, title: q.description || "" }, q.name));
