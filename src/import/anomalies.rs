@@ -261,8 +261,8 @@ async fn backtest_rules(
                 let at = |us| DateTime::from_timestamp_micros(us).unwrap_or_default();
                 let every = backtest::times(q, at(from), at(to)).unwrap();
                 // Rules that run every minute are run every third minute when asked
-                // (a debug build takes ~0.1 s a run): their anomalies last 20 minutes
-                // or more.
+                // (to keep the test short in a debug build): their anomalies last 20
+                // minutes or more.
                 let minutely =
                     every.len() > 1 && every[1] - every[0] < chrono::TimeDelta::minutes(5);
                 let step = if thin_every_minute_rules && minutely {
