@@ -98,11 +98,24 @@ impl Table {
         }
     }
 
-    /// The Arrow schema.
+    /// The Arrow schema of the buffer's batches and of the Parquet files: a derived
+    /// column is nullable (see [`Column::derived`]).
     pub fn schema(self) -> SchemaRef {
         static SCHEMAS: LazyLock<[SchemaRef; 4]> =
-            LazyLock::new(|| Table::ALL.map(|t| schema_of(t.columns())));
+            LazyLock::new(|| Table::ALL.map(|t| schema_of(t.columns(), true)));
         Arc::clone(&SCHEMAS[self as usize])
+    }
+
+    /// The Arrow schema SQL sees: each column as declared.
+    pub fn sql_schema(self) -> SchemaRef {
+        static SCHEMAS: LazyLock<[SchemaRef; 4]> =
+            LazyLock::new(|| Table::ALL.map(|t| schema_of(t.columns(), false)));
+        Arc::clone(&SCHEMAS[self as usize])
+    }
+
+    /// The column named `name`.
+    pub fn column(self, name: &str) -> Option<&'static Column> {
+        self.columns().iter().find(|c| c.name == name)
     }
 
     /// The names of the columns stored with `role`.
@@ -179,7 +192,12 @@ pub enum Role {
 pub struct Column {
     pub name: &'static str,
     pub kind: Kind,
+    /// May be null in SQL.
     pub nullable: bool,
+    /// Stored only where it cannot be derived from the row's other columns (null in
+    /// the buffer and the files elsewhere) and computed on read: see
+    /// `query::derived`. SQL sees it as declared.
+    pub derived: bool,
     pub role: Role,
     pub doc: &'static str,
 }
@@ -189,11 +207,18 @@ pub(crate) fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-fn schema_of(columns: &[Column]) -> SchemaRef {
+/// The schema of `columns`: as stored (`stored`), or as SQL sees them.
+fn schema_of(columns: &[Column], stored: bool) -> SchemaRef {
     Arc::new(Schema::new(
         columns
             .iter()
-            .map(|c| Field::new(c.name, c.kind.data_type(), c.nullable))
+            .map(|c| {
+                Field::new(
+                    c.name,
+                    c.kind.data_type(),
+                    c.nullable || (stored && c.derived),
+                )
+            })
             .collect::<Vec<_>>(),
     ))
 }
@@ -217,8 +242,9 @@ fn reserve_for(bytes: usize, rows: usize) -> usize {
 
 /// Defines a table's columns once: the `COLUMNS` list, and `Builders`, the Arrow
 /// builders the buffer appends records to (`push`) and freezes (`finish`).
-/// Each column: `name: Kind req|opt Role = value_expression, "meaning";` where the
-/// expression reads the row (`req` columns give a value, `opt` ones an `Option`).
+/// Each column: `name: Kind req|opt|derived Role = value_expression, "meaning";`
+/// where the expression reads the row (`req` columns give a value, `opt` ones an
+/// `Option`, `derived` ones the value to store: `None` where it can be derived).
 macro_rules! table_columns {
     ($row:ty, |$r:ident| {
         $( $name:ident : $kind:ident $null:ident $role:ident = $value:expr, $doc:literal; )*
@@ -231,6 +257,7 @@ macro_rules! table_columns {
                 name: stringify!($name),
                 kind: Kind::$kind,
                 nullable: table_columns!(@nullable $null),
+                derived: table_columns!(@derived $null),
                 role: Role::$role,
                 doc: $doc,
             }, )*
@@ -277,6 +304,9 @@ macro_rules! table_columns {
     };
     (@nullable req) => { false };
     (@nullable opt) => { true };
+    (@nullable derived) => { false };
+    (@derived derived) => { true };
+    (@derived $null:ident) => { false };
     (@builder Text) => { StringBuilder };
     (@builder Timestamp) => { TimestampMicrosecondBuilder };
     (@builder Int32) => { Int32Builder };
@@ -287,6 +317,7 @@ macro_rules! table_columns {
     (@new $kind:ident) => { <table_columns!(@builder $kind)>::new() };
     (@append $b:expr, req, $v:expr) => { $b.append_value($v) };
     (@append $b:expr, opt, $v:expr) => { $b.append_option($v) };
+    (@append $b:expr, derived, $v:expr) => { $b.append_option($v) };
     (@finish $b:expr, Text, $rows:ident, $full:ident) => {{
         let bytes = $b.values_slice().len();
         let mut array = $b.finish();
@@ -327,8 +358,9 @@ pub mod deliveries {
             "the provider's stable id of the event (Stripe body `id`, `X-GitHub-Delivery`, `webhook-id` …)";
         delivery_id: Text opt Key = r.0.delivery_id.as_deref(),
             "a per-attempt id where the provider has one (`X-Shopify-Webhook-Id`, PayPal transmission id)";
-        dedup_key: Text req Key = &r.0.dedup_key,
-            "event_id when known, else `sha256:` of the body";
+        dedup_key: Text derived Key = (r.0.event_id.as_deref() != Some(r.0.dedup_key.as_str()))
+                .then_some(r.0.dedup_key.as_str()),
+            "event_id when known, else `sha256:` of the body; stored only where it differs from event_id";
         attempt: Int32 req Plain = r.1.attempt,
             "1 for the first arrival of a dedup_key at a source, 2 for the second …; a provider's own number (Slack `X-Slack-Retry-Num` + 1) wins";
         is_duplicate: Bool req Plain = r.1.is_duplicate,
@@ -367,8 +399,11 @@ pub mod deliveries {
             "the body in base64 when it is not UTF-8";
         payload_size: Int64 req Plain = r.0.payload_size,
             "body bytes";
-        payload_sha256: Text req Unique = &r.0.payload_sha256,
-            "SHA-256 of the body, hex";
+        payload_sha256: Text derived Unique = match &r.0.body {
+                StoredBody::Omitted => Some(r.0.payload_sha256.as_str()),
+                _ => None,
+            },
+            "SHA-256 of the body, hex (empty when the body was not kept); stored only for such rows, and computed from `body` or `body_base64` on read";
         payload_issues: Text opt Bulky = r.0.payload_issues.as_deref(),
             "JSON array of integrity problems found on receipt (not JSON under a JSON content type, a required field missing, over the size limit); null when none";
         status_code: Int32 req Plain = r.0.status_code,
@@ -470,7 +505,11 @@ pub(crate) fn reference_markdown() -> String {
          hookscope's SQL tables (`/query`, `hookscope query`) and the Parquet files under\n\
          `<data>/<table>/date=YYYY-MM-DD/hour=HH/`. Timestamps are\n\
          `Timestamp(Microsecond, \"UTC\")`. This file is generated from the column list in\n\
-         `src/tables.rs`; a test fails when they differ.\n",
+         `src/tables.rs`; a test fails when they differ.\n\n\
+         A column \"stored only\" somewhere is null in the Parquet files wherever the row\n\
+         gives its value (the body gives its hash; an event id is the dedup key): SQL\n\
+         computes it there, and a program reading the files directly computes it the same\n\
+         way, e.g. `coalesce(dedup_key, event_id)`.\n",
     );
     for table in Table::ALL {
         out.push_str(&format!(

@@ -428,11 +428,22 @@ fn delivery_of(
         StoredBody::Binary(b) => b,
         StoredBody::Omitted => &[],
     };
-    // Without a body, as for a body not kept on receipt: no hash.
+    // Without a body, as for a body not kept on receipt: no hash. With one, the
+    // hash is the body's: the lake keeps it only as that (computed on read), so a
+    // different one given would be lost.
     let payload_sha256 = match (r.owned("payload_sha256"), &body) {
-        (Some(given), _) => given,
+        (Some(given), StoredBody::Omitted) => given,
         (None, StoredBody::Omitted) => String::new(),
-        (None, _) => sha256_hex(bytes),
+        (given, _) => {
+            let computed = sha256_hex(bytes);
+            if given.is_some_and(|g| !g.eq_ignore_ascii_case(&computed)) {
+                return Err(
+                    "payload_sha256 is not the SHA-256 of the row's body (hookscope keeps it only as the body's hash); drop the column to have it computed, or give the body as it was received"
+                        .into(),
+                );
+            }
+            computed
+        }
     };
     let event_id = r.owned("event_id");
     let dedup_key = match (r.owned("dedup_key"), &event_id) {

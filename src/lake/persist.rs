@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::compute::interleave_record_batch;
 use arrow::datatypes::TimestampMicrosecondType;
 use bytes::Bytes;
@@ -83,11 +83,12 @@ pub(crate) fn partition_of(time_us: i64) -> String {
     dt.format("date=%Y-%m-%d/hour=%H").to_string()
 }
 
-/// Writer settings for lake files.
+/// Writer settings for a lake file whose column `c` holds `values(c)` non-null
+/// values.
 pub(crate) fn writer_properties(
     table: Table,
     zstd_level: i32,
-    rows: u64,
+    values: impl Fn(&str) -> u64,
 ) -> Result<WriterProperties, PersistError> {
     let schema = table.schema();
     let time_idx = schema
@@ -102,14 +103,19 @@ pub(crate) fn writer_properties(
     for col in table.columns_stored_as(Role::Unique) {
         builder = builder.set_column_dictionary_enabled(ColumnPath::from(col), false);
     }
-    // Sized for the file's rows (the writer's default assumes a million distinct
-    // values, far larger than a flush's file needs).
+    // Sized for the column's values in the file (the writer's default assumes a
+    // million distinct values, far larger than a flush's file needs). None for a
+    // column without values (its statistics prune it), nor for a derived one: a
+    // filter on it never reaches the reader (`query::derived`).
     for col in table.columns_stored_as(Role::Key) {
-        builder = builder
-            .set_column_dictionary_enabled(ColumnPath::from(col), false)
-            .set_column_bloom_filter_enabled(ColumnPath::from(col), true)
-            .set_column_bloom_filter_fpp(ColumnPath::from(col), BLOOM_FPP)
-            .set_column_bloom_filter_max_ndv(ColumnPath::from(col), rows.max(1));
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(col), false);
+        let values = values(col);
+        if values > 0 && !table.column(col).is_some_and(|c| c.derived) {
+            builder = builder
+                .set_column_bloom_filter_enabled(ColumnPath::from(col), true)
+                .set_column_bloom_filter_fpp(ColumnPath::from(col), BLOOM_FPP)
+                .set_column_bloom_filter_max_ndv(ColumnPath::from(col), values);
+        }
     }
     for col in table.columns_stored_as(Role::Time) {
         builder = builder
@@ -250,7 +256,14 @@ pub(crate) fn encode_paced(
                 .position(|(t, _, _)| t.div_euclid(HOUR_US) != hour)
                 .unwrap_or(order.len() - start);
         let run = &order[start..end];
-        let props = writer_properties(table, zstd_level, run.len() as u64)?;
+        let values = |column: &str| {
+            let arrays: Vec<Option<&ArrayRef>> =
+                batches.iter().map(|b| b.column_by_name(column)).collect();
+            run.iter()
+                .filter(|(_, b, r)| arrays[*b].is_some_and(|a| a.is_valid(*r)))
+                .count() as u64
+        };
+        let props = writer_properties(table, zstd_level, values)?;
         let mut writer = ArrowWriter::try_new(Vec::new(), Arc::clone(&schema), Some(props))?;
         let mut indices = Vec::with_capacity(WRITE_BATCH);
         let mut bytes = 0;

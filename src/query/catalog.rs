@@ -37,6 +37,7 @@ use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 use parking_lot::Mutex;
 
+use super::derived::{self, Reading};
 use crate::buffer::Buffer;
 use crate::lake::manifest::{FileEntry, Manifest};
 use crate::lake::{Lake, LakeError};
@@ -186,7 +187,8 @@ impl Catalog {
             name: table.name().to_string(),
             time_column: table.time_column().to_string(),
             buffered: Some(table),
-            schema: table.schema(),
+            schema: table.sql_schema(),
+            stored_schema: table.schema(),
             catalog: Arc::clone(self),
         })
     }
@@ -239,6 +241,7 @@ impl Catalog {
             name: name.to_string(),
             time_column,
             buffered: None,
+            stored_schema: Arc::clone(&schema),
             schema,
             catalog: Arc::clone(self),
         })))
@@ -304,7 +307,11 @@ pub struct LakeTable {
     time_column: String,
     /// The write path's table (with buffered rows); `None` for a rollup.
     buffered: Option<Table>,
+    /// The columns as SQL sees them.
     schema: SchemaRef,
+    /// The columns as the files and the buffer hold them (derived columns nullable:
+    /// see `query::derived`).
+    stored_schema: SchemaRef,
     catalog: Arc<Catalog>,
 }
 
@@ -348,6 +355,8 @@ impl TableProvider for LakeTable {
             },
         };
         let range = TimeRange::from_filters(filters, &self.time_column);
+        let reading = Reading::new(self.buffered, &self.schema, projection);
+        let projection = reading.columns.as_ref();
         let ids = ids_from_filters(filters);
         let files: Vec<&FileEntry> = snapshot
             .files
@@ -374,11 +383,15 @@ impl TableProvider for LakeTable {
                 store,
                 runtime.cache_manager.get_file_metadata_cache(),
             );
-            let mut source = ParquetSource::new(Arc::clone(&self.schema))
+            let mut source = ParquetSource::new(Arc::clone(&self.stored_schema))
                 .with_table_parquet_options(options)
                 .with_parquet_file_reader_factory(Arc::new(reader));
-            if let Some(predicate) = conjunction(filters.iter().cloned()) {
-                let df_schema = DFSchema::try_from(Arc::clone(&self.schema))?;
+            let pushed = filters
+                .iter()
+                .filter(|f| !derived::reads_derived(self.buffered, f))
+                .cloned();
+            if let Some(predicate) = conjunction(pushed) {
+                let df_schema = DFSchema::try_from(Arc::clone(&self.stored_schema))?;
                 // A filter the physical planner cannot take is simply not used for pruning.
                 if let Ok(physical) = state.create_physical_expr(predicate, &df_schema) {
                     source = source.with_predicate(physical);
@@ -396,21 +409,22 @@ impl TableProvider for LakeTable {
         if !snapshot.batches.is_empty() {
             inputs.push(MemorySourceConfig::try_new_exec(
                 &[snapshot.batches],
-                Arc::clone(&self.schema),
+                Arc::clone(&self.stored_schema),
                 projection.cloned(),
             )?);
         }
-        match inputs.len() {
+        let read = match inputs.len() {
             0 => {
                 let projected = match projection {
-                    Some(p) => Arc::new(self.schema.project(p)?),
-                    None => Arc::clone(&self.schema),
+                    Some(p) => Arc::new(self.stored_schema.project(p)?),
+                    None => Arc::clone(&self.stored_schema),
                 };
-                Ok(Arc::new(EmptyExec::new(projected)))
+                Arc::new(EmptyExec::new(projected))
             }
-            1 => Ok(inputs.remove(0)),
-            _ => UnionExec::try_new(inputs),
-        }
+            1 => inputs.remove(0),
+            _ => UnionExec::try_new(inputs)?,
+        };
+        reading.finish(state, read)
     }
 }
 

@@ -14,6 +14,7 @@
 
 pub mod catalog;
 mod date_trunc;
+pub(crate) mod derived;
 pub mod format;
 mod guard;
 pub mod limits;
