@@ -242,9 +242,10 @@ fn reserve_for(bytes: usize, rows: usize) -> usize {
 
 /// Defines a table's columns once: the `COLUMNS` list, and `Builders`, the Arrow
 /// builders the buffer appends records to (`push`) and freezes (`finish`).
-/// Each column: `name: Kind req|opt|derived Role = value_expression, "meaning";`
-/// where the expression reads the row (`req` columns give a value, `opt` ones an
-/// `Option`, `derived` ones the value to store: `None` where it can be derived).
+/// Each column: `name: Kind req|opt|derived|derived_opt Role = value_expression,
+/// "meaning";` where the expression reads the row (`req` columns give a value, `opt`
+/// ones an `Option`, `derived` ones (nullable in SQL: `derived_opt`) the value to
+/// store: `None` where the row gives it).
 macro_rules! table_columns {
     ($row:ty, |$r:ident| {
         $( $name:ident : $kind:ident $null:ident $role:ident = $value:expr, $doc:literal; )*
@@ -305,7 +306,9 @@ macro_rules! table_columns {
     (@nullable req) => { false };
     (@nullable opt) => { true };
     (@nullable derived) => { false };
+    (@nullable derived_opt) => { true };
     (@derived derived) => { true };
+    (@derived derived_opt) => { true };
     (@derived $null:ident) => { false };
     (@builder Text) => { StringBuilder };
     (@builder Timestamp) => { TimestampMicrosecondBuilder };
@@ -318,6 +321,7 @@ macro_rules! table_columns {
     (@append $b:expr, req, $v:expr) => { $b.append_value($v) };
     (@append $b:expr, opt, $v:expr) => { $b.append_option($v) };
     (@append $b:expr, derived, $v:expr) => { $b.append_option($v) };
+    (@append $b:expr, derived_opt, $v:expr) => { $b.append_option($v) };
     (@finish $b:expr, Text, $rows:ident, $full:ident) => {{
         let bytes = $b.values_slice().len();
         let mut array = $b.finish();
@@ -369,8 +373,8 @@ pub mod deliveries {
             "ms since the previous arrival of the same dedup_key (null on the first)";
         sent_at: Timestamp opt Time = r.0.sent_at_us,
             "the provider's own time of the event or signature (Stripe `t=`, `webhook-timestamp` …)";
-        delivery_lag_ms: Float64 opt Unique = r.0.delivery_lag_ms(),
-            "received_at − sent_at, in ms";
+        delivery_lag_ms: Float64 derived_opt Unique = None,
+            "received_at − sent_at, in ms; stored only where it is not that (an import's own value)";
         signature_status: Text req Plain = r.0.signature_status.as_str(),
             "valid, invalid, expired, missing, or unchecked (no secret configured)";
         method: Text req Plain = &r.0.method,

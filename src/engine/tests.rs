@@ -891,19 +891,42 @@ async fn derivable_columns_are_stored_only_where_the_row_cannot_give_them() {
         ),
     ];
     let mut expected = Vec::new();
-    for (id, body, sha, event_id, key) in rows {
+    let mut lags = Vec::new();
+    for (n, (id, body, sha, event_id, key)) in rows.into_iter().enumerate() {
         let mut d = delivery(id);
         d.body = body;
         d.payload_sha256 = sha.clone();
         d.event_id = event_id.map(str::to_string);
         d.dedup_key = key.clone();
+        d.sent_at_us = (id != "d2").then(|| d.received_at_us - 1500 * (n as i64 + 1));
+        lags.push((id.to_string(), d.delivery_lag_ms()));
         engine.ingest(d).await.unwrap();
         expected.push([id.to_string(), sha, key]);
     }
+    let delivery_lags = async |filter: &str| {
+        let sql = format!("SELECT id, delivery_lag_ms FROM deliveries {filter} ORDER BY id");
+        let (_, batches) = engine.query().collect(&sql).await.unwrap();
+        let mut out = Vec::new();
+        for b in &batches {
+            let lag = b.column(1).as_primitive::<arrow::datatypes::Float64Type>();
+            for i in 0..b.num_rows() {
+                let id = b.column(0).as_string::<i32>().value(i).to_string();
+                out.push((id, lag.is_valid(i).then(|| lag.value(i))));
+            }
+        }
+        out
+    };
     // In the buffer, then in a file.
     assert_eq!(derived_values(&engine, "").await, expected);
+    assert_eq!(delivery_lags("").await, lags);
     engine.flush().await.unwrap();
     assert_eq!(derived_values(&engine, "").await, expected);
+    assert_eq!(delivery_lags("").await, lags);
+    assert_eq!(lags[2], ("d3".to_string(), Some(4.5)));
+    assert_eq!(
+        delivery_lags("WHERE delivery_lag_ms = 4.5").await,
+        [lags[2].clone()]
+    );
     for row in &expected {
         // A filter on a derived column finds its row in a file whose stored column
         // is null there (it must not be used to prune the file).
@@ -923,6 +946,20 @@ async fn derivable_columns_are_stored_only_where_the_row_cannot_give_them() {
         })
         .collect();
     assert_eq!(files.len(), 1);
+    let lag_nulls: usize = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&files[0]).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap()
+    .map(|b| {
+        b.unwrap()
+            .column_by_name("delivery_lag_ms")
+            .unwrap()
+            .null_count()
+    })
+    .sum();
+    assert_eq!(lag_nulls, 5, "a lag is never stored where the row gives it");
     let s = |v: &str| Some(v.to_string());
     assert_eq!(
         stored_values(&files[0]),

@@ -9,6 +9,8 @@
 //! - `deliveries.dedup_key` is the event id wherever the provider gave one; it is
 //!   stored only where it differs (no event id: the body's hash, or an import's own
 //!   key).
+//! - `deliveries.delivery_lag_ms` is `received_at − sent_at`; it is stored only
+//!   where an import gave another value.
 //!
 //! A scan that reads such a column computes it where it is not stored.
 //!
@@ -16,7 +18,7 @@
 //! - SQL sees exactly the values a stored column would hold: the stored value where
 //!   there is one, else the value derived from the row (the hex SHA-256 of `body`'s
 //!   bytes, else of `body_base64` decoded, else the empty string as on receipt; the
-//!   event id).
+//!   event id; the lag in ms, null without `sent_at`).
 //! - Only a value equal to what the row derives is left out of storage: whatever
 //!   writes a row (receipt, the generator, import) gives the stored form through
 //!   the column list in `tables.rs`, which stores every other value.
@@ -27,9 +29,11 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, StringArray, StringBuilder};
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Scalar, StringArray, StringBuilder};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Field, FieldRef, SchemaRef};
+use arrow::compute::is_not_null;
+use arrow::compute::kernels::zip::zip;
+use arrow::datatypes::{DataType, Field, FieldRef, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use base64::Engine as _;
 use datafusion::catalog::Session;
 use datafusion::common::{DFSchema, exec_err};
@@ -52,9 +56,9 @@ struct DerivedColumn {
     name: &'static str,
     /// The columns it is computed from; the first is its own stored value.
     from: &'static [&'static str],
-    /// Appends the value of a row whose value is not stored, from the columns
-    /// `from` (as `Utf8`).
-    derive: fn(&[&StringArray], usize, &mut StringBuilder) -> Result<()>,
+    /// The values the rows derive, from the columns `from` as read (text as `Utf8`);
+    /// a row with a stored value may be given anything (it is not used).
+    derive: fn(&[ArrayRef]) -> Result<ArrayRef>,
 }
 
 const DERIVED: &[DerivedColumn] = &[
@@ -70,41 +74,71 @@ const DERIVED: &[DerivedColumn] = &[
         from: &["dedup_key", "event_id"],
         derive: event_id,
     },
+    DerivedColumn {
+        table: Table::Deliveries,
+        name: "delivery_lag_ms",
+        from: &["delivery_lag_ms", "received_at", "sent_at"],
+        derive: delivery_lag,
+    },
 ];
 
 /// The hex SHA-256 of the body's bytes: `body`'s, else `body_base64` decoded, else
-/// of no body kept, the empty string (as on receipt).
-fn body_sha256(from: &[&StringArray], row: usize, out: &mut StringBuilder) -> Result<()> {
+/// (no body kept) the empty string, as on receipt; computed only for the rows
+/// without a stored value.
+fn body_sha256(from: &[ArrayRef]) -> Result<ArrayRef> {
     let sha256_hex = crate::ingest::providers::sig::sha256_hex;
-    let [_, body, base64] = from else {
+    let [stored, body, base64] = from else {
         return exec_err!("payload_sha256 is derived from body and body_base64");
     };
-    if body.is_valid(row) {
-        out.append_value(sha256_hex(body.value(row).as_bytes()));
-    } else if base64.is_valid(row) {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(base64.value(row))
-            .or_else(|e| {
-                exec_err!("a stored body_base64 is not base64 ({e}); run `hookscope check`")
-            })?;
-        out.append_value(sha256_hex(&bytes));
-    } else {
-        out.append_value("");
+    let (stored, body, base64) = (
+        stored.as_string::<i32>(),
+        body.as_string::<i32>(),
+        base64.as_string::<i32>(),
+    );
+    let rows = stored.len();
+    let mut out = StringBuilder::with_capacity(rows, stored.null_count() * 64);
+    for row in 0..rows {
+        if stored.is_valid(row) {
+            out.append_null();
+        } else if body.is_valid(row) {
+            out.append_value(sha256_hex(body.value(row).as_bytes()));
+        } else if base64.is_valid(row) {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(base64.value(row))
+                .or_else(|e| {
+                    exec_err!("a stored body_base64 is not base64 ({e}); run `hookscope check`")
+                })?;
+            out.append_value(sha256_hex(&bytes));
+        } else {
+            out.append_value("");
+        }
     }
-    Ok(())
+    Ok(Arc::new(out.finish()))
 }
 
 /// The event id: a delivery's dedup key wherever the provider gave one.
-fn event_id(from: &[&StringArray], row: usize, out: &mut StringBuilder) -> Result<()> {
+fn event_id(from: &[ArrayRef]) -> Result<ArrayRef> {
     let [_, event_id] = from else {
         return exec_err!("dedup_key is derived from event_id");
     };
-    out.append_value(if event_id.is_valid(row) {
-        event_id.value(row)
-    } else {
-        ""
-    });
-    Ok(())
+    Ok(Arc::clone(event_id))
+}
+
+/// received_at − sent_at in ms, as on receipt (null without a sent_at).
+fn delivery_lag(from: &[ArrayRef]) -> Result<ArrayRef> {
+    let [_, received, sent] = from else {
+        return exec_err!("delivery_lag_ms is derived from received_at and sent_at");
+    };
+    let us = |a: &ArrayRef| -> Result<ArrayRef> {
+        Ok(cast(a, &DataType::Timestamp(TimeUnit::Microsecond, None))?)
+    };
+    let (received, sent) = (us(received)?, us(sent)?);
+    let lag: Float64Array = arrow::compute::binary(
+        received.as_primitive::<TimestampMicrosecondType>(),
+        sent.as_primitive::<TimestampMicrosecondType>(),
+        |r, s| r.wrapping_sub(s) as f64 / 1000.0,
+    )?;
+    Ok(Arc::new(lag))
 }
 
 /// Is `column` of `table` stored only where it cannot be derived?
@@ -260,6 +294,12 @@ impl Derive {
             signature: Signature::any(column.from.len(), Volatility::Immutable),
         })
     }
+
+    /// The column as SQL sees it.
+    fn field(&self) -> Result<Field> {
+        let schema = self.column.table.sql_schema();
+        Ok(schema.field_with_name(self.column.name)?.clone())
+    }
 }
 
 impl ScalarUDFImpl for Derive {
@@ -272,40 +312,48 @@ impl ScalarUDFImpl for Derive {
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Utf8)
+        Ok(self.field()?.data_type().clone())
     }
 
-    /// Never null, as the stored column.
+    /// Nullable only where the column is.
     fn return_field_from_args(&self, _args: ReturnFieldArgs) -> Result<FieldRef> {
-        Ok(Arc::new(Field::new(self.name(), DataType::Utf8, false)))
+        Ok(Arc::new(self.field()?))
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let rows = args.number_rows;
-        let arrays = args
+        let from = args
             .args
             .iter()
             .map(|a| {
                 let a = a.to_array(rows)?;
                 Ok(match a.data_type() {
-                    DataType::Utf8 => a,
-                    _ => cast(&a, &DataType::Utf8)?,
+                    DataType::Utf8View | DataType::LargeUtf8 => cast(&a, &DataType::Utf8)?,
+                    _ => a,
                 })
             })
             .collect::<Result<Vec<ArrayRef>>>()?;
-        let from: Vec<&StringArray> = arrays.iter().map(|a| a.as_string::<i32>()).collect();
         let Some(stored) = from.first() else {
             return exec_err!("{} takes its stored value first", self.name());
         };
-        let mut out = StringBuilder::with_capacity(rows, stored.value_data().len().max(rows * 32));
-        for row in 0..rows {
-            if stored.is_valid(row) {
-                out.append_value(stored.value(row));
-            } else {
-                (self.column.derive)(&from, row, &mut out)?;
-            }
+        let field = self.field()?;
+        let stored = match stored.data_type() == field.data_type() {
+            true => Arc::clone(stored),
+            false => cast(stored, field.data_type())?,
+        };
+        let mut values = if stored.null_count() == 0 {
+            stored
+        } else {
+            let derived = (self.column.derive)(&from)?;
+            zip(&is_not_null(&stored)?, &stored, &derived)?
+        };
+        // A row that can give no value where the column may not be null (no such
+        // row is written): as a row without a body gives no hash, the empty text.
+        if !field.is_nullable() && values.null_count() > 0 {
+            let empty = cast(&StringArray::from(vec![""]), field.data_type())?;
+            values = zip(&is_not_null(&values)?, &values, &Scalar::new(empty))?;
         }
-        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+        Ok(ColumnarValue::Array(values))
     }
 }
 
