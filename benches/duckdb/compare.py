@@ -77,12 +77,14 @@ def main():
     con.execute(f"SET threads = {args.threads}")
     for table in ("deliveries", "outcomes"):
         glob = os.path.join(data_dir, table, "**", "*.parquet")
-        # hookscope stores payload_sha256 only where the body is not kept, and
-        # dedup_key only where it is not the event id, and computes them on read;
-        # the view does the same.
+        # hookscope stores payload_sha256 only where the body is not kept,
+        # dedup_key only where it is not the event id, and delivery_lag_ms only
+        # where it is not received_at - sent_at, and computes them on read; the
+        # view does the same.
         derived = (" REPLACE (coalesce(payload_sha256, sha256(body), "
                    "sha256(from_base64(body_base64)), '') AS payload_sha256, "
-                   "coalesce(dedup_key, event_id) AS dedup_key)"
+                   "coalesce(dedup_key, event_id) AS dedup_key, "
+                   "coalesce(delivery_lag_ms, (epoch_us(received_at) - epoch_us(sent_at)) / 1000::DOUBLE) AS delivery_lag_ms)"
                    if table == "deliveries" else "")
         con.execute(f"CREATE VIEW {table} AS SELECT *{derived} "
                     f"FROM read_parquet('{glob}', hive_partitioning = true)")

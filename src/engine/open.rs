@@ -48,7 +48,8 @@ impl Engine {
     /// Read-only, the directory may belong to a running server, which can commit a
     /// flush and release WAL segments between this reading the manifest and the WAL:
     /// those rows are then in files of a newer manifest. So a read-only open reads
-    /// again until the manifest did not change while it read.
+    /// again until no manifest version was committed while it read (the newest listed
+    /// version is the same before and after).
     pub async fn open(settings: EngineSettings, mode: Mode) -> Result<Arc<Engine>, EngineError> {
         if mode == Mode::Serve {
             return Self::open_once(settings, mode).await;
@@ -58,14 +59,10 @@ impl Engine {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let before = Manifest::load(&lake).await?.version;
+            let before = Manifest::newest_listed(&lake).await?;
             let opened = Self::open_once(settings.clone(), mode).await;
-            let after = Manifest::load(&lake).await?.version;
-            let read = match &opened {
-                Ok(engine) => engine.catalog.manifest().version,
-                Err(_) => before,
-            };
-            if read == after {
+            let after = Manifest::newest_listed(&lake).await?;
+            if before == after {
                 return opened;
             }
             if attempt == ATTEMPTS {
@@ -76,8 +73,8 @@ impl Engine {
             }
             tracing::debug!(
                 attempt,
-                read,
-                after,
+                ?before,
+                ?after,
                 "the lake changed while it was read; reading again"
             );
         }

@@ -424,7 +424,7 @@ impl TableProvider for LakeTable {
             1 => inputs.remove(0),
             _ => UnionExec::try_new(inputs)?,
         };
-        reading.finish(state, read)
+        reading.finish(state, self.buffered, filters, read)
     }
 }
 

@@ -39,6 +39,7 @@ use datafusion::catalog::Session;
 use datafusion::common::{DFSchema, exec_err};
 use datafusion::error::Result;
 use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{
     ColumnarValue, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
     Volatility, col,
@@ -46,6 +47,7 @@ use datafusion::logical_expr::{
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 
 use crate::tables::Table;
@@ -224,10 +226,14 @@ impl Reading {
     }
 
     /// The plan that gives the projection's columns from `input`, which reads
-    /// [`Reading::columns`].
+    /// [`Reading::columns`]. `filters` are the scan's (DataFusion applies them again
+    /// above): those on stored columns are applied before any value is derived, so
+    /// that a lookup hashes one body, not every body of the pages it reads.
     pub fn finish(
         self,
         state: &dyn Session,
+        table: Option<Table>,
+        filters: &[Expr],
         input: Arc<dyn ExecutionPlan>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let Some(outputs) = self.outputs else {
@@ -235,6 +241,22 @@ impl Reading {
         };
         let read = input.schema();
         let df_schema = DFSchema::try_from(Arc::clone(&read))?;
+        let stored_filters = filters
+            .iter()
+            .filter(|f| !reads_derived(table, f))
+            .filter(|f| {
+                f.column_refs()
+                    .iter()
+                    .all(|c| read.index_of(c.name()).is_ok())
+            })
+            .cloned();
+        // A filter the physical planner cannot take here is applied above only.
+        let input: Arc<dyn ExecutionPlan> = match conjunction(stored_filters)
+            .and_then(|p| state.create_physical_expr(p, &df_schema).ok())
+        {
+            Some(predicate) => Arc::new(FilterExec::try_new(predicate, Arc::clone(&input))?),
+            None => input,
+        };
         let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = Vec::with_capacity(outputs.len());
         for output in outputs {
             match output {

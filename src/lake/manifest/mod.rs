@@ -7,7 +7,9 @@
 //!
 //! Most versions are **deltas** (`delta.rs`): the changes since the version before,
 //! so a flush writes a few hundred bytes however many files the lake holds. Every
-//! [`MAX_DELTAS`] commits, or once the deltas add up to the checkpoint's size (64 KiB at least), a
+//! [`MAX_DELTAS`] commits, once the deltas add up to the checkpoint's size (64 KiB at
+//! least), or once the state names under half the files its checkpoint does (after a
+//! compaction or retention), a
 //! commit writes a **checkpoint**, the whole state; versions older than the newest
 //! checkpoint are then deleted. A load reads the newest version, its checkpoint and
 //! the deltas between.
@@ -121,6 +123,8 @@ struct Chain(Option<ChainInfo>);
 struct ChainInfo {
     checkpoint: u64,
     checkpoint_bytes: u64,
+    /// Files (committed and retired) the checkpoint names.
+    checkpoint_entries: usize,
     deltas: u32,
     delta_bytes: u64,
 }
@@ -181,6 +185,12 @@ impl Manifest {
                 "{LOAD_ATTEMPTS} listings in a row named a version that was gone when read, or a delta whose chain is not all there (a writer replacing versions very fast, or a version file deleted by hand); try again, and if it persists restore the folder from a backup"
             ),
         })
+    }
+
+    /// The number of the newest version in the folder (`None`: no version yet),
+    /// without reading it: it changes whenever a commit lands.
+    pub async fn newest_listed(lake: &Lake) -> Result<Option<u64>, ManifestError> {
+        Ok(list_versions(lake).await?.into_iter().map(|(v, _)| v).max())
     }
 
     /// The newest readable version; `None` if a version this load needs was gone
@@ -341,10 +351,13 @@ impl Manifest {
     /// it names must stay. Any other error means it never replaced anything.
     pub async fn commit(&mut self, lake: &Lake, parent: &Manifest) -> Result<(), ManifestError> {
         self.format = FORMAT;
+        let entries = self.entries();
+        // A state that shrank to under half its checkpoint (a compaction, retention)
+        // gets a new, smaller checkpoint: every load reads the checkpoint whole.
         let delta = parent
             .chain
             .0
-            .filter(|c| c.deltas < MAX_DELTAS)
+            .filter(|c| c.deltas < MAX_DELTAS && entries * 2 >= c.checkpoint_entries)
             .and_then(|c| Some((c, Delta::between(parent, self, c.checkpoint)?)))
             .and_then(|(c, d)| {
                 let body = serde_json::to_vec(&d).ok()?;
@@ -368,6 +381,7 @@ impl Manifest {
                 let chain = ChainInfo {
                     checkpoint: self.version,
                     checkpoint_bytes: body.len() as u64,
+                    checkpoint_entries: entries,
                     deltas: 0,
                     delta_bytes: 0,
                 };
@@ -390,6 +404,11 @@ impl Manifest {
             delete_versions_before(lake, chain.checkpoint).await;
         }
         Ok(())
+    }
+
+    /// Files this version names, committed and retired.
+    fn entries(&self) -> usize {
+        self.tables.values().map(Vec::len).sum::<usize>() + self.retired.len()
     }
 
     /// True if this version was written as a delta.

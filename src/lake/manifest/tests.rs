@@ -403,3 +403,56 @@ async fn a_damaged_chain_member_names_what_to_move_aside() {
     let err = Manifest::load(&lake).await.unwrap_err().to_string();
     assert!(err.contains("not an object"), "{err}");
 }
+
+#[tokio::test]
+async fn a_state_that_shrank_to_under_half_its_checkpoint_is_written_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::local(dir.path()).unwrap();
+    let m0 = Manifest::load(&lake).await.unwrap();
+    let files: Vec<_> = (0..100)
+        .map(|i| {
+            (
+                Table::Deliveries,
+                entry(&format!("deliveries/{i:04}.parquet")),
+            )
+        })
+        .collect();
+    let mut committed = m0.with_files(files, 1, 101);
+    committed.commit(&lake, &m0).await.unwrap();
+    // Merges, each a delta (well under the budget) while the files and the retired
+    // ones they replaced add up to half the checkpoint's 100 at least.
+    const LATER_US: i64 = 10_000_000_000;
+    let commit = async |next: Manifest, committed: &mut Manifest| {
+        let mut next = next;
+        next.commit(&lake, committed).await.unwrap();
+        *committed = next;
+        (committed.is_delta(), committed.entries())
+    };
+    let merged: Vec<FileEntry> = committed.files(Table::Deliveries)[..40].to_vec();
+    let mut next = committed.next_version(0);
+    next.swap_files(
+        Table::Deliveries,
+        &merged,
+        vec![entry("deliveries/m1.parquet")],
+        5,
+    );
+    assert_eq!(commit(next, &mut committed).await, (true, 61 + 40));
+    // The replaced files forgotten.
+    let next = committed.next_version(LATER_US);
+    assert_eq!(commit(next, &mut committed).await, (true, 61));
+    let merged: Vec<FileEntry> = committed.files(Table::Deliveries)[1..21].to_vec();
+    let mut next = committed.next_version(0);
+    next.swap_files(
+        Table::Deliveries,
+        &merged,
+        vec![entry("deliveries/m2.parquet")],
+        5,
+    );
+    assert_eq!(commit(next, &mut committed).await, (true, 42 + 20));
+    // 42 left of the checkpoint's 100: a new checkpoint, and loads no longer read
+    // the old one.
+    let next = committed.next_version(LATER_US);
+    assert_eq!(commit(next, &mut committed).await, (false, 42));
+    assert_eq!(Manifest::load(&lake).await.unwrap(), committed);
+    assert_eq!(versions_on_disk(dir.path()), vec![5]);
+}
