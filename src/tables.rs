@@ -180,7 +180,8 @@ pub enum Role {
     Unique,
     /// Looked up by equality (provider event ids, delivery ids, dedup keys): like
     /// `Unique`, plus a bloom filter per row group, so a lookup skips the row groups
-    /// (files) that cannot hold the value; min/max prune nothing for random ids.
+    /// (files) that cannot hold the value; min/max prune nothing for random ids. A
+    /// derived column gets no bloom filter: filters on it never reach the reader.
     Key,
     /// Timestamps: no dictionary, delta-encoded (rows are sorted by the time column,
     /// so its deltas are small).

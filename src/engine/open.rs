@@ -62,7 +62,16 @@ impl Engine {
             let before = Manifest::newest_listed(&lake).await?;
             let opened = Self::open_once(settings.clone(), mode).await;
             let after = Manifest::newest_listed(&lake).await?;
-            if before == after {
+            let read = match &opened {
+                Ok(engine) => Some(engine.catalog.manifest().version),
+                Err(_) => after,
+            };
+            // The newest version was read: nothing was committed meanwhile. If the
+            // open read an older one, the newest is torn (a crash) and a server may
+            // write that number again: a full load tells whether it did.
+            if before == after
+                && (read == after.or(Some(0)) || read == Some(Manifest::load(&lake).await?.version))
+            {
                 return opened;
             }
             if attempt == ATTEMPTS {

@@ -104,6 +104,48 @@ async fn an_offline_read_sees_every_row_of_a_lake_that_flushes_meanwhile() {
     assert_eq!(n, 20, "the offline read missed rows");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_offline_read_behind_a_torn_newest_manifest_sees_the_rows_its_rewrite_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Engine::open(settings(dir.path()), Mode::Serve)
+        .await
+        .unwrap();
+    for i in 0..20 {
+        server.ingest(delivery(&format!("live-{i}"))).await.unwrap();
+    }
+    // A crash left version 1 torn; the server's next commit writes version 1 again.
+    let manifests = dir.path().join(crate::lake::manifest::DIR);
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("00000000000000000001.json"),
+        r#"{"format": 3, "vers"#,
+    )
+    .unwrap();
+    let (reached_tx, reached) = tokio::sync::oneshot::channel();
+    let (go_on, go_on_rx) = tokio::sync::oneshot::channel();
+    *PAUSE.lock() = Some((dir.path().to_path_buf(), reached_tx, go_on_rx));
+    let path = dir.path().to_path_buf();
+    let reader = tokio::spawn(async move { Engine::open(settings(&path), Mode::ReadOnly).await });
+    // The reader has version 0 (1 is torn) and lists 1 as the newest; the server
+    // commits 1 and releases the WAL segments before the reader reads them.
+    reached.await.unwrap();
+    let flushed = server.flush().await.unwrap();
+    assert_eq!(flushed.rows, 20);
+    assert_eq!(server.catalog().manifest().version, 1);
+    go_on.send(()).unwrap();
+    let reader = reader.await.unwrap().unwrap();
+    let (_, batches) = reader
+        .query()
+        .collect("SELECT count(*) FROM deliveries")
+        .await
+        .unwrap();
+    let n = batches[0]
+        .column(0)
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .value(0);
+    assert_eq!(n, 20, "the offline read missed rows");
+}
+
 impl Engine {
     /// Stops the WAL without a flush, as a crash would leave the directory.
     async fn stop_without_flush(&self) {

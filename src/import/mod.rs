@@ -428,22 +428,12 @@ fn delivery_of(
         StoredBody::Binary(b) => b,
         StoredBody::Omitted => &[],
     };
-    // Without a body, as for a body not kept on receipt: no hash. With one, the
-    // hash is the body's: the lake keeps it only as that (computed on read), so a
-    // different one given would be lost.
+    // Without a body, as for a body not kept on receipt: no hash. A hash given is
+    // kept as given (`keep_given_hash` stores it where it is not the body's).
     let payload_sha256 = match (r.owned("payload_sha256"), &body) {
-        (Some(given), StoredBody::Omitted) => given,
+        (Some(given), _) => given,
         (None, StoredBody::Omitted) => String::new(),
-        (given, _) => {
-            let computed = sha256_hex(bytes);
-            if given.is_some_and(|g| !g.eq_ignore_ascii_case(&computed)) {
-                return Err(
-                    "payload_sha256 is not the SHA-256 of the row's body (hookscope keeps it only as the body's hash); drop the column to have it computed, or give the body as it was received"
-                        .into(),
-                );
-            }
-            computed
-        }
+        (None, _) => sha256_hex(bytes),
     };
     let event_id = r.owned("event_id");
     let dedup_key = match (r.owned("dedup_key"), &event_id) {
@@ -593,6 +583,7 @@ fn deliveries(
             buffer.push_delivery(0, d, *x);
         }
         let batch = one_batch(Table::Deliveries, buffer.snapshot(Table::Deliveries))?;
+        let batch = keep_given_hash(batch, list)?;
         out.push(keep_given(
             Table::Deliveries,
             batch,
@@ -623,6 +614,35 @@ fn one_batch(table: Table, batches: Vec<RecordBatch>) -> Result<RecordBatch, Imp
 
 /// `batch` with the derived `columns` replaced by the file's values where it has
 /// them (rows in the same order).
+/// `batch` (the rows of `list`, in order) with each `payload_sha256` that is not
+/// its body's own hash stored: the lake leaves out only the body's hash, which a
+/// read computes (`query::derived`), so a different one a file gives would be lost.
+fn keep_given_hash(batch: RecordBatch, list: &[Delivery]) -> Result<RecordBatch, ImportError> {
+    let schema = Table::Deliveries.schema();
+    let Ok(i) = schema.index_of("payload_sha256") else {
+        return Ok(batch);
+    };
+    let own = |d: &Delivery| match &d.body {
+        StoredBody::Text(t) => Some(sha256_hex(t.as_bytes())),
+        StoredBody::Binary(b) => Some(sha256_hex(b)),
+        StoredBody::Omitted => None,
+    };
+    let differs: Vec<Option<&str>> = list
+        .iter()
+        .map(|d| match own(d) {
+            Some(h) if h != d.payload_sha256 => Some(d.payload_sha256.as_str()),
+            Some(_) => None,
+            None => Some(d.payload_sha256.as_str()),
+        })
+        .collect();
+    if differs.len() != batch.num_rows() || differs.iter().all(Option::is_none) {
+        return Ok(batch);
+    }
+    let mut arrays = batch.columns().to_vec();
+    arrays[i] = std::sync::Arc::new(arrow::array::StringArray::from(differs));
+    Ok(RecordBatch::try_new(schema, arrays)?)
+}
+
 fn keep_given(
     table: Table,
     batch: RecordBatch,

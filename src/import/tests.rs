@@ -458,3 +458,43 @@ async fn times_outside_1970_to_2200_are_refused_and_a_fresh_lake_keeps_an_empty_
         .unwrap();
     assert_eq!(manifest.dedup, Some(Default::default()));
 }
+
+#[tokio::test]
+async fn given_hashes_and_lags_are_kept_as_given_where_the_row_would_derive_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let body = r#"{"n":1}"#;
+    let own = crate::ingest::providers::sig::sha256_hex(body.as_bytes());
+    let mut rows = Vec::new();
+    for (i, given) in [Some(own.clone()), Some("ABC123".to_string()), None]
+        .into_iter()
+        .enumerate()
+    {
+        let mut d = delivery("shop", &format!("2025-01-01T10:00:0{i}Z"), body);
+        if let Some(g) = given {
+            d["payload_sha256"] = json!(g);
+        }
+        d["sent_at"] = json!("2025-01-01T09:59:00Z");
+        if i == 1 {
+            d["delivery_lag_ms"] = json!(5.5);
+        }
+        rows.push(d);
+    }
+    let file = write(dir.path(), "h.ndjson", &ndjson(&rows));
+    run(&lake, &[file], Table::Deliveries).await.unwrap();
+    let got = query(
+        &lake,
+        "SELECT payload_sha256, delivery_lag_ms FROM deliveries ORDER BY received_at",
+    )
+    .await;
+    let hashes: Vec<&str> = got
+        .iter()
+        .map(|r| r["payload_sha256"].as_str().unwrap())
+        .collect();
+    assert_eq!(hashes, [own.as_str(), "ABC123", own.as_str()]);
+    let lags: Vec<f64> = got
+        .iter()
+        .map(|r| r["delivery_lag_ms"].as_f64().unwrap())
+        .collect();
+    assert_eq!(lags, [60_000.0, 5.5, 62_000.0]);
+}

@@ -44,8 +44,10 @@ use delta::Delta;
 
 /// The folder of manifest versions in the lake.
 pub(crate) const DIR: &str = "_manifest";
-/// Format 2 added deltas; format 1 manifests are checkpoints.
-const FORMAT: u32 = 2;
+/// Format 2 added deltas; format 1 manifests are checkpoints. Format 3: the files
+/// it names may leave derived columns null (`query::derived`), which an older build
+/// would read as values missing from non-null columns, so it refuses the lake.
+const FORMAT: u32 = 3;
 /// Deltas after a checkpoint before a commit writes the next checkpoint.
 pub const MAX_DELTAS: u32 = 100;
 /// Delta bytes a chain may add up to before the next checkpoint, at least (a small
