@@ -355,12 +355,21 @@ pub(crate) async fn event(
         .unwrap_or_default();
     let attempts = match (delivery["source"].as_str(), delivery["dedup_key"].as_str()) {
         (Some(source), Some(key)) => {
+            // A key that is the event id is one on every attempt received (only an
+            // import gives a key of its own): the filter on event_id lets its bloom
+            // filters skip row groups, which one on the derived dedup_key cannot.
+            let by_event = if delivery["event_id"].as_str() == Some(key) {
+                format!(" AND event_id = {}", literal(key))
+            } else {
+                String::new()
+            };
             rows(
                 &state,
                 &format!(
                     "SELECT id, received_at, attempt, is_duplicate, retry_gap_ms, status_code, \
                             signature_status, upstream_status, upstream_error \
-                     FROM deliveries WHERE source = {} AND dedup_key = {}{near} ORDER BY received_at, id",
+                     FROM deliveries WHERE source = {} AND dedup_key = {}{by_event}{near} \
+                     ORDER BY received_at, id",
                     literal(source),
                     literal(key)
                 ),
