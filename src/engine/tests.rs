@@ -52,18 +52,17 @@ type Pause = (
     tokio::sync::oneshot::Sender<()>,
     tokio::sync::oneshot::Receiver<()>,
 );
-static PAUSE: Mutex<Option<Pause>> = Mutex::new(None);
+/// One pause per directory: tests that pause run at the same time.
+static PAUSE: Mutex<Vec<Pause>> = Mutex::new(Vec::new());
 
 pub(super) async fn pause_before_the_wal(dir: &Path) {
     let pause = {
-        let mut slot = PAUSE.lock();
-        match slot.take() {
-            Some((d, reached, go_on)) if d == dir => Some((reached, go_on)),
-            other => {
-                *slot = other;
-                None
-            }
-        }
+        let mut pauses = PAUSE.lock();
+        pauses
+            .iter()
+            .position(|(d, _, _)| d == dir)
+            .map(|i| pauses.swap_remove(i))
+            .map(|(_, reached, go_on)| (reached, go_on))
     };
     if let Some((reached, go_on)) = pause {
         let _ = reached.send(());
@@ -71,8 +70,10 @@ pub(super) async fn pause_before_the_wal(dir: &Path) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_offline_read_sees_every_row_of_a_lake_that_flushes_meanwhile() {
+/// Deliveries a read-only open counts when a server with 20 of them in its WAL
+/// flushes (commits and releases the WAL segments) after the open read the manifest
+/// and before it reads the WAL; `prepare` runs on the directory before the open.
+async fn rows_seen_by_an_open_during_a_flush(prepare: impl FnOnce(&Path)) -> i64 {
     let dir = tempfile::tempdir().unwrap();
     let server = Engine::open(settings(dir.path()), Mode::Serve)
         .await
@@ -80,54 +81,14 @@ async fn an_offline_read_sees_every_row_of_a_lake_that_flushes_meanwhile() {
     for i in 0..20 {
         server.ingest(delivery(&format!("live-{i}"))).await.unwrap();
     }
+    prepare(dir.path());
     let (reached_tx, reached) = tokio::sync::oneshot::channel();
     let (go_on, go_on_rx) = tokio::sync::oneshot::channel();
-    *PAUSE.lock() = Some((dir.path().to_path_buf(), reached_tx, go_on_rx));
+    PAUSE
+        .lock()
+        .push((dir.path().to_path_buf(), reached_tx, go_on_rx));
     let path = dir.path().to_path_buf();
     let reader = tokio::spawn(async move { Engine::open(settings(&path), Mode::ReadOnly).await });
-    // The reader has the manifest (no files yet); the server flushes and releases
-    // the WAL segments before the reader reads them.
-    reached.await.unwrap();
-    let flushed = server.flush().await.unwrap();
-    assert_eq!(flushed.rows, 20);
-    go_on.send(()).unwrap();
-    let reader = reader.await.unwrap().unwrap();
-    let (_, batches) = reader
-        .query()
-        .collect("SELECT count(*) FROM deliveries")
-        .await
-        .unwrap();
-    let n = batches[0]
-        .column(0)
-        .as_primitive::<arrow::datatypes::Int64Type>()
-        .value(0);
-    assert_eq!(n, 20, "the offline read missed rows");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn an_offline_read_behind_a_torn_newest_manifest_sees_the_rows_its_rewrite_commits() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Engine::open(settings(dir.path()), Mode::Serve)
-        .await
-        .unwrap();
-    for i in 0..20 {
-        server.ingest(delivery(&format!("live-{i}"))).await.unwrap();
-    }
-    // A crash left version 1 torn; the server's next commit writes version 1 again.
-    let manifests = dir.path().join(crate::lake::manifest::DIR);
-    std::fs::create_dir_all(&manifests).unwrap();
-    std::fs::write(
-        manifests.join("00000000000000000001.json"),
-        r#"{"format": 3, "vers"#,
-    )
-    .unwrap();
-    let (reached_tx, reached) = tokio::sync::oneshot::channel();
-    let (go_on, go_on_rx) = tokio::sync::oneshot::channel();
-    *PAUSE.lock() = Some((dir.path().to_path_buf(), reached_tx, go_on_rx));
-    let path = dir.path().to_path_buf();
-    let reader = tokio::spawn(async move { Engine::open(settings(&path), Mode::ReadOnly).await });
-    // The reader has version 0 (1 is torn) and lists 1 as the newest; the server
-    // commits 1 and releases the WAL segments before the reader reads them.
     reached.await.unwrap();
     let flushed = server.flush().await.unwrap();
     assert_eq!(flushed.rows, 20);
@@ -139,10 +100,33 @@ async fn an_offline_read_behind_a_torn_newest_manifest_sees_the_rows_its_rewrite
         .collect("SELECT count(*) FROM deliveries")
         .await
         .unwrap();
-    let n = batches[0]
+    batches[0]
         .column(0)
         .as_primitive::<arrow::datatypes::Int64Type>()
-        .value(0);
+        .value(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_offline_read_sees_every_row_of_a_lake_that_flushes_meanwhile() {
+    // The reader has the manifest (no files yet) when the server flushes.
+    let n = rows_seen_by_an_open_during_a_flush(|_| {}).await;
+    assert_eq!(n, 20, "the offline read missed rows");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_offline_read_behind_a_torn_newest_manifest_sees_the_rows_its_rewrite_commits() {
+    // A crash left version 1 torn: the reader reads version 0 and lists 1 as the
+    // newest, and the server's flush writes version 1 again.
+    let n = rows_seen_by_an_open_during_a_flush(|dir| {
+        let manifests = dir.join(crate::lake::manifest::DIR);
+        std::fs::create_dir_all(&manifests).unwrap();
+        std::fs::write(
+            manifests.join("00000000000000000001.json"),
+            r#"{"format": 3, "vers"#,
+        )
+        .unwrap();
+    })
+    .await;
     assert_eq!(n, 20, "the offline read missed rows");
 }
 
