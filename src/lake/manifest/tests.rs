@@ -253,11 +253,11 @@ async fn a_newer_or_unreadable_whole_manifest_stops_the_load() {
     let mut m1 = m0.with_files(vec![(Table::Outcomes, entry("outcomes/a.parquet"))], 5, 2);
     m1.commit(&lake, &m0).await.unwrap();
     // A newer build's manifest, with fields this build does not know.
-    let newer = r#"{"format": 3, "version": 2, "tables": {"deliveries": [{"path": "deliveries/b.parquet", "rows": 1}]}, "partitions": {}}"#;
+    let newer = r#"{"format": 4, "version": 2, "tables": {"deliveries": [{"path": "deliveries/b.parquet", "rows": 1}]}, "partitions": {}}"#;
     std::fs::write(dir.path().join(version_path(2)), newer).unwrap();
     let err = Manifest::load(&lake).await.unwrap_err();
     assert!(
-        matches!(err, ManifestError::TooNew { found: 3, .. }),
+        matches!(err, ManifestError::TooNew { found: 4, .. }),
         "{err}"
     );
     assert!(err.to_string().contains("newer hookscope"), "{err}");
