@@ -93,9 +93,11 @@ pub struct Catalog {
     rollup_schemas: Mutex<std::collections::HashMap<String, (String, SchemaRef)>>,
 }
 
-/// What a scan of one table reads.
+/// What a scan of one table reads: the committed manifest (its files are read by
+/// reference: a year of hourly files is tens of thousands of entries, too many to
+/// copy per query) and the buffered rows.
 pub struct Snapshot {
-    pub files: Vec<FileEntry>,
+    pub manifest: Arc<Manifest>,
     pub batches: Vec<RecordBatch>,
 }
 
@@ -141,7 +143,7 @@ impl Catalog {
         let mut state = self.state.lock();
         let batches = state.buffer.snapshot(table);
         Snapshot {
-            files: state.manifest.files(table).to_vec(),
+            manifest: Arc::clone(&state.manifest),
             batches,
         }
     }
@@ -350,7 +352,7 @@ impl TableProvider for LakeTable {
         let snapshot = match self.buffered {
             Some(table) => self.catalog.snapshot(table),
             None => Snapshot {
-                files: self.catalog.manifest().files(&self.name).to_vec(),
+                manifest: self.catalog.manifest(),
                 batches: Vec::new(),
             },
         };
@@ -359,7 +361,8 @@ impl TableProvider for LakeTable {
         let projection = reading.columns.as_ref();
         let ids = ids_from_filters(filters);
         let files: Vec<&FileEntry> = snapshot
-            .files
+            .manifest
+            .files(&self.name)
             .iter()
             .filter(|f| range.overlaps(f.min_time_us, f.max_time_us))
             .filter(|f| match (&ids, &f.ids) {
