@@ -3,9 +3,9 @@
 //!
 //! - `deliveries.payload_sha256` is the SHA-256 of the body. Wherever the body itself
 //!   is kept (`body` or `body_base64`), the buffer and the Parquet files hold null in
-//!   its place: 32 bytes of hash are incompressible, and stored beside the body they
-//!   were an eighth of a delivery's bytes on disk. Rows whose body was not kept (over
-//!   the size limit) store the value itself.
+//!   its place: a hash is incompressible, and stored beside the body it was a large
+//!   share of a delivery's bytes on disk (`benches/RESULTS.md`). Rows whose body was
+//!   not kept (over the size limit) store the value itself.
 //! - `deliveries.dedup_key` is the event id wherever the provider gave one; it is
 //!   stored only where it differs (no event id: the body's hash, or an import's own
 //!   key).
